@@ -1,0 +1,85 @@
+"""Ingest: prompts, corpora and the model registry, read from their URIs, normalised and stored.
+
+Parsing errors (missing file, wrong format, unknown category, duplicate prompt id, ...) raise an
+``InputError`` naming the file, row and field before anything is written. The stored tables are then
+checked against their data contracts by blocking asset checks (``assets/checks.py``).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from assets.tables import TABLE_KEYS, table_result, write_table
+from resources.registry import Registry
+from resources.storage import Storage, read_input_uri
+from valuebias.corpora import read_corpus
+from valuebias.prompts import read_prompts
+from valuebias.wordlist import english_wordlist, wordlist_description
+
+
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"})
+def prompts(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+    """The prompt table (prompt id, text, adjective, superlative, style, framing), METHOD.md section 1."""
+    config = registry.load()
+    table = read_prompts(read_input_uri(config.prompts_uri, base_dir=config.base_dir), source=config.prompts_uri)
+    uri, version = write_table(storage, TABLE_KEYS["prompts"], table)
+    framing = table.group_by("framing").len().sort("framing")
+    return table_result(table, uri, version, {
+        "source": config.prompts_uri,
+        "prompts_by_framing": {row["framing"]: row["len"] for row in framing.to_dicts()},
+    })
+
+
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"})
+def corpus_words(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+    """Every corpus as (corpus, word, category) rows: lowercased, trimmed, duplicates removed,
+    ``*`` wildcards expanded against one fixed English word list (METHOD.md section 2)."""
+    config = registry.load()
+    wordlist = None
+    tables, per_corpus = [], {}
+    for corpus in config.corpora.values():
+        data = read_input_uri(corpus.uri, base_dir=config.base_dir)
+        if corpus.wildcards == "expand" and wordlist is None and b"*" in data:
+            wordlist = english_wordlist(config.wordlist_size)
+        parsed = read_corpus(
+            data, source=corpus.uri, format=corpus.format, word_column=corpus.word_column,
+            category_column=corpus.category_column,
+            category_columns=list(corpus.category_columns) if corpus.category_columns else None,
+            category_rule=corpus.category_rule,
+            categories=list(corpus.categories) if corpus.categories else None,
+            wildcards=corpus.wildcards, wildcard_words=wordlist,
+        )
+        tables.append(parsed.table.select(pl.lit(corpus.corpus_id).alias("corpus"), "word", "category"))
+        per_corpus[corpus.corpus_id] = {"uri": corpus.uri, **parsed.stats}
+    table = pl.concat(tables)
+    uri, version = write_table(storage, TABLE_KEYS["corpus_words"], table)
+    metadata = {f"corpus/{cid}": dg.MetadataValue.json(_jsonable(stats)) for cid, stats in per_corpus.items()}
+    metadata["words_per_corpus"] = {cid: int(s.get("words", 0)) for cid, s in per_corpus.items()}
+    if wordlist is not None:
+        metadata["wildcard_wordlist"] = dg.MetadataValue.json(wordlist_description(config.wordlist_size))
+    return table_result(table, uri, version, metadata)
+
+
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"})
+def model_registry(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+    """The registered models: id, kind, family, source and a fingerprint of the whole entry.
+    The partitions of the scoring assets are these model ids."""
+    config = registry.load()
+    table = pl.DataFrame(
+        [{"model": m.model_id, "kind": m.kind, "family": m.family, "source": m.source,
+          "fingerprint": m.fingerprint} for m in config.models.values()],
+        schema={"model": pl.Utf8, "kind": pl.Utf8, "family": pl.Utf8, "source": pl.Utf8, "fingerprint": pl.Utf8},
+    )
+    uri, version = write_table(storage, TABLE_KEYS["model_registry"], table)
+    return table_result(table, uri, version, {"config": str(config.path)}, preview_rows=50)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,55 @@
+"""Per-model reward-model word scores: one partition per registered model (METHOD.md section 3)."""
+
+from __future__ import annotations
+
+import time
+
+import dagster as dg
+
+from assets.tables import TABLE_KEYS, rm_word_scores_key, table_result, write_table
+from orchestration.partitions import model_partitions
+from resources.registry import Registry
+from resources.scoring import RewardModelScorer
+from resources.storage import Storage
+from resources.validation import ContractValidator
+
+
+@dg.asset(
+    partitions_def=model_partitions,
+    group_name="scoring",
+    kinds={"pytorch", "parquet"},
+    deps=["prompts", "corpus_words", "model_registry"],
+    pool="gpu",
+)
+def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+                   validator: ContractValidator, scorer: RewardModelScorer) -> dg.MaterializeResult:
+    """Scores of one reward model: every corpus word as the answer to every prompt, rendered with the
+    model's own chat template (or imported from the authors' published files). Validated against the
+    ``rm_word_scores`` contract before it is written."""
+    config = registry.load()
+    model_id = context.partition_key
+    model = config.models.get(model_id)
+    if model is None:
+        raise dg.Failure(f"model '{model_id}' is not in {config.path} any more; its stored scores are kept "
+                         "but it is left out of the statistics")
+    if model.kind != "reward_model":
+        raise dg.Failure(f"model '{model_id}' is a {model.kind}, not a reward model")
+    prompts = storage.read_parquet(TABLE_KEYS["prompts"])
+    words = storage.read_parquet(TABLE_KEYS["corpus_words"])
+
+    last_log = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last_log[0] > 10 or done == total:
+            last_log[0] = now
+            context.log.info(f"{model_id}: scored {done}/{total} sequences")
+
+    table, metadata = scorer.score(model, config, prompts, words, progress=progress)
+    report = validator.validate(table, "rm_word_scores")
+    if not report.success:
+        raise dg.Failure(f"scores of '{model_id}' break their data contract: {report.summary()}",
+                         metadata=report.to_metadata())
+    uri, version = write_table(storage, rm_word_scores_key(model_id), table)
+    metadata.update({"model_fingerprint": model.fingerprint, "family": model.family, "source": model.source})
+    return table_result(table, uri, version, metadata)

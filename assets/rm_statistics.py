@@ -1,0 +1,133 @@
+"""Figure-1 statistics for reward models, per corpus (METHOD.md section 3, steps 1-5), and the report."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from assets.tables import TABLE_KEYS, rm_word_scores_key, table_result, write_table
+from resources.registry import Registry
+from resources.storage import Storage
+from valuebias.config import RegistryConfig
+from valuebias.report import figure1_png, markdown_table
+from valuebias.statistics import (default_family_pair, family_tests, fit_mixed_model, median_rank_cells,
+                                  rank_words)
+
+RANK_CELL_COLUMNS = ["corpus", "model", "family", "category", "prompt", "framing", "median_rank"]
+
+
+def family_pair(config: RegistryConfig, cells: pl.DataFrame) -> tuple[str, str]:
+    """The two families compared: ``analysis.families`` or, by default, the two present (alphabetical)."""
+    if config.analysis.families:
+        return config.analysis.families
+    return default_family_pair(cells["family"].unique().sort().to_list())
+
+
+def load_reward_model_scores(config: RegistryConfig, storage: Storage) -> pl.DataFrame:
+    """The stored scores of every reward model currently in the registry (removed models drop out)."""
+    tables = []
+    for model in config.reward_models():
+        key = rm_word_scores_key(model.model_id)
+        if not storage.exists(key):
+            raise dg.Failure(f"no scores for model '{model.model_id}' at {storage.full_uri(key)}: "
+                             f"materialize rm_word_scores for partition '{model.model_id}' first")
+        tables.append(storage.read_parquet(key))
+    return pl.concat(tables)
+
+
+@dg.asset(group_name="statistics", kinds={"polars", "parquet"},
+          deps=["rm_word_scores", "corpus_words", "prompts", "model_registry"])
+def rm_rank_cells(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+    """Median rank per (corpus, model, category, prompt): words ranked by descending score within each
+    (model, prompt), ties averaged, 1 = best (steps 1-3)."""
+    config = registry.load()
+    scores = load_reward_model_scores(config, storage)
+    words = storage.read_parquet(TABLE_KEYS["corpus_words"])
+    prompts = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
+    families = pl.DataFrame({"model": [m.model_id for m in config.reward_models()],
+                             "family": [m.family for m in config.reward_models()]})
+    parts, per_corpus = [], {}
+    for corpus_id in config.corpora:
+        corpus_scores = scores.filter(pl.col("corpus") == corpus_id).select("model", "prompt", "word", "score")
+        if corpus_scores.is_empty():
+            per_corpus[corpus_id] = "no model has scores for this corpus"
+            continue
+        dictionary = words.filter(pl.col("corpus") == corpus_id).select("word", "category")
+        ranked = rank_words(corpus_scores, dictionary)
+        cells = median_rank_cells(ranked, prompts, families)
+        parts.append(cells.with_columns(pl.lit(corpus_id).alias("corpus")).select(RANK_CELL_COLUMNS))
+        per_corpus[corpus_id] = f"{len(cells)} cells from {cells['model'].n_unique()} models"
+    if not parts:
+        raise dg.Failure("no corpus has scores from any reward model")
+    table = pl.concat(parts)
+    uri, version = write_table(storage, TABLE_KEYS["rm_rank_cells"], table)
+    return table_result(table, uri, version, {"cells_per_corpus": per_corpus})
+
+
+@dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=["rm_rank_cells"])
+def rm_mixed_model(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+    """Linear mixed model per corpus, REML: median_rank ~ family * category * framing + (1 | model) (step 4)."""
+    cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
+    parts, notes = [], {}
+    for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
+        try:
+            fit = fit_mixed_model(corpus_cells)
+        except ValueError as exc:  # degenerate design (e.g. one family): say so, keep the other corpora
+            notes[corpus_id] = f"not fitted: {exc}"
+            continue
+        table, warnings = fit
+        parts.append(table.with_columns(pl.lit(corpus_id).alias("corpus"))
+                     .select("corpus", "term", "coef", "se", "z", "p"))
+        notes[corpus_id] = "; ".join(warnings) if warnings else "converged"
+    table = pl.concat(parts) if parts else pl.DataFrame(
+        schema={"corpus": pl.Utf8, "term": pl.Utf8, "coef": pl.Float64, "se": pl.Float64, "z": pl.Float64,
+                "p": pl.Float64})
+    uri, version = write_table(storage, TABLE_KEYS["rm_mixed_model"], table)
+    return table_result(table, uri, version, {"fit": notes}, preview_rows=40)
+
+
+@dg.asset(group_name="statistics", kinds={"scipy", "parquet"}, deps=["rm_rank_cells"])
+def rm_family_tests(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+    """Per panel (category x framing): permutation Welch t-test of the median ranks, family A vs B,
+    Bonferroni-corrected over the panels of the corpus (step 5)."""
+    config = registry.load()
+    cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
+    family_a, family_b = family_pair(config, cells)
+    parts = []
+    for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
+        tests = family_tests(corpus_cells, family_a, family_b, n_resamples=config.analysis.permutations,
+                             seed=config.analysis.seed)
+        parts.append(tests.with_columns(pl.lit(corpus_id).alias("corpus")).select("corpus", *tests.columns))
+    table = pl.concat(parts)
+    uri, version = write_table(storage, TABLE_KEYS["rm_family_tests"], table)
+    return table_result(table, uri, version, {
+        "families": f"{family_a} vs {family_b}", "permutations": config.analysis.permutations,
+        "seed": config.analysis.seed}, preview_rows=40)
+
+
+@dg.asset(group_name="report", kinds={"matplotlib", "markdown"},
+          deps=["rm_rank_cells", "rm_mixed_model", "rm_family_tests"])
+def rm_report(storage: Storage) -> dg.MaterializeResult:
+    """The Figure-1 report: markdown tables per corpus and a Figure-1-style PNG per corpus."""
+    cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
+    mixed = storage.read_parquet(TABLE_KEYS["rm_mixed_model"])
+    tests = storage.read_parquet(TABLE_KEYS["rm_family_tests"])
+    sections, plots = ["# ValueBias report: reward models (Figure 1)"], {}
+    for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
+        png_key = f"reports/figure1_{corpus_id}.png"
+        plots[corpus_id] = storage.write_bytes(png_key, figure1_png(corpus_cells, title=f"{corpus_id}: median rank"))
+        summary = (corpus_cells.group_by("family", "category", "framing")
+                   .agg(pl.col("median_rank").mean().alias("mean_median_rank"), pl.len().alias("cells"))
+                   .sort("category", "framing", "family"))
+        sections += [
+            f"## {corpus_id}",
+            f"Plot: `{plots[corpus_id]}`",
+            "### Mean median rank per family (1 = best)", markdown_table(summary),
+            "### rm_family_tests", markdown_table(tests.filter(pl.col("corpus") == corpus_id).drop("corpus")),
+            "### rm_mixed_model", markdown_table(mixed.filter(pl.col("corpus") == corpus_id).drop("corpus")),
+        ]
+    text = "\n\n".join(sections) + "\n"
+    uri = storage.write_bytes("reports/rm_report.md", text.encode())
+    metadata = {"report": dg.MetadataValue.md(text), "uri": dg.MetadataValue.path(uri)}
+    metadata.update({f"figure1/{cid}": dg.MetadataValue.path(p) for cid, p in plots.items()})
+    return dg.MaterializeResult(metadata=metadata)

@@ -1,0 +1,54 @@
+"""Where each table lives in storage, and the one way tables are written (with a content version)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import dagster as dg
+import polars as pl
+
+from resources.storage import Storage
+
+#: Storage key of every unpartitioned table the product writes (``valuebias table NAME`` reads these).
+TABLE_KEYS = {
+    "prompts": "tables/prompts.parquet",
+    "corpus_words": "tables/corpus_words.parquet",
+    "model_registry": "tables/model_registry.parquet",
+    "rm_rank_cells": "tables/rm_rank_cells.parquet",
+    "rm_mixed_model": "tables/rm_mixed_model.parquet",
+    "rm_family_tests": "tables/rm_family_tests.parquet",
+}
+
+
+def rm_word_scores_key(model_id: str) -> str:
+    """Storage key of one model's partition of ``rm_word_scores``."""
+    return f"rm_word_scores/{model_id}.parquet"
+
+
+def content_version(df: pl.DataFrame) -> str:
+    """A content hash of a table: equal tables (same rows in the same order) give equal versions."""
+    digest = hashlib.sha256()
+    digest.update(",".join(f"{n}:{t}" for n, t in df.schema.items()).encode())
+    digest.update(df.write_csv().encode())
+    return digest.hexdigest()[:16]
+
+
+def write_table(storage: Storage, key: str, df: pl.DataFrame) -> tuple[str, str]:
+    """Writes ``df`` atomically to ``key``; returns (uri, content version)."""
+    uri = storage.write_parquet(key, df)
+    return uri, content_version(df)
+
+
+def table_result(df: pl.DataFrame, uri: str, version: str, metadata: dict | None = None,
+                 preview_rows: int = 10) -> dg.MaterializeResult:
+    """The MaterializeResult every table asset returns: location, size, preview and data version."""
+    from valuebias.report import markdown_table
+
+    meta = {
+        "uri": dg.MetadataValue.path(uri),
+        "dagster/row_count": len(df),
+        "columns": ", ".join(df.columns),
+        "preview": dg.MetadataValue.md(markdown_table(df.head(preview_rows))),
+    }
+    meta.update(metadata or {})
+    return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))

@@ -1,0 +1,67 @@
+"""The Dagster code location: assets, checks, partitions, jobs, sensors and resources, wired together.
+
+This is the only module that knows how things are wired. It reads the registry config named by the
+``VALUEBIAS_CONFIG`` environment variable (default: ``valuebias.yaml`` in the working directory, else the
+project's own). It imports neither torch nor great_expectations: both are loaded lazily by resources.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from assets import ingest, rm_scores, rm_statistics
+from assets.checks import contract_checks
+from orchestration.partitions import model_partitions
+from orchestration.sensors import model_partitions_sensor
+from resources.registry import Registry
+from resources.scoring import RewardModelScorer
+from resources.storage import Storage
+from resources.validation import ContractValidator
+from valuebias.config import DEFAULT_CONFIG_NAME, load_config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+ingest_job = dg.define_asset_job(
+    "ingest_job", selection=dg.AssetSelection.groups("ingest"),
+    description="Reads prompts, corpora and the model registry, and checks them against their contracts.")
+rm_scoring_job = dg.define_asset_job(
+    "rm_scoring_job", selection=dg.AssetSelection.assets("rm_word_scores"), partitions_def=model_partitions,
+    description="Scores one registered reward model (one partition per model).")
+rm_statistics_job = dg.define_asset_job(
+    "rm_statistics_job", selection=dg.AssetSelection.groups("statistics", "report"),
+    description="Figure-1 statistics and report from the stored scores of every registered reward model.")
+
+
+def default_config_path() -> Path:
+    """``$VALUEBIAS_CONFIG``, else ``./valuebias.yaml``, else the project's own ``valuebias.yaml``."""
+    if os.environ.get("VALUEBIAS_CONFIG"):
+        return Path(os.environ["VALUEBIAS_CONFIG"]).expanduser().resolve()
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    return local.resolve() if local.exists() else PROJECT_ROOT / DEFAULT_CONFIG_NAME
+
+
+def build_resources(config_path: str | Path) -> dict:
+    config = load_config(config_path)
+    return {
+        "registry": Registry(config_path=str(config.path)),
+        "storage": Storage(uri=config.storage_uri),
+        "validator": ContractValidator(),
+        "scorer": RewardModelScorer(),
+    }
+
+
+def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
+    config_path = config_path or default_config_path()
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([ingest, rm_scores, rm_statistics]),
+        asset_checks=contract_checks,
+        jobs=[ingest_job, rm_scoring_job, rm_statistics_job],
+        sensors=[model_partitions_sensor],
+        resources=build_resources(config_path),
+    )
+
+
+defs = build_definitions()

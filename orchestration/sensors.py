@@ -1,0 +1,40 @@
+"""Sensors: keep the model partitions in step with the registry config."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from orchestration.partitions import MODELS_PARTITION
+from resources.registry import Registry
+from valuebias.config import RegistryConfig
+
+
+def partition_changes(config: RegistryConfig, existing: list[str]) -> tuple[list[str], list[str]]:
+    """(model ids to add, model ids to remove) so that the partitions equal the registered models.
+    Removing a partition keeps its stored scores and its history in the Dagster instance."""
+    wanted = list(config.models)
+    return [m for m in wanted if m not in existing], [m for m in existing if m not in wanted]
+
+
+def sync_model_partitions(instance: dg.DagsterInstance, config: RegistryConfig) -> tuple[list[str], list[str]]:
+    """Applies ``partition_changes`` directly to an instance (used by the CLI)."""
+    added, removed = partition_changes(config, instance.get_dynamic_partitions(MODELS_PARTITION))
+    if added:
+        instance.add_dynamic_partitions(MODELS_PARTITION, added)
+    for model_id in removed:
+        instance.delete_dynamic_partition(MODELS_PARTITION, model_id)
+    return added, removed
+
+
+@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Adds a partition for every model in the registry config and removes deleted ones.")
+def model_partitions_sensor(context: dg.SensorEvaluationContext, registry: Registry) -> dg.SensorResult:
+    config = registry.load()
+    added, removed = partition_changes(config, context.instance.get_dynamic_partitions(MODELS_PARTITION))
+    requests = []
+    if added:
+        requests.append(dg.AddDynamicPartitionsRequest(MODELS_PARTITION, added))
+    if removed:
+        requests.append(dg.DeleteDynamicPartitionsRequest(MODELS_PARTITION, removed))
+    return dg.SensorResult(dynamic_partitions_requests=requests,
+                           skip_reason=None if requests else "model partitions match the config")

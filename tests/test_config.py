@@ -1,0 +1,99 @@
+"""The registry config: defaults, path resolution and every config error naming file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from valuebias.config import load_config
+from valuebias.errors import InputError
+
+BASE = """\
+prompts: {uri: prompts.csv}
+corpora:
+  big2: {uri: words.csv, format: csv, word_column: word, category_column: category}
+models:
+"""
+
+
+def write(tmp_path: Path, models: str, extra: str = "") -> Path:
+    path = tmp_path / "valuebias.yaml"
+    path.write_text(BASE + models + extra)
+    return path
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    config = load_config(write(tmp_path, "  m1: {kind: reward_model, family: llama, huggingface: {path: org/rm}}\n"))
+    assert config.state_dir == tmp_path / ".valuebias"
+    assert config.storage_uri == str(tmp_path / ".valuebias" / "data")
+    assert config.prompts_uri == str(tmp_path / "prompts.csv")
+    assert config.corpora["big2"].uri == str(tmp_path / "words.csv")
+    model = config.models["m1"]
+    assert model.settings == {"path": "org/rm", "revision": None, "dtype": "auto", "score": "logits[0]",
+                              "trust_remote_code": False, "allow_pickle": False}
+    assert config.analysis.permutations == 10000 and config.analysis.families is None
+
+
+def test_fingerprint_changes_with_the_entry_only(tmp_path):
+    a = load_config(write(tmp_path, "  m1: {kind: reward_model, family: llama, huggingface: {path: org/rm}}\n"))
+    b = load_config(write(tmp_path, "  m1: {kind: reward_model, family: llama, "
+                                    "huggingface: {path: org/rm, revision: abc}}\n"))
+    c = load_config(write(tmp_path, "  m1: {kind: reward_model, family: llama, huggingface: {path: org/rm}}\n",
+                          "analysis: {seed: 3}\n"))
+    assert a.models["m1"].fingerprint != b.models["m1"].fingerprint
+    assert a.models["m1"].fingerprint == c.models["m1"].fingerprint
+
+
+def test_s3_storage_uri_is_kept(tmp_path):
+    config = load_config(write(tmp_path, "  m1: {kind: reward_model, family: llama, huggingface: {path: org/rm}}\n",
+                               "storage: s3://bucket/prefix\n"))
+    assert config.storage_uri == "s3://bucket/prefix"
+
+
+@pytest.mark.parametrize("models, extra, row, field, text", [
+    ("  m1:\n    kind: reward_model\n    family: llama\n    huggingface:\n      path: org/rm\n      revison: main\n",
+     "", 10, "models.m1.huggingface.revison", "unknown key 'revison'"),
+    ("  m1: {kind: reward_model, family: llama}\n", "", 5, "models.m1", "exactly one source"),
+    ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b}, published: {big2: x.csv}}\n", "", 5,
+     "models.m1", "found: huggingface, published"),
+    ("  m1: {kind: reward_model, family: llama, published: {mfd2: x.csv}}\n", "", 5,
+     "models.m1.published.mfd2", "unknown corpus 'mfd2'"),
+    ("  m1: {kind: policy, family: llama, huggingface: {path: a/b}}\n", "", 5, "models.m1.kind",
+     "'policy' is not one of"),
+    ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b, score: logit}}\n", "", 5,
+     "models.m1.huggingface.score", "'logit' is not one of"),
+    ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b, trust_remote_code: yes please}}\n",
+     "", 5, "models.m1.huggingface.trust_remote_code", "expected true or false"),
+    ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b}}\n", "colour: blue\n", 6, "colour",
+     "unknown key 'colour'"),
+    ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b}}\n",
+     "analysis: {families: [llama]}\n", 6, "analysis.families", "exactly two"),
+])
+def test_config_errors_name_file_row_and_field(tmp_path, models, extra, row, field, text):
+    path = write(tmp_path, models, extra)
+    with pytest.raises(InputError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert f"row {row}" in message, message
+    assert f"field '{field}'" in message, message
+    assert text in message, message
+
+
+def test_duplicate_model_id_is_an_error(tmp_path):
+    path = write(tmp_path, "  m1: {kind: reward_model, family: llama, huggingface: {path: a/b}}\n"
+                           "  m1: {kind: reward_model, family: gemma, huggingface: {path: c/d}}\n")
+    with pytest.raises(InputError, match=r"row 6, field 'models.m1': duplicate key"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(InputError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_the_embedded_default_config_loads():
+    config = load_config(Path(__file__).resolve().parents[1] / "valuebias.yaml")
+    assert {m.family for m in config.reward_models()} == {"llama", "gemma"}
+    assert all(m.source == "demo" for m in config.reward_models())

@@ -1,0 +1,344 @@
+"""The registry configuration: one YAML file (``valuebias.yaml`` by default) describing what to audit.
+
+Every key is documented in the README ("Configuration"). Loading is strict: an unknown key, a missing
+required key or a value of the wrong kind is an ``InputError`` naming the file, the line and the key
+path (for example ``valuebias.yaml: row 14, field 'models.demo-llama-1.huggingface.revison'``).
+Relative paths in the file are resolved against the file's own folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from valuebias.errors import InputError
+
+DEFAULT_CONFIG_NAME = "valuebias.yaml"
+MODEL_KINDS = ("reward_model",)
+MODEL_SOURCES = ("huggingface", "published", "demo")
+CORPUS_FORMATS = ("csv", "dic", "dicx")
+CATEGORY_RULES = ("identity", "foundation")
+WILDCARD_MODES = ("expand", "drop", "error")
+SCORE_READERS = ("logits[0]", "score", "logits[:,0]")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    corpus_id: str
+    uri: str
+    format: str
+    word_column: str | None = None
+    category_column: str | None = None
+    category_columns: tuple[str, ...] | None = None
+    category_rule: str = "identity"
+    categories: tuple[str, ...] | None = None
+    wildcards: str = "expand"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One registered model. ``source`` names which of the three source blocks is set."""
+
+    model_id: str
+    kind: str
+    family: str
+    source: str
+    settings: dict[str, Any]  # the source block: huggingface fields, published {corpus: uri}, or demo recipe
+    display_name: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Content hash of everything that determines this model's scores (its whole entry)."""
+        payload = json.dumps(
+            {"kind": self.kind, "family": self.family, "source": self.source, "settings": self.settings},
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    families: tuple[str, str] | None = None  # (family_a, family_b); default: the two families, alphabetical
+    permutations: int = 10000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    path: Path
+    state_dir: Path
+    storage_uri: str
+    prompts_uri: str
+    wordlist_size: int
+    scoring_batch_size: int
+    corpora: dict[str, CorpusConfig]
+    models: dict[str, ModelConfig]
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def reward_models(self) -> list[ModelConfig]:
+        return [m for m in self.models.values() if m.kind == "reward_model"]
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML with line numbers: every mapping key remembers the line it was written on.
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader that records the line of every mapping key and rejects duplicate keys."""
+
+    def __init__(self, stream, source: str):
+        super().__init__(stream)
+        self.source = source
+        self.lines: dict[tuple[str, ...], int] = {}
+
+    def construct_document(self, node):
+        self._record(node, ())
+        return super().construct_document(node)
+
+    def _record(self, node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise InputError("duplicate key", source=self.source, row=line,
+                                     field=".".join(path + (key,)))
+                seen.add(key)
+                self.lines[path + (key,)] = line
+                self._record(value_node, path + (key,))
+
+
+def _load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+    loader = _LineLoader(text, source)
+    try:
+        data = loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise InputError(f"not valid YAML: {exc}", source=source,
+                         row=mark.line + 1 if mark else None) from exc
+    finally:
+        loader.dispose()
+    return data, loader.lines
+
+
+class _Reader:
+    """Walks the parsed YAML and raises InputErrors that name the file, line and key path."""
+
+    def __init__(self, source: str, lines: dict[tuple[str, ...], int]):
+        self.source = source
+        self.lines = lines
+
+    def error(self, path: tuple[str, ...], message: str) -> InputError:
+        row = None
+        for depth in range(len(path), 0, -1):  # nearest enclosing key that has a line
+            row = self.lines.get(path[:depth])
+            if row is not None:
+                break
+        return InputError(message, source=self.source, row=row, field=".".join(path) or None)
+
+    def mapping(self, value: Any, path: tuple[str, ...], known: tuple[str, ...] | None = None) -> dict:
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a mapping, got {type(value).__name__}")
+        if known is not None:
+            for key in value:
+                if key not in known:
+                    raise self.error(path + (str(key),),
+                                     f"unknown key '{key}' (known keys: {', '.join(known)})")
+        return value
+
+    def string(self, value: Any, path: tuple[str, ...], *, required: bool = True,
+               choices: tuple[str, ...] | None = None) -> str | None:
+        if value is None:
+            if required:
+                raise self.error(path, "required key is missing")
+            return None
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise self.error(path, f"expected a string, got {type(value).__name__}")
+        value = str(value)
+        if choices is not None and value not in choices:
+            raise self.error(path, f"'{value}' is not one of: {', '.join(choices)}")
+        return value
+
+    def integer(self, value: Any, path: tuple[str, ...], default: int, minimum: int = 1) -> int:
+        if value is None:
+            return default
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise self.error(path, f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    def boolean(self, value: Any, path: tuple[str, ...], default: bool = False) -> bool:
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.error(path, f"expected true or false, got {value!r}")
+        return value
+
+    def string_list(self, value: Any, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(path, "expected a list of strings")
+        return tuple(value)
+
+
+TOP_KEYS = ("state_dir", "storage", "prompts", "wordlist", "corpora", "models", "analysis", "scoring")
+CORPUS_KEYS = ("uri", "format", "word_column", "category_column", "category_columns", "category_rule",
+               "categories", "wildcards")
+MODEL_KEYS = ("kind", "family", "display_name") + MODEL_SOURCES
+HF_KEYS = ("path", "revision", "dtype", "score", "trust_remote_code", "allow_pickle")
+DEMO_KEYS = ("architecture", "preferred_category", "train_corpus", "seed", "hidden_size", "num_layers",
+             "train_steps")
+
+
+def resolve_uri(uri: str, base_dir: Path) -> str:
+    """Relative local paths are relative to the config file; URIs with a scheme are left alone."""
+    if "://" in uri:
+        return uri
+    path = Path(uri).expanduser()
+    return str(path if path.is_absolute() else (base_dir / path).resolve())
+
+
+def load_config(path: str | Path) -> RegistryConfig:
+    path = Path(path).expanduser().resolve()
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InputError(f"cannot read config file: {exc.strerror or exc}", source=source) from exc
+    data, lines = _load_yaml_with_lines(text, source)
+    r = _Reader(source, lines)
+    top = r.mapping(data, (), TOP_KEYS)
+    base = path.parent
+
+    state_dir = Path(resolve_uri(r.string(top.get("state_dir"), ("state_dir",), required=False)
+                                 or ".valuebias", base))
+    storage = r.string(top.get("storage"), ("storage",), required=False)
+    storage_uri = resolve_uri(storage, base) if storage else str(state_dir / "data")
+
+    prompts = r.mapping(top.get("prompts"), ("prompts",), ("uri",))
+    prompts_uri = resolve_uri(r.string(prompts.get("uri"), ("prompts", "uri")), base)
+
+    wordlist = r.mapping(top.get("wordlist"), ("wordlist",), ("size",))
+    wordlist_size = r.integer(wordlist.get("size"), ("wordlist", "size"), default=50000)
+
+    scoring = r.mapping(top.get("scoring"), ("scoring",), ("batch_size",))
+    batch_size = r.integer(scoring.get("batch_size"), ("scoring", "batch_size"), default=64)
+
+    corpora_raw = r.mapping(top.get("corpora"), ("corpora",))
+    if not corpora_raw:
+        raise r.error(("corpora",), "at least one corpus is required")
+    corpora = {str(cid): _read_corpus(r, str(cid), entry, base) for cid, entry in corpora_raw.items()}
+
+    models_raw = r.mapping(top.get("models"), ("models",))
+    if not models_raw:
+        raise r.error(("models",), "at least one model is required")
+    models = {str(mid): _read_model(r, str(mid), entry, base, corpora) for mid, entry in models_raw.items()}
+
+    analysis = _read_analysis(r, top.get("analysis"))
+    return RegistryConfig(path=path, state_dir=state_dir, storage_uri=storage_uri, prompts_uri=prompts_uri,
+                          wordlist_size=wordlist_size, scoring_batch_size=batch_size, corpora=corpora,
+                          models=models, analysis=analysis)
+
+
+def _read_corpus(r: _Reader, cid: str, entry: Any, base: Path) -> CorpusConfig:
+    p = ("corpora", cid)
+    e = r.mapping(entry, p, CORPUS_KEYS)
+    return CorpusConfig(
+        corpus_id=cid,
+        uri=resolve_uri(r.string(e.get("uri"), p + ("uri",)), base),
+        format=r.string(e.get("format"), p + ("format",), choices=CORPUS_FORMATS),
+        word_column=r.string(e.get("word_column"), p + ("word_column",), required=False),
+        category_column=r.string(e.get("category_column"), p + ("category_column",), required=False),
+        category_columns=r.string_list(e.get("category_columns"), p + ("category_columns",)),
+        category_rule=r.string(e.get("category_rule"), p + ("category_rule",), required=False,
+                               choices=CATEGORY_RULES) or "identity",
+        categories=r.string_list(e.get("categories"), p + ("categories",)),
+        wildcards=r.string(e.get("wildcards"), p + ("wildcards",), required=False,
+                           choices=WILDCARD_MODES) or "expand",
+    )
+
+
+def _read_model(r: _Reader, mid: str, entry: Any, base: Path, corpora: dict[str, CorpusConfig]) -> ModelConfig:
+    p = ("models", mid)
+    if not mid.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise r.error(p, "model ids may contain only letters, digits, '-', '_' and '.'")
+    e = r.mapping(entry, p, MODEL_KEYS)
+    kind = r.string(e.get("kind"), p + ("kind",), choices=MODEL_KINDS)
+    family = r.string(e.get("family"), p + ("family",))
+    sources = [s for s in MODEL_SOURCES if s in e]
+    if len(sources) != 1:
+        found = ", ".join(sources) if sources else "none"
+        raise r.error(p, f"a model needs exactly one source ({', '.join(MODEL_SOURCES)}); found: {found}")
+    source = sources[0]
+    sp = p + (source,)
+    if source == "huggingface":
+        h = r.mapping(e[source], sp, HF_KEYS)
+        path = r.string(h.get("path"), sp + ("path",))
+        settings = {
+            # a hub id (org/name) stays as written; a local path resolves against the config file
+            "path": resolve_uri(path, base) if _looks_local(path, base) else path,
+            "revision": r.string(h.get("revision"), sp + ("revision",), required=False),
+            "dtype": r.string(h.get("dtype"), sp + ("dtype",), required=False, choices=DTYPES) or "auto",
+            "score": r.string(h.get("score"), sp + ("score",), required=False,
+                              choices=SCORE_READERS) or "logits[0]",
+            "trust_remote_code": r.boolean(h.get("trust_remote_code"), sp + ("trust_remote_code",)),
+            "allow_pickle": r.boolean(h.get("allow_pickle"), sp + ("allow_pickle",)),
+        }
+    elif source == "published":
+        pub = r.mapping(e[source], sp)
+        if not pub:
+            raise r.error(sp, "list at least one corpus id with the uri of its score file")
+        settings = {}
+        for cid, uri in pub.items():
+            if cid not in corpora:
+                raise r.error(sp + (str(cid),), f"unknown corpus '{cid}' (corpora: {', '.join(corpora)})")
+            settings[str(cid)] = resolve_uri(r.string(uri, sp + (str(cid),)), base)
+    else:
+        d = r.mapping(e[source], sp, DEMO_KEYS)
+        train_corpus = r.string(d.get("train_corpus"), sp + ("train_corpus",), required=False) \
+            or next(iter(corpora))
+        if train_corpus not in corpora:
+            raise r.error(sp + ("train_corpus",), f"unknown corpus '{train_corpus}'")
+        settings = {
+            "architecture": r.string(d.get("architecture"), sp + ("architecture",), choices=("llama", "gemma")),
+            "preferred_category": r.string(d.get("preferred_category"), sp + ("preferred_category",)),
+            "train_corpus": train_corpus,
+            "seed": r.integer(d.get("seed"), sp + ("seed",), default=0, minimum=0),
+            "hidden_size": r.integer(d.get("hidden_size"), sp + ("hidden_size",), default=64),
+            "num_layers": r.integer(d.get("num_layers"), sp + ("num_layers",), default=2),
+            "train_steps": r.integer(d.get("train_steps"), sp + ("train_steps",), default=300),
+        }
+    return ModelConfig(model_id=mid, kind=kind, family=family, source=source, settings=settings,
+                       display_name=r.string(e.get("display_name"), p + ("display_name",), required=False))
+
+
+def _looks_local(path: str, base: Path) -> bool:
+    if path.startswith(("/", ".", "~")) or "://" in path:
+        return True
+    return (base / path).exists()
+
+
+def _read_analysis(r: _Reader, value: Any) -> AnalysisConfig:
+    p = ("analysis",)
+    a = r.mapping(value, p, ("families", "permutations", "seed"))
+    families = r.string_list(a.get("families"), p + ("families",))
+    if families is not None and (len(families) != 2 or families[0] == families[1]):
+        raise r.error(p + ("families",), "give exactly two different families, e.g. [gemma, llama]")
+    return AnalysisConfig(
+        families=families,
+        permutations=r.integer(a.get("permutations"), p + ("permutations",), default=10000),
+        seed=r.integer(a.get("seed"), p + ("seed",), default=0, minimum=0),
+    )
