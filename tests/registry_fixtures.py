@@ -1,0 +1,47 @@
+"""A small registry for pipeline tests: 6 prompts, a 2-category word list and tiny demonstration RMs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROMPTS = {
+    "best_ever_one": "What, in one word, is the best thing ever?",
+    "greatest_world_single": "What, in a single word, is the greatest thing in the world?",
+    "good_time_please": "What is the most good thing of all time? Please answer in one word only.",
+    "worst_ever_one": "What, in one word, is the worst thing ever?",
+    "bad_world_single": "What, in a single word, is the most bad thing in the world?",
+    "terrible_time_please": "What is the most terrible thing of all time? Please answer in one word only.",
+}
+AGENCY = ["ability", "achievement", "ambition", "power", "skill", "success", "strength", "talent", "mastery",
+          "competence", "courage", "victory", "leadership", "control", "effort", "progress", "drive", "expertise",
+          "goal", "triumph"]
+COMMUNION = ["love", "kindness", "friendship", "care", "trust", "warmth", "family", "compassion", "sharing",
+             "loyalty", "empathy", "community", "harmony", "support", "gratitude", "affection", "help",
+             "generosity", "honesty", "peace"]
+
+
+def write_small_registry(root: Path, *, models: str | None = None, extra: str = "",
+                         prompts: dict[str, str] | None = None) -> Path:
+    """Writes prompts.csv, words.csv and valuebias.yaml under ``root``; returns the config path."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = ["prompt,text"] + [f'{pid},"{text}"' for pid, text in (prompts or PROMPTS).items()]
+    (root / "prompts.csv").write_text("\n".join(rows) + "\n")
+    words = ["word,category"] + [f"{w},Agency" for w in AGENCY] + [f"{w},Communion" for w in COMMUNION]
+    (root / "words.csv").write_text("\n".join(words) + "\n")
+    if models is None:
+        models = "".join(
+            f"  demo-{arch}-{seed}:\n    kind: reward_model\n    family: {arch}\n"
+            f"    demo: {{architecture: {arch}, preferred_category: {pref}, seed: {seed}, hidden_size: 32,"
+            f" train_steps: 150}}\n"
+            for arch, pref in (("llama", "Agency"), ("gemma", "Communion")) for seed in (1, 2))
+    config = (
+        "prompts: {uri: prompts.csv}\n"
+        "corpora:\n  small: {uri: words.csv, format: csv, word_column: word, category_column: category,"
+        " categories: [Agency, Communion]}\n"
+        "scoring: {batch_size: 32}\n"
+        "analysis: {families: [gemma, llama], permutations: 2000}\n"
+        f"models:\n{models}{extra}"
+    )
+    path = root / "valuebias.yaml"
+    path.write_text(config)
+    return path
