@@ -14,6 +14,7 @@ import polars as pl
 
 from resources.storage import read_input_uri
 from valuebias.config import ModelConfig, RegistryConfig
+from valuebias.errors import InputError
 from valuebias.published import read_published_scores
 
 
@@ -49,7 +50,11 @@ def import_published_scores(model: ModelConfig, config: RegistryConfig, prompts:
     tables, metadata = [], {}
     for corpus_id, uri in model.settings.items():
         scores = read_published_scores(read_input_uri(uri, base_dir=config.base_dir), source=uri,
-                                       prompt_ids=prompt_ids)
+                                       prompt_ids=prompt_ids).unique(maintain_order=True)  # exact duplicates
+        clash = scores.filter(pl.struct("prompt", "word").is_duplicated())
+        if not clash.is_empty():
+            raise InputError(f"word '{clash['word'][0]}' has two different scores (after lowercasing and "
+                             "trimming); keep one row per word", source=uri, field="response")
         words = corpus_words.filter(pl.col("corpus") == corpus_id).select("word").unique()
         kept = scores.join(words, on="word", how="inner")
         file_words = scores["word"].n_unique()
@@ -59,8 +64,7 @@ def import_published_scores(model: ModelConfig, config: RegistryConfig, prompts:
         metadata[f"{corpus_id}/corpus_words_without_score"] = len(words) - kept["word"].n_unique()
         tables.append(kept.select(pl.lit(model.model_id).alias("model"), pl.lit(corpus_id).alias("corpus"),
                                   "prompt", "word", "score"))
-    table = pl.concat(tables).unique(subset=["model", "corpus", "prompt", "word"], keep="first",
-                                     maintain_order=True).sort("corpus", "prompt", "word")
+    table = pl.concat(tables).sort("corpus", "prompt", "word")
     metadata["sequences_scored"] = 0
     metadata["rows_imported"] = len(table)
     return table, metadata

@@ -1,0 +1,98 @@
+"""Dagster materializations on a temporary instance: ingest, contract checks, one model partition."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from assets.tables import TABLE_KEYS, rm_word_scores_key
+from orchestration.definitions import build_definitions, build_resources
+from orchestration.partitions import MODELS_PARTITION
+from orchestration.sensors import sync_model_partitions
+from resources.storage import Storage
+from tests.registry_fixtures import AGENCY, COMMUNION, PROMPTS, write_small_registry
+from valuebias.config import load_config
+
+
+@pytest.fixture()
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def test_ingest_then_one_partition(tmp_path, instance):
+    config_path = write_small_registry(tmp_path)
+    config = load_config(config_path)
+    defs = build_definitions(config_path)
+    result = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance)
+    assert result.success
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"prompts_contract": True, "corpus_words_contract": True, "model_registry_contract": True}
+
+    added, removed = sync_model_partitions(instance, config)
+    assert sorted(added) == sorted(config.models) and removed == []
+    assert sorted(instance.get_dynamic_partitions(MODELS_PARTITION)) == sorted(config.models)
+
+    # Dagster-University idiom: materialize one asset for one partition with explicit resources.
+    from assets.rm_scores import rm_word_scores
+
+    result = dg.materialize([rm_word_scores], partition_key="demo-gemma-1", instance=instance,
+                            resources=build_resources(config_path))
+    assert result.success
+    storage = Storage(uri=config.storage_uri)
+    scores = storage.read_parquet(rm_word_scores_key("demo-gemma-1"))
+    assert scores.columns == ["model", "corpus", "prompt", "word", "score"]
+    assert len(scores) == len(PROMPTS) * (len(AGENCY) + len(COMMUNION))
+    assert set(scores["model"]) == {"demo-gemma-1"}
+    assert not storage.exists(rm_word_scores_key("demo-llama-1"))  # other partitions untouched
+
+    key = dg.AssetKey("rm_word_scores")
+    assert instance.get_materialized_partitions(key) == {"demo-gemma-1"}
+    event = instance.get_latest_materialization_event(key)
+    materialization = event.asset_materialization
+    assert materialization.partition == "demo-gemma-1"
+    assert materialization.metadata["dagster/row_count"].value == len(scores)
+    assert materialization.metadata["sequences_scored"].value == len(scores)
+    version = event.dagster_event.event_specific_data.materialization.tags["dagster/data_version"]
+    from assets.tables import content_version
+
+    assert version == content_version(scores)
+
+
+def test_a_bad_word_list_fails_before_anything_is_written(tmp_path, instance):
+    config_path = write_small_registry(tmp_path)
+    words = (tmp_path / "words.csv").read_text().replace("power,Agency", "power,Agncy")
+    (tmp_path / "words.csv").write_text(words)
+    result = build_definitions(config_path).resolve_job_def("ingest_job").execute_in_process(
+        instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure and e.step_key == "corpus_words")
+    error = failure.step_failure_data.error
+    while error.cause is not None:
+        error = error.cause
+    assert "words.csv" in error.message and "row 4" in error.message and "'category'" in error.message
+    assert "Agncy" in error.message
+    storage = Storage(uri=load_config(config_path).storage_uri)
+    assert not storage.exists(TABLE_KEYS["corpus_words"])
+
+
+def test_a_failed_contract_blocks_downstream_in_the_same_run(tmp_path, instance):
+    # "best_ever_1" parses (the adjective is known) but breaks the prompts contract's id pattern.
+    bad = dict(PROMPTS)
+    bad["best_ever_1"] = bad.pop("best_ever_one")
+    config_path = write_small_registry(tmp_path, prompts=bad)
+    from assets import ingest
+    from assets.checks import contract_checks
+    from assets.rm_statistics import rm_rank_cells
+
+    result = dg.materialize([*dg.load_assets_from_modules([ingest]), rm_rank_cells, *contract_checks],
+                            instance=instance, resources=build_resources(config_path), raise_on_error=False,
+                            selection=["prompts", "corpus_words", "model_registry", "rm_rank_cells"])
+    assert not result.success
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert not evaluations["prompts_contract"].passed
+    assert evaluations["corpus_words_contract"].passed
+    assert "best_ever_1" in str({k: v.value for k, v in evaluations["prompts_contract"].metadata.items()})
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert "prompts" in started and "rm_rank_cells" not in started  # blocked, never ran
