@@ -2,7 +2,6 @@
 contract in ``data_contracts/``. A failing check stops everything downstream in the same run (a bad word
 list stops scoring) and its metadata names the rule, the rows and the values at fault."""
 
-from __future__ import annotations
 
 import dagster as dg
 

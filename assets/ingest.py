@@ -5,7 +5,6 @@ Parsing errors (missing file, wrong format, unknown category, duplicate prompt i
 checked against their data contracts by blocking asset checks (``assets/checks.py``).
 """
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

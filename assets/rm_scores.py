@@ -1,6 +1,5 @@
 """Per-model reward-model word scores: one partition per registered model (METHOD.md section 3)."""
 
-from __future__ import annotations
 
 import time
 

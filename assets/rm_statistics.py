@@ -1,6 +1,5 @@
 """Figure-1 statistics for reward models, per corpus (METHOD.md section 3, steps 1-5), and the report."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

@@ -1,6 +1,5 @@
 """Where each table lives in storage, and the one way tables are written (with a content version)."""
 
-from __future__ import annotations
 
 import hashlib
 

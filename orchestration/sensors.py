@@ -1,6 +1,5 @@
 """Sensors: keep the model partitions in step with the registry config."""
 
-from __future__ import annotations
 
 import dagster as dg
 
