@@ -6,6 +6,7 @@ import time
 import dagster as dg
 
 from assets.tables import TABLE_KEYS, rm_word_scores_key, table_result, write_table
+from assets.versions import INPUT_VERSIONS, current_input_versions
 from orchestration.partitions import model_partitions
 from resources.registry import Registry
 from resources.scoring import RewardModelScorer
@@ -33,6 +34,7 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
                          "but it is left out of the statistics")
     if model.kind != "reward_model":
         raise dg.Failure(f"model '{model_id}' is a {model.kind}, not a reward model")
+    input_versions = current_input_versions(context.instance, config, "rm_word_scores", model_id)
     prompts = storage.read_parquet(TABLE_KEYS["prompts"])
     words = storage.read_parquet(TABLE_KEYS["corpus_words"])
 
@@ -50,5 +52,6 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
         raise dg.Failure(f"scores of '{model_id}' break their data contract: {report.summary()}",
                          metadata=report.to_metadata())
     uri, version = write_table(storage, rm_word_scores_key(model_id), table)
-    metadata.update({"model_fingerprint": model.fingerprint, "family": model.family, "source": model.source})
+    metadata.update({"model_fingerprint": model.fingerprint, "family": model.family, "source": model.source,
+                     INPUT_VERSIONS: dg.MetadataValue.json(input_versions)})
     return table_result(table, uri, version, metadata)

@@ -4,7 +4,8 @@
 import dagster as dg
 import polars as pl
 
-from assets.tables import TABLE_KEYS, rm_word_scores_key, table_result, write_table
+from assets.tables import TABLE_KEYS, content_version, rm_word_scores_key, table_result, write_table
+from assets.versions import INPUT_VERSIONS, current_input_versions
 from resources.registry import Registry
 from resources.storage import Storage
 from valuebias.config import RegistryConfig
@@ -36,9 +37,10 @@ def load_reward_model_scores(config: RegistryConfig, storage: Storage) -> pl.Dat
 
 @dg.asset(group_name="statistics", kinds={"polars", "parquet"},
           deps=["rm_word_scores", "corpus_words", "prompts", "model_registry"])
-def rm_rank_cells(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Median rank per (corpus, model, category, prompt): words ranked by descending score within each
     (model, prompt), ties averaged, 1 = best (steps 1-3)."""
+    versions = current_input_versions(context.instance, registry.load(), "rm_rank_cells")
     config = registry.load()
     scores = load_reward_model_scores(config, storage)
     words = storage.read_parquet(TABLE_KEYS["corpus_words"])
@@ -60,12 +62,14 @@ def rm_rank_cells(registry: Registry, storage: Storage) -> dg.MaterializeResult:
         raise dg.Failure("no corpus has scores from any reward model")
     table = pl.concat(parts)
     uri, version = write_table(storage, TABLE_KEYS["rm_rank_cells"], table)
-    return table_result(table, uri, version, {"cells_per_corpus": per_corpus})
+    return table_result(table, uri, version, {"cells_per_corpus": per_corpus,
+                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)})
 
 
 @dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=["rm_rank_cells"])
-def rm_mixed_model(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Linear mixed model per corpus, REML: median_rank ~ family * category * framing + (1 | model) (step 4)."""
+    versions = current_input_versions(context.instance, registry.load(), "rm_mixed_model")
     cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
     parts, notes = [], {}
     for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
@@ -82,13 +86,15 @@ def rm_mixed_model(registry: Registry, storage: Storage) -> dg.MaterializeResult
         schema={"corpus": pl.Utf8, "term": pl.Utf8, "coef": pl.Float64, "se": pl.Float64, "z": pl.Float64,
                 "p": pl.Float64})
     uri, version = write_table(storage, TABLE_KEYS["rm_mixed_model"], table)
-    return table_result(table, uri, version, {"fit": notes}, preview_rows=40)
+    return table_result(table, uri, version, {"fit": notes, INPUT_VERSIONS: dg.MetadataValue.json(versions)},
+                        preview_rows=40)
 
 
 @dg.asset(group_name="statistics", kinds={"scipy", "parquet"}, deps=["rm_rank_cells"])
-def rm_family_tests(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Per panel (category x framing): permutation Welch t-test of the median ranks, family A vs B,
     Bonferroni-corrected over the panels of the corpus (step 5)."""
+    versions = current_input_versions(context.instance, registry.load(), "rm_family_tests")
     config = registry.load()
     cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
     family_a, family_b = family_pair(config, cells)
@@ -101,13 +107,14 @@ def rm_family_tests(registry: Registry, storage: Storage) -> dg.MaterializeResul
     uri, version = write_table(storage, TABLE_KEYS["rm_family_tests"], table)
     return table_result(table, uri, version, {
         "families": f"{family_a} vs {family_b}", "permutations": config.analysis.permutations,
-        "seed": config.analysis.seed}, preview_rows=40)
+        "seed": config.analysis.seed, INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40)
 
 
 @dg.asset(group_name="report", kinds={"matplotlib", "markdown"},
           deps=["rm_rank_cells", "rm_mixed_model", "rm_family_tests"])
-def rm_report(storage: Storage) -> dg.MaterializeResult:
+def rm_report(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """The Figure-1 report: markdown tables per corpus and a Figure-1-style PNG per corpus."""
+    versions = current_input_versions(context.instance, registry.load(), "rm_report")
     cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
     mixed = storage.read_parquet(TABLE_KEYS["rm_mixed_model"])
     tests = storage.read_parquet(TABLE_KEYS["rm_family_tests"])
@@ -127,6 +134,8 @@ def rm_report(storage: Storage) -> dg.MaterializeResult:
         ]
     text = "\n\n".join(sections) + "\n"
     uri = storage.write_bytes("reports/rm_report.md", text.encode())
-    metadata = {"report": dg.MetadataValue.md(text), "uri": dg.MetadataValue.path(uri)}
+    metadata = {"report": dg.MetadataValue.md(text), "uri": dg.MetadataValue.path(uri),
+                INPUT_VERSIONS: dg.MetadataValue.json(versions)}
     metadata.update({f"figure1/{cid}": dg.MetadataValue.path(p) for cid, p in plots.items()})
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(
+        content_version(pl.DataFrame({"report": [text]}))))

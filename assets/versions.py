@@ -1,0 +1,103 @@
+"""Input versions: what each asset was computed from, so that only what changed recomputes.
+
+Every asset records, in its materialization metadata, ``input_versions``: the data versions of the
+stored inputs it read and the fingerprints of the config it used (a model entry, the analysis
+settings). A partition is **stale** when the versions it would read now differ from the recorded ones,
+and **missing** when it was never materialized. ``valuebias status`` and ``valuebias run`` use
+``partition_state``; the assets use ``current_input_versions`` to record what they read.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import dagster as dg
+
+from valuebias.config import RegistryConfig
+
+DATA_VERSION_TAG = "dagster/data_version"
+INPUT_VERSIONS = "input_versions"
+
+
+def latest_record(instance: dg.DagsterInstance, asset: str, partition: str | None = None):
+    """The latest materialization record of an asset (partition), or None."""
+    records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset),
+                                           asset_partitions=[partition] if partition else None)
+    records = instance.fetch_materializations(records_filter, limit=1).records
+    return records[0] if records else None
+
+
+def data_version(record) -> str | None:
+    """The data version a materialization record carries."""
+    if record is None:
+        return None
+    return record.event_log_entry.dagster_event.event_specific_data.materialization.tags.get(DATA_VERSION_TAG)
+
+
+def recorded_input_versions(record) -> dict[str, str] | None:
+    if record is None:
+        return None
+    value = record.asset_materialization.metadata.get(INPUT_VERSIONS)
+    return dict(value.value) if value is not None else None
+
+
+def _latest_version(instance, asset, partition=None) -> str:
+    return data_version(latest_record(instance, asset, partition)) or "missing"
+
+
+def analysis_fingerprint(config: RegistryConfig) -> str:
+    payload = json.dumps({"families": config.analysis.families, "permutations": config.analysis.permutations,
+                          "seed": config.analysis.seed}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def current_input_versions(instance: dg.DagsterInstance, config: RegistryConfig, asset: str,
+                           partition: str | None = None) -> dict[str, str]:
+    """The versions of everything ``asset`` (``partition``) reads, as they are now."""
+    if asset == "rm_word_scores":
+        model = config.models.get(partition)
+        return {"model": model.fingerprint if model else "removed",
+                "prompts": _latest_version(instance, "prompts"),
+                "corpus_words": _latest_version(instance, "corpus_words")}
+    if asset == "rm_rank_cells":
+        versions = {"prompts": _latest_version(instance, "prompts"),
+                    "corpus_words": _latest_version(instance, "corpus_words")}
+        for model in config.reward_models():
+            versions[f"rm_word_scores[{model.model_id}]"] = _latest_version(instance, "rm_word_scores",
+                                                                            model.model_id)
+            versions[f"family[{model.model_id}]"] = model.family
+        return versions
+    if asset == "rm_mixed_model":
+        return {"rm_rank_cells": _latest_version(instance, "rm_rank_cells")}
+    if asset == "rm_family_tests":
+        return {"rm_rank_cells": _latest_version(instance, "rm_rank_cells"),
+                "analysis": analysis_fingerprint(config)}
+    if asset == "rm_report":
+        return {name: _latest_version(instance, name)
+                for name in ("rm_rank_cells", "rm_mixed_model", "rm_family_tests")}
+    return {}  # ingest assets read files outside Dagster: they are re-read on every run (cheap)
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    asset: str
+    partition: str | None
+    state: str  # fresh, stale, missing
+    reason: str
+    run_id: str | None
+    data_version: str | None
+    metadata: dict
+
+
+def partition_state(instance: dg.DagsterInstance, config: RegistryConfig, asset: str,
+                    partition: str | None = None) -> PartitionState:
+    """Fresh, stale (with the inputs that changed) or missing."""
+    record = latest_record(instance, asset, partition)
+    if record is None:
+        return PartitionState(asset, partition, "missing", "never materialized", None, None, {})
+    metadata = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    recorded = recorded_input_versions(record) or {}
+    current = current_input_versions(instance, config, asset, partition)
+    changed = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
+    state, reason = ("stale", "changed: " + ", ".join(changed)) if changed else ("fresh", "")
+    return PartitionState(asset, partition, state, reason, record.run_id, data_version(record), metadata)
