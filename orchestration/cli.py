@@ -1,6 +1,7 @@
 """The ``valuebias`` command: run the registry, print its tables, serve the Dagster UI.
 
-    valuebias run   [--config PATH] [--verbose]
+    valuebias run   [--config PATH] [--all] [--verbose]
+    valuebias status [--format markdown|csv] [--config PATH]
     valuebias table NAME [--format markdown|csv] [--config PATH]
     valuebias ui    [--config PATH] [--port 3000]
 
@@ -58,11 +59,12 @@ def _failure_messages(result) -> list[str]:
     return messages
 
 
-def _execute(defs, job_name: str, instance, *, partition_key: str | None, verbose: bool) -> bool:
+def _execute(defs, job_name: str, instance, *, partition_key: str | None, verbose: bool,
+             asset_selection=None) -> bool:
     run_config = {"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}}
     job = defs.resolve_job_def(job_name)
     result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=run_config,
-                                    raise_on_error=False)
+                                    raise_on_error=False, asset_selection=asset_selection)
     if not result.success:
         for message in _failure_messages(result):
             print(f"  error: {message}", file=sys.stderr)
@@ -70,9 +72,40 @@ def _execute(defs, job_name: str, instance, *, partition_key: str | None, verbos
     return result.success
 
 
+STATISTICS_ASSETS = ("rm_rank_cells", "rm_mixed_model", "rm_family_tests", "rm_report")
+DOWNSTREAM = {"rm_rank_cells": STATISTICS_ASSETS[1:], "rm_mixed_model": ("rm_report",),
+              "rm_family_tests": ("rm_report",), "rm_report": ()}
+
+
+def registry_states(instance, config: RegistryConfig) -> list:
+    """The state of every asset partition the registry defines, in execution order."""
+    from assets.versions import PartitionState, latest_record, partition_state
+
+    rows = []
+    for asset in ("prompts", "corpus_words", "model_registry"):
+        record = latest_record(instance, asset)
+        state = partition_state(instance, config, asset)
+        rows.append(state if record is None else PartitionState(
+            asset, None, "fresh", "re-read on every run", state.run_id, state.data_version, state.metadata))
+    rows += [partition_state(instance, config, "rm_word_scores", m.model_id) for m in config.reward_models()]
+    rows += [partition_state(instance, config, asset) for asset in STATISTICS_ASSETS]
+    return rows
+
+
+def statistics_to_run(states: list) -> list[str]:
+    """The stale or missing statistics assets plus everything downstream of them, in order."""
+    selected = set()
+    for state in states:
+        if state.asset in STATISTICS_ASSETS and state.state != "fresh":
+            selected.add(state.asset)
+            selected.update(DOWNSTREAM[state.asset])
+    return [asset for asset in STATISTICS_ASSETS if asset in selected]
+
+
 def cmd_run(args) -> int:
     import dagster as dg
 
+    from assets.versions import partition_state
     from orchestration.definitions import build_definitions
     from orchestration.sensors import sync_model_partitions
 
@@ -85,16 +118,55 @@ def cmd_run(args) -> int:
     print(f"valuebias: storage {config.storage_uri}; Dagster instance {os.environ['DAGSTER_HOME']}")
     if added or removed:
         print(f"valuebias: model partitions added {added or '[]'}, removed {removed or '[]'}")
-    steps = [("ingest_job", None)] + [("rm_scoring_job", m.model_id) for m in config.reward_models()] \
-        + [("rm_statistics_job", None)]
-    for number, (job_name, partition) in enumerate(steps, start=1):
-        label = f"{job_name}[{partition}]" if partition else job_name
-        print(f"[{number}/{len(steps)}] {label} ...", flush=True)
+
+    def step(label: str, job_name: str, **kwargs) -> bool:
+        print(f"{label} ...", flush=True)
         started = time.perf_counter()
-        if not _execute(defs, job_name, instance, partition_key=partition, verbose=args.verbose):
+        ok = _execute(defs, job_name, instance, verbose=args.verbose, **kwargs)
+        if ok:
+            print(f"{label} done in {time.perf_counter() - started:.1f} s", flush=True)
+        return ok
+
+    # Ingest is cheap and re-reads the files every time; unchanged content keeps its data version.
+    if not step("ingest_job", "ingest_job", partition_key=None):
+        return 1
+    for model in config.reward_models():
+        state = partition_state(instance, config, "rm_word_scores", model.model_id)
+        if state.state == "fresh" and not args.all:
+            print(f"rm_scoring_job[{model.model_id}] skipped: fresh (use --all to recompute)")
+            continue
+        reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
+        if not step(f"rm_scoring_job[{model.model_id}]{reason}", "rm_scoring_job", partition_key=model.model_id):
             return 1
-        print(f"[{number}/{len(steps)}] {label} done in {time.perf_counter() - started:.1f} s", flush=True)
+    stale = list(STATISTICS_ASSETS) if args.all else statistics_to_run(registry_states(instance, config))
+    if stale:
+        if not step(f"rm_statistics_job[{', '.join(stale)}]", "rm_statistics_job", partition_key=None,
+                    asset_selection=[dg.AssetKey(a) for a in stale]):
+            return 1
+    else:
+        print("rm_statistics_job skipped: every statistics table is fresh")
     print("valuebias: done. Try `valuebias table rm_family_tests`.")
+    return 0
+
+
+def cmd_status(args) -> int:
+    import dagster as dg
+    import polars as pl
+
+    from valuebias.report import markdown_table
+
+    config = load_config(_config_path(args.config))
+    use_project_instance(config)
+    instance = dg.DagsterInstance.get()
+    rows = [{
+        "asset": s.asset, "partition": s.partition or "", "state": s.state, "reason": s.reason,
+        "last_run": s.run_id or "", "data_version": s.data_version or "",
+        "sequences_scored": s.metadata.get("sequences_scored"), "sequences_reused": s.metadata.get("sequences_reused"),
+    } for s in registry_states(instance, config)]
+    table = pl.DataFrame(rows, schema={"asset": pl.Utf8, "partition": pl.Utf8, "state": pl.Utf8, "reason": pl.Utf8,
+                                       "last_run": pl.Utf8, "data_version": pl.Utf8,
+                                       "sequences_scored": pl.Int64, "sequences_reused": pl.Int64})
+    sys.stdout.write(table.write_csv() if args.format == "csv" else markdown_table(table) + "\n")
     return 0
 
 
@@ -148,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="materialize every asset and partition in-process")
     run.add_argument("--config", help="registry config (default: valuebias.yaml)")
     run.add_argument("--verbose", action="store_true", help="show Dagster's INFO logs")
+    run.add_argument("--all", action="store_true", help="recompute fresh partitions too")
     run.set_defaults(func=cmd_run)
+    status = sub.add_parser("status", help="one row per asset partition: fresh, stale (and why) or missing")
+    status.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    status.add_argument("--config", help="registry config (default: valuebias.yaml)")
+    status.set_defaults(func=cmd_status)
     table = sub.add_parser("table", help="print a stored table")
     table.add_argument("name", choices=TABLE_NAMES)
     table.add_argument("--format", choices=("markdown", "csv"), default="markdown")
