@@ -43,6 +43,18 @@ def use_project_instance(config: RegistryConfig) -> Path:
     return home
 
 
+def prepare_instance(config: RegistryConfig):
+    """The project's instance, with the model partitions synced and the ``gpu`` pool limit set."""
+    import dagster as dg
+
+    from orchestration.sensors import sync_model_partitions
+
+    use_project_instance(config)
+    instance = dg.DagsterInstance.get()
+    instance.event_log_storage.set_concurrency_slots("gpu", config.gpu_concurrency)
+    return instance, sync_model_partitions(instance, config)
+
+
 def _failure_messages(result) -> list[str]:
     """Readable reasons a run failed: the innermost error of each failed step and each failed check."""
     messages = []
@@ -107,13 +119,10 @@ def cmd_run(args) -> int:
 
     from assets.versions import partition_state
     from orchestration.definitions import build_definitions
-    from orchestration.sensors import sync_model_partitions
 
     config = load_config(_config_path(args.config))
-    use_project_instance(config)
     defs = build_definitions(config.path)
-    instance = dg.DagsterInstance.get()
-    added, removed = sync_model_partitions(instance, config)
+    instance, (added, removed) = prepare_instance(config)
     print(f"valuebias: config {config.path}")
     print(f"valuebias: storage {config.storage_uri}; Dagster instance {os.environ['DAGSTER_HOME']}")
     if added or removed:
@@ -199,13 +208,8 @@ def cmd_table(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    import dagster as dg
-
-    from orchestration.sensors import sync_model_partitions
-
     config = load_config(_config_path(args.config))
-    use_project_instance(config)
-    sync_model_partitions(dg.DagsterInstance.get(), config)
+    prepare_instance(config)
     webserver = shutil.which("dagster-webserver") or str(Path(sys.executable).parent / "dagster-webserver")
     print(f"valuebias: serving the Dagster UI on http://127.0.0.1:{args.port}", flush=True)
     os.chdir(PROJECT_ROOT)

@@ -14,6 +14,7 @@ import dagster as dg
 
 from assets import ingest, rm_scores, rm_statistics
 from assets.checks import contract_checks
+from orchestration.automation import build_refresh_schedule, with_automation
 from orchestration.partitions import model_partitions
 from orchestration.sensors import model_partitions_sensor
 from resources.registry import Registry
@@ -55,11 +56,13 @@ def build_resources(config_path: str | Path) -> dict:
 
 def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     config_path = config_path or default_config_path()
+    config = load_config(config_path)
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest, rm_scores, rm_statistics]),
+        assets=with_automation(dg.load_assets_from_modules([ingest, rm_scores, rm_statistics])),
         asset_checks=contract_checks,
         jobs=[ingest_job, rm_scoring_job, rm_statistics_job],
         sensors=[model_partitions_sensor],
+        schedules=[build_refresh_schedule(config.schedule_cron)],
         resources=build_resources(config_path),
     )
 

@@ -4,6 +4,7 @@
 import dagster as dg
 
 from orchestration.partitions import MODELS_PARTITION
+from orchestration.automation import stale_scoring_requests
 from resources.registry import Registry
 from valuebias.config import RegistryConfig
 
@@ -25,8 +26,9 @@ def sync_model_partitions(instance: dg.DagsterInstance, config: RegistryConfig) 
     return added, removed
 
 
-@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Adds a partition for every model in the registry config and removes deleted ones.")
+@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING, job_name="rm_scoring_job",
+           description="Adds a partition for every model in the registry config, removes deleted ones "
+                       "(their stored scores and history stay), and rescores models whose entry changed.")
 def model_partitions_sensor(context: dg.SensorEvaluationContext, registry: Registry) -> dg.SensorResult:
     config = registry.load()
     added, removed = partition_changes(config, context.instance.get_dynamic_partitions(MODELS_PARTITION))
@@ -35,5 +37,12 @@ def model_partitions_sensor(context: dg.SensorEvaluationContext, registry: Regis
         requests.append(dg.AddDynamicPartitionsRequest(MODELS_PARTITION, added))
     if removed:
         requests.append(dg.DeleteDynamicPartitionsRequest(MODELS_PARTITION, removed))
-    return dg.SensorResult(dynamic_partitions_requests=requests,
-                           skip_reason=None if requests else "model partitions match the config")
+    # A changed model entry (new fingerprint) is invisible to data versions: request exactly those partitions.
+    changed = [r for r in stale_scoring_requests(context.instance, registry)
+               if r.partition_key not in added and "model" in r.tags.get("valuebias/reason", "")]
+    run_requests = [dg.RunRequest(job_name=r.job_name, partition_key=r.partition_key, tags=r.tags,
+                                  run_key=f"{r.partition_key}:{config.models[r.partition_key].fingerprint}")
+                    for r in changed]
+    if not requests and not run_requests:
+        return dg.SensorResult(skip_reason="model partitions match the config")
+    return dg.SensorResult(dynamic_partitions_requests=requests, run_requests=run_requests)

@@ -80,6 +80,8 @@ class RegistryConfig:
     corpora: dict[str, CorpusConfig]
     models: dict[str, ModelConfig]
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    schedule_cron: str = "0 2 * * *"
+    gpu_concurrency: int = 1
 
     @property
     def base_dir(self) -> Path:
@@ -194,7 +196,8 @@ class _Reader:
         return tuple(value)
 
 
-TOP_KEYS = ("state_dir", "storage", "prompts", "wordlist", "corpora", "models", "analysis", "scoring")
+TOP_KEYS = ("state_dir", "storage", "prompts", "wordlist", "corpora", "models", "analysis", "scoring",
+            "schedule", "concurrency")
 CORPUS_KEYS = ("uri", "format", "word_column", "category_column", "category_columns", "category_rule",
                "categories", "wildcards")
 MODEL_KEYS = ("kind", "family", "display_name") + MODEL_SOURCES
@@ -248,9 +251,15 @@ def load_config(path: str | Path) -> RegistryConfig:
     models = {str(mid): _read_model(r, str(mid), entry, base, corpora) for mid, entry in models_raw.items()}
 
     analysis = _read_analysis(r, top.get("analysis"))
+    schedule = r.mapping(top.get("schedule"), ("schedule",), ("cron",))
+    cron = r.string(schedule.get("cron"), ("schedule", "cron"), required=False) or "0 2 * * *"
+    if len(cron.split()) != 5:
+        raise r.error(("schedule", "cron"), f"'{cron}' is not a 5-field cron expression")
+    concurrency = r.mapping(top.get("concurrency"), ("concurrency",), ("gpu",))
+    gpu = r.integer(concurrency.get("gpu"), ("concurrency", "gpu"), default=1)
     return RegistryConfig(path=path, state_dir=state_dir, storage_uri=storage_uri, prompts_uri=prompts_uri,
                           wordlist_size=wordlist_size, scoring_batch_size=batch_size, corpora=corpora,
-                          models=models, analysis=analysis)
+                          models=models, analysis=analysis, schedule_cron=cron, gpu_concurrency=gpu)
 
 
 def _read_corpus(r: _Reader, cid: str, entry: Any, base: Path) -> CorpusConfig:

@@ -1,0 +1,63 @@
+"""Automation: what recomputes by itself, and when.
+
+- Computed assets carry ``inputs_changed``: they are requested when they are newly missing or when an
+  input was materialized with a *different* data version (an unchanged re-ingest triggers nothing).
+- A config change of one model (its fingerprint) is not a data version Dagster can see, so
+  ``orchestration.sensors.model_partitions_sensor`` requests exactly the partitions whose entry changed.
+- ``registry_refresh_schedule`` (cron from ``schedule.cron``, default nightly) requests every missing
+  or stale scoring partition as a backfill, and the statistics when only they are stale.
+"""
+
+import dagster as dg
+
+from assets.versions import partition_state
+from resources.registry import Registry
+
+inputs_changed = (
+    (dg.AutomationCondition.missing().newly_true()
+     | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()
+                                             | dg.AutomationCondition.will_be_requested()))
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("inputs changed")
+
+COMPUTED_GROUPS = ("scoring", "statistics", "report")
+
+
+def with_automation(assets: list[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+    """Attaches ``inputs_changed`` to the computed assets (not to ingest, which reads outside files)."""
+    return [
+        a.map_asset_specs(lambda spec: spec.replace_attributes(automation_condition=inputs_changed))
+        if any(spec.group_name in COMPUTED_GROUPS for spec in a.specs) else a
+        for a in assets
+    ]
+
+
+def stale_scoring_requests(instance: dg.DagsterInstance, registry: Registry) -> list[dg.RunRequest]:
+    """One run request per scoring partition that is missing or stale, with the reason as a tag."""
+    config = registry.load()
+    requests = []
+    for model in config.reward_models():
+        state = partition_state(instance, config, "rm_word_scores", model.model_id)
+        if state.state != "fresh":
+            requests.append(dg.RunRequest(job_name="rm_scoring_job", partition_key=model.model_id,
+                                          tags={"valuebias/reason": f"{state.state}: {state.reason}"[:200]}))
+    return requests
+
+
+def build_refresh_schedule(cron: str) -> dg.ScheduleDefinition:
+    @dg.schedule(cron_schedule=cron, job_name="rm_scoring_job", name="registry_refresh_schedule",
+                 description="Backfills every missing or stale model partition, then the statistics.")
+    def registry_refresh_schedule(context: dg.ScheduleEvaluationContext, registry: Registry):
+        requests = stale_scoring_requests(context.instance, registry)
+        if requests:
+            return requests
+        config = registry.load()
+        stale = [a for a in ("rm_rank_cells", "rm_mixed_model", "rm_family_tests", "rm_report")
+                 if partition_state(context.instance, config, a).state != "fresh"]
+        if stale:
+            return [dg.RunRequest(job_name="rm_statistics_job", asset_selection=[dg.AssetKey(a) for a in stale])]
+        return dg.SkipReason("every partition is fresh")
+
+    return registry_refresh_schedule
