@@ -46,7 +46,7 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
             last_log[0] = now
             context.log.info(f"{model_id}: scored {done}/{total} sequences")
 
-    table, metadata = scorer.score(model, config, prompts, words, progress=progress)
+    table, metadata = scorer.score(model, config, storage, prompts, words, progress=progress)
     report = validator.validate(table, "rm_word_scores")
     if not report.success:
         raise dg.Failure(f"scores of '{model_id}' break their data contract: {report.summary()}",

@@ -12,7 +12,7 @@ from typing import Callable
 import dagster as dg
 import polars as pl
 
-from resources.storage import read_input_uri
+from resources.storage import Storage, read_input_uri
 from valuebias.config import ModelConfig, RegistryConfig
 from valuebias.errors import InputError
 from valuebias.published import read_published_scores
@@ -27,7 +27,7 @@ class RewardModelScorer(dg.ConfigurableResource):
     batch_size: int = 0
     device: str = ""
 
-    def score(self, model: ModelConfig, config: RegistryConfig, prompts: pl.DataFrame,
+    def score(self, model: ModelConfig, config: RegistryConfig, storage: Storage, prompts: pl.DataFrame,
               corpus_words: pl.DataFrame,
               progress: Callable[[int, int], None] | None = None) -> tuple[pl.DataFrame, dict]:
         if model.source == "published":
@@ -38,8 +38,26 @@ class RewardModelScorer(dg.ConfigurableResource):
             model.model_id, model.source, model.settings, prompts=prompts, corpus_words=corpus_words,
             demo_dir=Path(config.state_dir) / "demo_models",
             batch_size=self.batch_size or config.scoring_batch_size, device=self.device or None,
+            cache=lambda identity: StorageScoreCache(storage, f"score_cache/{model.model_id}/{identity}/"),
             progress=progress,
         )
+
+
+class StorageScoreCache:
+    """The score cache of one model in product storage: one parquet chunk per scored prompt, each
+    written atomically, so a killed partition keeps every finished chunk and never a partial one."""
+
+    def __init__(self, storage: Storage, prefix: str):
+        self.storage, self.prefix = storage, prefix
+
+    def read(self) -> pl.DataFrame:
+        from valuebias.score_partition import empty_cache
+
+        keys = [k for k in self.storage.list(self.prefix) if k.endswith(".parquet")]
+        return pl.concat([self.storage.read_parquet(k) for k in keys]) if keys else empty_cache()
+
+    def write_chunk(self, name: str, chunk: pl.DataFrame) -> None:
+        self.storage.write_parquet(f"{self.prefix}{name}.parquet", chunk)
 
 
 def import_published_scores(model: ModelConfig, config: RegistryConfig, prompts: pl.DataFrame,

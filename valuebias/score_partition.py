@@ -8,11 +8,13 @@ without a rewrite. It imports torch and transformers; the Dagster code location 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import polars as pl
 
@@ -44,50 +46,138 @@ def resolve_model_path(model_id: str, source: str, settings: dict[str, Any], *, 
     return {"path": str(path), "score": "logits[0]"}
 
 
+class ScoreCache(Protocol):
+    """Where finished chunks of scores are kept: rows (key, score), one chunk per prompt."""
+
+    def read(self) -> pl.DataFrame: ...
+
+    def write_chunk(self, name: str, chunk: pl.DataFrame) -> None: ...
+
+
+class DirectoryScoreCache:
+    """A ScoreCache in a local folder (each chunk written to a temporary name, then renamed)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def read(self) -> pl.DataFrame:
+        files = sorted(self.folder.glob("*.parquet"))
+        return pl.concat([pl.read_parquet(f) for f in files]) if files else empty_cache()
+
+    def write_chunk(self, name: str, chunk: pl.DataFrame) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{name}.partial"
+        chunk.write_parquet(tmp)
+        tmp.replace(self.folder / f"{name}.parquet")
+
+
+def empty_cache() -> pl.DataFrame:
+    return pl.DataFrame(schema={"key": pl.Utf8, "score": pl.Float64})
+
+
+def model_identity(hf: dict[str, Any]) -> str:
+    """What determines a model's scores: its load settings and, for a built demo model, its build
+    fingerprint (the weights change when its training words do)."""
+    payload = dict(hf)
+    recipe = Path(hf["path"]) / "recipe.json"
+    if recipe.is_file():
+        payload["built"] = json.loads(recipe.read_text()).get("fingerprint")
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sequence_key(rendered: str) -> str:
+    """Cache key of one scored sequence: a hash of the rendered conversation (template + prompt + word).
+    The cache folder itself is specific to the model (its fingerprint)."""
+    return hashlib.sha256(rendered.encode()).hexdigest()[:32]
+
+
 def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, prompts: pl.DataFrame,
                        corpus_words: pl.DataFrame, demo_dir: Path, batch_size: int = 64,
-                       device: str | None = None,
+                       device: str | None = None, cache: Callable[[str], ScoreCache] | None = None,
                        progress: Callable[[int, int], None] | None = None) -> tuple[pl.DataFrame, dict]:
     """Scores every unique corpus word under every prompt with the model's own chat template.
 
-    Returns the long table (model, corpus, prompt, word, score) and run metadata."""
-    from valuebias.scoring import HuggingFaceSource, load_reward_model, score_words
+    ``cache(identity)`` gives the score cache of the resolved model (``model_identity``). With it,
+    sequences already scored by this model (same rendered conversation) are reused,
+    and each prompt's new scores are saved as one chunk as soon as they are computed, so an interrupted
+    partition resumes where it stopped. Returns the long table (model, corpus, prompt, word, score) and
+    run metadata (``sequences_scored``, ``sequences_reused``, engine, timings)."""
+    from valuebias import engine
+    from valuebias.scoring import HuggingFaceSource, check_source, load_reward_model, render_conversation
 
     started = time.perf_counter()
     hf = resolve_model_path(model_id, source, settings, demo_dir=demo_dir, prompts=prompts,
                             corpus_words=corpus_words)
     src = HuggingFaceSource(model_id=model_id, **hf)
-    loaded = load_reward_model(src, device=device)
-    loaded_at = time.perf_counter()
     words = sorted(corpus_words["word"].unique().to_list())
-    scores = score_words(loaded, score=src.score, prompts=list(zip(prompts["prompt"], prompts["text"])),
-                         words=words, batch_size=batch_size, progress=progress)
-    scored_at = time.perf_counter()
+    tokenizer = _load_tokenizer(check_source(src))
+    cache = cache(model_identity(hf)) if cache is not None else None
+    cached = cache.read() if cache is not None else empty_cache()
+    known = dict(zip(cached["key"].to_list(), cached["score"].to_list()))
+
+    loaded, infos, rows, scored, score_seconds = None, [], [], 0, 0.0
+    total = len(prompts) * len(words)
+    for prompt_id, text in zip(prompts["prompt"].to_list(), prompts["text"].to_list()):
+        keys = [sequence_key(render_conversation(tokenizer, text, w, source=src.source)) for w in words]
+        missing = [w for w, k in zip(words, keys) if k not in known]
+        if missing:
+            if loaded is None:
+                loaded = load_reward_model(src, device=device)
+            t0 = time.perf_counter()
+            table, info = engine.score_prefix_cached(loaded, score=src.score, prompts=[(prompt_id, text)],
+                                                     words=missing, batch_size=batch_size)
+            score_seconds += time.perf_counter() - t0
+            infos.append(info)
+            new = dict(zip(table["word"].to_list(), table["score"].to_list()))
+            chunk = pl.DataFrame({"key": [k for w, k in zip(words, keys) if w in new],
+                                  "score": [new[w] for w, k in zip(words, keys) if w in new]},
+                                 schema={"key": pl.Utf8, "score": pl.Float64})
+            if cache is not None:
+                cache.write_chunk(f"{prompt_id}-{uuid.uuid4().hex[:8]}", chunk)
+            known.update(zip(chunk["key"].to_list(), chunk["score"].to_list()))
+            scored += len(missing)
+        rows.append(pl.DataFrame({"prompt": prompt_id, "word": words, "score": [known[k] for k in keys]},
+                                 schema={"prompt": pl.Utf8, "word": pl.Utf8, "score": pl.Float64}))
+        if progress is not None:
+            progress(sum(len(r) for r in rows), total)
+
+    scores = pl.concat(rows)
     table = (corpus_words.select("corpus", "word").unique()
              .join(scores, on="word", how="inner")
              .select(pl.lit(model_id).alias("model"), "corpus", "prompt", "word", "score")
              .sort("corpus", "prompt", "word"))
-    sequences = len(scores)
+    engines = sorted({i["engine"] for i in infos})
     metadata = {
-        "sequences_scored": sequences,
+        "sequences_scored": scored,
+        "sequences_reused": total - scored,
         "unique_words": len(words),
         "prompts": len(prompts),
-        "device": str(loaded.device),
-        "dtype": str(loaded.dtype).replace("torch.", ""),
+        "engine": ", ".join(engines) if engines else "none (everything reused)",
+        "oom_halvings": sum(i.get("oom_halvings", 0) for i in infos),
+        "device": str(loaded.device) if loaded else "not loaded",
+        "dtype": str(loaded.dtype).replace("torch.", "") if loaded else "not loaded",
         "batch_size": batch_size,
-        "load_seconds": round(loaded_at - started, 3),
-        "score_seconds": round(scored_at - loaded_at, 3),
-        "sequences_per_second": round(sequences / max(scored_at - loaded_at, 1e-9), 1),
+        "score_seconds": round(score_seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "sequences_per_second": round(scored / score_seconds, 1) if score_seconds else None,
         "model_path": hf["path"],
     }
     return table.cast(SCORE_SCHEMA), metadata
+
+
+def _load_tokenizer(kwargs: dict):
+    """The tokenizer alone (cheap), to render conversations and look them up in the cache."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(**{k: v for k, v in kwargs.items() if k != "use_safetensors"})
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m valuebias.score_partition SPEC.json``: the out-of-process form of one partition.
 
     SPEC names the model (``model_id``, ``source``, ``settings``), the input parquet files
-    (``prompts``, ``corpus_words``), ``demo_dir``, ``batch_size`` and the ``output`` parquet path;
+    (``prompts``, ``corpus_words``), ``demo_dir``, ``batch_size``, an optional ``cache_dir`` and the
+    ``output`` parquet path;
     the metadata is written next to the output as JSON."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -99,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         prompts=pl.read_parquet(spec["prompts"]), corpus_words=pl.read_parquet(spec["corpus_words"]),
         demo_dir=Path(spec["demo_dir"]), batch_size=int(spec.get("batch_size", 64)),
         device=spec.get("device"),
+        cache=(lambda identity: DirectoryScoreCache(Path(spec["cache_dir"]) / identity))
+        if spec.get("cache_dir") else None,
     )
     output = Path(spec["output"])
     tmp = output.with_suffix(".partial")
