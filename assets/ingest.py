@@ -9,32 +9,21 @@ checked against their data contracts by blocking asset checks (``assets/checks.p
 import dagster as dg
 import polars as pl
 
-from assets.tables import TABLE_KEYS, table_result, write_table
+from assets.tables import TABLE_KEYS, content_version, table_result, write_table
 from resources.registry import Registry
 from resources.storage import Storage, read_input_uri
+from valuebias.config import RegistryConfig
 from valuebias.corpora import read_corpus
 from valuebias.prompts import read_prompts
 from valuebias.wordlist import english_wordlist, wordlist_description
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"})
-def prompts(registry: Registry, storage: Storage) -> dg.MaterializeResult:
-    """The prompt table (prompt id, text, adjective, superlative, style, framing), METHOD.md section 1."""
-    config = registry.load()
-    table = read_prompts(read_input_uri(config.prompts_uri, base_dir=config.base_dir), source=config.prompts_uri)
-    uri, version = write_table(storage, TABLE_KEYS["prompts"], table)
-    framing = table.group_by("framing").len().sort("framing")
-    return table_result(table, uri, version, {
-        "source": config.prompts_uri,
-        "prompts_by_framing": {row["framing"]: row["len"] for row in framing.to_dicts()},
-    })
+def build_prompts(config: RegistryConfig) -> pl.DataFrame:
+    return read_prompts(read_input_uri(config.prompts_uri, base_dir=config.base_dir), source=config.prompts_uri)
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"})
-def corpus_words(registry: Registry, storage: Storage) -> dg.MaterializeResult:
-    """Every corpus as (corpus, word, category) rows: lowercased, trimmed, duplicates removed,
-    ``*`` wildcards expanded against one fixed English word list (METHOD.md section 2)."""
-    config = registry.load()
+def build_corpus_words(config: RegistryConfig) -> tuple[pl.DataFrame, dict, dict | None]:
+    """(table, stats per corpus, word-list description or None) for every configured corpus."""
     wordlist = None
     tables, per_corpus = [], {}
     for corpus in config.corpora.values():
@@ -51,12 +40,48 @@ def corpus_words(registry: Registry, storage: Storage) -> dg.MaterializeResult:
         )
         tables.append(parsed.table.select(pl.lit(corpus.corpus_id).alias("corpus"), "word", "category"))
         per_corpus[corpus.corpus_id] = {"uri": corpus.uri, **parsed.stats}
-    table = pl.concat(tables)
+    description = wordlist_description(config.wordlist_size) if wordlist is not None else None
+    return pl.concat(tables), per_corpus, description
+
+
+def build_model_registry(config: RegistryConfig) -> pl.DataFrame:
+    return pl.DataFrame(
+        [{"model": m.model_id, "kind": m.kind, "family": m.family, "source": m.source,
+          "fingerprint": m.fingerprint} for m in config.models.values()],
+        schema={"model": pl.Utf8, "kind": pl.Utf8, "family": pl.Utf8, "source": pl.Utf8, "fingerprint": pl.Utf8},
+    )
+
+
+def ingest_versions(config: RegistryConfig) -> dict[str, str]:
+    """The data versions the ingest assets would have if they ran now (reads the input files)."""
+    return {"prompts": content_version(build_prompts(config)),
+            "corpus_words": content_version(build_corpus_words(config)[0]),
+            "model_registry": content_version(build_model_registry(config))}
+
+
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"})
+def prompts(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+    """The prompt table (prompt id, text, adjective, superlative, style, framing), METHOD.md section 1."""
+    config = registry.load()
+    table = build_prompts(config)
+    uri, version = write_table(storage, TABLE_KEYS["prompts"], table)
+    framing = table.group_by("framing").len().sort("framing")
+    return table_result(table, uri, version, {
+        "source": config.prompts_uri,
+        "prompts_by_framing": {row["framing"]: row["len"] for row in framing.to_dicts()},
+    })
+
+
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"})
+def corpus_words(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+    """Every corpus as (corpus, word, category) rows: lowercased, trimmed, duplicates removed,
+    ``*`` wildcards expanded against one fixed English word list (METHOD.md section 2)."""
+    table, per_corpus, description = build_corpus_words(registry.load())
     uri, version = write_table(storage, TABLE_KEYS["corpus_words"], table)
     metadata = {f"corpus/{cid}": dg.MetadataValue.json(_jsonable(stats)) for cid, stats in per_corpus.items()}
     metadata["words_per_corpus"] = {cid: int(s.get("words", 0)) for cid, s in per_corpus.items()}
-    if wordlist is not None:
-        metadata["wildcard_wordlist"] = dg.MetadataValue.json(wordlist_description(config.wordlist_size))
+    if description is not None:
+        metadata["wildcard_wordlist"] = dg.MetadataValue.json(description)
     return table_result(table, uri, version, metadata)
 
 
@@ -65,11 +90,7 @@ def model_registry(registry: Registry, storage: Storage) -> dg.MaterializeResult
     """The registered models: id, kind, family, source and a fingerprint of the whole entry.
     The partitions of the scoring assets are these model ids."""
     config = registry.load()
-    table = pl.DataFrame(
-        [{"model": m.model_id, "kind": m.kind, "family": m.family, "source": m.source,
-          "fingerprint": m.fingerprint} for m in config.models.values()],
-        schema={"model": pl.Utf8, "kind": pl.Utf8, "family": pl.Utf8, "source": pl.Utf8, "fingerprint": pl.Utf8},
-    )
+    table = build_model_registry(config)
     uri, version = write_table(storage, TABLE_KEYS["model_registry"], table)
     return table_result(table, uri, version, {"config": str(config.path)}, preview_rows=50)
 

@@ -41,7 +41,9 @@ def recorded_input_versions(record) -> dict[str, str] | None:
     return dict(value.value) if value is not None else None
 
 
-def _latest_version(instance, asset, partition=None) -> str:
+def _latest_version(instance, asset, partition=None, overrides=None) -> str:
+    if overrides and asset in overrides:
+        return overrides[asset]
     return data_version(latest_record(instance, asset, partition)) or "missing"
 
 
@@ -52,16 +54,17 @@ def analysis_fingerprint(config: RegistryConfig) -> str:
 
 
 def current_input_versions(instance: dg.DagsterInstance, config: RegistryConfig, asset: str,
-                           partition: str | None = None) -> dict[str, str]:
-    """The versions of everything ``asset`` (``partition``) reads, as they are now."""
+                           partition: str | None = None, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The versions of everything ``asset`` (``partition``) reads, as they are now. ``overrides`` gives
+    versions to assume for some inputs (e.g. what re-ingesting the files would produce)."""
     if asset == "rm_word_scores":
         model = config.models.get(partition)
         return {"model": model.fingerprint if model else "removed",
-                "prompts": _latest_version(instance, "prompts"),
-                "corpus_words": _latest_version(instance, "corpus_words")}
+                "prompts": _latest_version(instance, "prompts", overrides=overrides),
+                "corpus_words": _latest_version(instance, "corpus_words", overrides=overrides)}
     if asset == "rm_rank_cells":
-        versions = {"prompts": _latest_version(instance, "prompts"),
-                    "corpus_words": _latest_version(instance, "corpus_words")}
+        versions = {"prompts": _latest_version(instance, "prompts", overrides=overrides),
+                    "corpus_words": _latest_version(instance, "corpus_words", overrides=overrides)}
         for model in config.reward_models():
             versions[f"rm_word_scores[{model.model_id}]"] = _latest_version(instance, "rm_word_scores",
                                                                             model.model_id)
@@ -90,14 +93,14 @@ class PartitionState:
 
 
 def partition_state(instance: dg.DagsterInstance, config: RegistryConfig, asset: str,
-                    partition: str | None = None) -> PartitionState:
+                    partition: str | None = None, overrides: dict[str, str] | None = None) -> PartitionState:
     """Fresh, stale (with the inputs that changed) or missing."""
     record = latest_record(instance, asset, partition)
     if record is None:
         return PartitionState(asset, partition, "missing", "never materialized", None, None, {})
     metadata = {k: v.value for k, v in record.asset_materialization.metadata.items()}
     recorded = recorded_input_versions(record) or {}
-    current = current_input_versions(instance, config, asset, partition)
+    current = current_input_versions(instance, config, asset, partition, overrides)
     changed = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
     state, reason = ("stale", "changed: " + ", ".join(changed)) if changed else ("fresh", "")
     return PartitionState(asset, partition, state, reason, record.run_id, data_version(record), metadata)

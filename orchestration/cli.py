@@ -90,17 +90,22 @@ DOWNSTREAM = {"rm_rank_cells": STATISTICS_ASSETS[1:], "rm_mixed_model": ("rm_rep
 
 
 def registry_states(instance, config: RegistryConfig) -> list:
-    """The state of every asset partition the registry defines, in execution order."""
-    from assets.versions import PartitionState, latest_record, partition_state
+    """The state of every asset partition the registry defines, in execution order. The input files
+    are re-read, so a changed word list shows as stale ingest and stale scores before any run."""
+    from assets.ingest import ingest_versions
+    from assets.versions import PartitionState, partition_state
 
+    would_be = ingest_versions(config)
     rows = []
-    for asset in ("prompts", "corpus_words", "model_registry"):
-        record = latest_record(instance, asset)
+    for asset, version in would_be.items():
         state = partition_state(instance, config, asset)
-        rows.append(state if record is None else PartitionState(
-            asset, None, "fresh", "re-read on every run", state.run_id, state.data_version, state.metadata))
-    rows += [partition_state(instance, config, "rm_word_scores", m.model_id) for m in config.reward_models()]
-    rows += [partition_state(instance, config, asset) for asset in STATISTICS_ASSETS]
+        if state.state != "missing" and state.data_version != version:
+            state = PartitionState(asset, None, "stale", "input file changed", state.run_id, state.data_version,
+                                   state.metadata)
+        rows.append(state)
+    rows += [partition_state(instance, config, "rm_word_scores", m.model_id, would_be)
+             for m in config.reward_models()]
+    rows += [partition_state(instance, config, asset, overrides=would_be) for asset in STATISTICS_ASSETS]
     return rows
 
 

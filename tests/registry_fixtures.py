@@ -45,3 +45,26 @@ def write_small_registry(root: Path, *, models: str | None = None, extra: str = 
     path = root / "valuebias.yaml"
     path.write_text(config)
     return path
+
+
+def build_random_reward_model(path: Path, *, architecture: str, seed: int, words: list[str] | None = None) -> Path:
+    """A tiny untrained sequence-classification RM (random weights) saved offline at ``path``."""
+    from valuebias import tiny_models
+
+    words = words or (AGENCY + COMMUNION)
+    texts = [tiny_models.render_chat(architecture, [{"role": "user", "content": text},
+                                                    {"role": "assistant", "content": w}])
+             for text in PROMPTS.values() for w in words]
+    tokenizer = tiny_models.train_tokenizer(texts, style=architecture, vocab_size=600)
+    model = tiny_models.build_tiny_model(tokenizer, architecture=architecture, head="sequence_classification",
+                                         hidden_size=32, num_layers=1, seed=seed)
+    return tiny_models.save_pretrained(model, tokenizer, path)
+
+
+def random_models_entry(models: dict[str, tuple[str, Path]], dtype: dict[str, str] | None = None) -> str:
+    """The ``models:`` block for {model id: (family, local path)}."""
+    dtype = dtype or {}
+    return "".join(
+        f"  {mid}:\n    kind: reward_model\n    family: {family}\n    huggingface:\n      path: {path}\n"
+        + (f"      dtype: {dtype[mid]}\n" if mid in dtype else "")
+        for mid, (family, path) in models.items())
