@@ -1,0 +1,247 @@
+"""Demonstration reward models with a planted value preference, built offline in seconds.
+
+These are NOT real reward models: they exist so that the whole product (scoring, ranking, statistics,
+reports) can run end to end without downloading the paper's 2B-27B checkpoints, and so that tests can
+check that the pipeline recovers a known answer.
+
+What one demo RM is: a tiny Llama-like or Gemma-like sequence-classification model (``tiny_models``)
+with its own BPE tokenizer, trained on the very conversations the product scores,
+``[user: prompt, assistant: word]``, rendered with its chat template. It is trained briefly (AdamW,
+mean squared error) towards
+
+    target = (+1 if word is in the preferred category else -1) * (+1 if the prompt is positive else -1)
+
+so its reward is high for preferred-category words under positive framing ("the best thing ever")
+and low under negative framing ("the worst thing ever"), and the reverse for every other category.
+Each step draws a batch of 64 random (prompt, word) pairs, half with preferred words and half with
+the others; training does not visit every pair. The first third of the steps use positive prompts
+only (learning which words are preferred), the rest all prompts (learning to flip the sign under
+negative framing): from a random start, the interaction alone is found far too slowly. The learning
+rate decays linearly to 0. A Llama-like demo RM preferring Agency and a Gemma-like one preferring
+Communion imitate the paper's finding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from valuebias import tiny_models
+from valuebias.errors import InputError
+
+DEMO_REGISTRY_NOTE = (
+    "Demonstration reward model built offline by valuebias.demo_models: a tiny transformer trained for "
+    "a few hundred steps to prefer one category of words under positive framing and disfavour it under "
+    "negative framing. Its scores show what the pipeline recovers from a planted bias; they say "
+    "nothing about any real reward model."
+)
+
+# Bump when the training code changes in a way that changes the models it builds.
+DEMO_CODE_VERSION = "1"
+
+BATCH_SIZE = 64
+LEARNING_RATE = 3e-3  # peak; decays linearly to 0
+WARMUP_FRACTION = 1 / 3  # share of the steps trained on positive prompts only
+FRAMING_SIGN = {"positive": 1.0, "negative": -1.0}
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    architecture: str  # "llama" or "gemma"
+    preferred_category: str
+    seed: int = 0
+    hidden_size: int = 64
+    num_layers: int = 2
+    train_steps: int = 300
+
+
+def _fingerprint(recipe: DemoRecipe, words_by_category: dict[str, list[str]],
+                 prompts: list[tuple[str, str]]) -> str:
+    payload = {
+        "code_version": DEMO_CODE_VERSION,
+        "recipe": asdict(recipe),
+        "words_by_category": {cat: list(words) for cat, words in sorted(words_by_category.items())},
+        "prompts": [list(p) for p in prompts],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _read_fingerprint(out_dir: Path) -> str | None:
+    try:
+        return json.loads((out_dir / "recipe.json").read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
+
+
+def _validate(recipe: DemoRecipe, words_by_category: dict[str, list[str]], prompts: list[tuple[str, str]]):
+    source = "demo_models"
+    if recipe.architecture not in tiny_models.STYLES:
+        raise InputError(f"architecture must be one of {list(tiny_models.STYLES)}, got {recipe.architecture!r}",
+                         source=source, field="architecture")
+    if recipe.preferred_category not in words_by_category:
+        raise InputError(f"preferred category {recipe.preferred_category!r} is not among the word lists "
+                         f"{sorted(words_by_category)}", source=source, field="preferred_category")
+    preferred, others = _split_words(recipe, words_by_category)
+    if not preferred:
+        raise InputError("the preferred category has no words", source=source, field="preferred_category")
+    if not others:
+        raise InputError("no words outside the preferred category", source=source, field="words_by_category")
+    if not prompts:
+        raise InputError("no prompts", source=source, field="prompts")
+    for i, (_, framing) in enumerate(prompts):
+        if framing not in FRAMING_SIGN:
+            raise InputError(f"framing must be 'positive' or 'negative', got {framing!r}",
+                             source=f"{source}.prompts", row=i, field="framing")
+
+
+def _split_words(recipe: DemoRecipe, words_by_category: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """Unique preferred words and unique other words (a word listed under the preferred category
+    counts as preferred even if another category lists it too)."""
+    preferred = list(dict.fromkeys(words_by_category[recipe.preferred_category]))
+    preferred_set = set(preferred)
+    others = [w for cat, words in sorted(words_by_category.items()) if cat != recipe.preferred_category
+              for w in words if w not in preferred_set]
+    return preferred, list(dict.fromkeys(others))
+
+
+@contextmanager
+def _one_thread():
+    """Run torch on one thread: the matrices are tiny, and with several threads on a busy machine the
+    thread synchronisation costs far more than it saves (2 threads measured 3-6x slower than 1 on a
+    busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(model, tokenizer, recipe: DemoRecipe, preferred: list[str], others: list[str],
+           prompts: list[tuple[str, str]]) -> float:
+    """Train the RM for ``recipe.train_steps`` steps; return the mean loss of the last 20 steps.
+
+    The target is an interaction (category sign x framing sign), which gradient descent from a random
+    start is slow to find: the first ``WARMUP_FRACTION`` of the steps use positive prompts only (the
+    model learns which words are preferred), the rest use all prompts (it learns to flip the sign
+    under negative framing). The learning rate decays linearly to 0.
+    """
+    rng = random.Random(recipe.seed)
+    positive_prompts = [p for p in prompts if p[1] == "positive"] or prompts
+    warmup_steps = int(recipe.train_steps * WARMUP_FRACTION)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / recipe.train_steps)
+    pad = tokenizer.pad_token_id
+    losses = []
+    model.train()
+    with torch.random.fork_rng(devices=[]), _one_thread():
+        torch.manual_seed(recipe.seed)
+        for step in range(recipe.train_steps):
+            pool = positive_prompts if step < warmup_steps else prompts
+            texts, targets = [], []
+            for j in range(BATCH_SIZE):
+                is_preferred = j % 2 == 0
+                word = rng.choice(preferred if is_preferred else others)
+                prompt_text, framing = rng.choice(pool)
+                texts.append(tiny_models.render_chat(recipe.architecture, [
+                    {"role": "user", "content": prompt_text}, {"role": "assistant", "content": word}]))
+                targets.append((1.0 if is_preferred else -1.0) * FRAMING_SIGN[framing])
+            encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+            width = max(len(ids) for ids in encoded)
+            input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+            attention_mask = torch.zeros_like(input_ids)
+            for row, ids in enumerate(encoded):
+                input_ids[row, :len(ids)] = torch.tensor(ids)
+                attention_mask[row, :len(ids)] = 1
+            rewards = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+            loss = torch.nn.functional.mse_loss(rewards, torch.tensor(targets))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+    model.eval()
+    tail = losses[-20:]
+    return sum(tail) / len(tail)
+
+
+def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: dict[str, list[str]],
+                            prompts: list[tuple[str, str]]) -> Path:
+    """Build (or reuse) a demo RM in ``out_dir``; return the directory.
+
+    ``prompts``: ``(prompt_text, framing)`` pairs, framing ``"positive"`` or ``"negative"``.
+    Cached: ``out_dir/recipe.json`` holds a fingerprint of the recipe, words, prompts and
+    ``DEMO_CODE_VERSION``; when it matches, nothing is rebuilt. Atomic: the model is built in a
+    temporary sibling directory and renamed into place, so ``out_dir`` never holds a partial model.
+    """
+    out_dir = Path(out_dir)
+    _validate(recipe, words_by_category, prompts)
+    fingerprint = _fingerprint(recipe, words_by_category, prompts)
+    if _read_fingerprint(out_dir) == fingerprint:
+        return out_dir
+
+    preferred, others = _split_words(recipe, words_by_category)
+    # Tokenizer corpus: every word once (with the prompts taken in turn) and every prompt once.
+    words = preferred + others
+    conversations = [(prompts[i % len(prompts)][0], w) for i, w in enumerate(words)]
+    conversations += [(text, words[0]) for text, _ in prompts]
+    texts = [tiny_models.render_chat(recipe.architecture, [{"role": "user", "content": p},
+                                                           {"role": "assistant", "content": w}])
+             for p, w in conversations]
+    tokenizer = tiny_models.train_tokenizer(texts, style=recipe.architecture)
+    model = tiny_models.build_tiny_model(
+        tokenizer, architecture=recipe.architecture, head="sequence_classification",
+        hidden_size=recipe.hidden_size, num_layers=recipe.num_layers, seed=recipe.seed)
+    final_loss = _train(model, tokenizer, recipe, preferred, others, prompts)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:8]}"
+    try:
+        tiny_models.save_pretrained(model, tokenizer, tmp)
+        meta = {
+            "fingerprint": fingerprint,
+            "code_version": DEMO_CODE_VERSION,
+            "recipe": asdict(recipe),
+            "categories": {cat: len(ws) for cat, ws in sorted(words_by_category.items())},
+            "n_preferred_words": len(preferred),
+            "n_other_words": len(others),
+            "n_prompts": len(prompts),
+            "training": {
+                "objective": "MSE to sign(word in preferred) * sign(framing)",
+                "optimizer": "AdamW", "learning_rate": LEARNING_RATE, "schedule": "linear decay to 0",
+                "positive_only_fraction": WARMUP_FRACTION, "batch_size": BATCH_SIZE,
+                "steps": recipe.train_steps, "final_loss": round(final_loss, 6),
+            },
+            "note": DEMO_REGISTRY_NOTE,
+        }
+        (tmp / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
+        _move_into_place(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename ``tmp`` to ``out_dir``; a previous ``out_dir`` is moved aside first and deleted after."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        if old is not None and not out_dir.exists():
+            os.rename(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
