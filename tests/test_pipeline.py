@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dagster as dg
-import polars as pl
 import pytest
 
 from assets.tables import TABLE_KEYS, rm_word_scores_key

@@ -40,13 +40,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from valuebias import tiny_models
@@ -186,10 +186,14 @@ def _training_batch(tokenizer, recipe: DemoLMRecipe, preferred: list[str], other
     pad = tokenizer.pad_token_id
     words = [(w, True) for w in preferred] + [(w, False) for w in others]
     forms = _answer_forms(recipe.variant)
-    encoded = {(prefix, w): list(tokenizer(prefix + w, add_special_tokens=False)["input_ids"])
-               for w, _ in words for prefix, _ in forms}
+    keys = [(prefix, w) for w, _ in words for prefix, _ in forms]
+    batch_ids = tokenizer([prefix + w for prefix, w in keys], add_special_tokens=False)["input_ids"] if keys else []
+    encoded = {key: list(ids) for key, ids in zip(keys, batch_ids)}
     seqs, prompt_rows, last, cont = [], [], [], []  # cont: (row, prompt length, answer, weight)
-    soft_targets = torch.zeros((len(prompts), vocab))
+    # Soft targets are accumulated in float32, in the same order as element-wise ``+=`` on a float32
+    # tensor would (np.add.at is unbuffered and sequential), without a Python-level tensor op per word.
+    soft_targets = np.zeros((len(prompts), vocab), dtype=np.float32)
+    first_tokens = np.array([encoded[(prefix, w)][0] for w, _ in words for prefix, _ in forms], dtype=np.int64)
     for p_index, (text, framing) in enumerate(prompts):
         prompt_ids = encode_lm_prompt(tokenizer, text, recipe.variant, source="demo_lms.prompts")
         raw = [recipe.preference if is_pref == (framing == "positive") else 1.0 for _, is_pref in words]
@@ -197,14 +201,17 @@ def _training_batch(tokenizer, recipe: DemoLMRecipe, preferred: list[str], other
         prompt_rows.append(len(seqs))
         seqs.append(prompt_ids)
         last.append(len(prompt_ids) - 1)
+        weights = []
         for (word, _), r in zip(words, raw):
             for prefix, share in forms:
                 answer = encoded[(prefix, word)]
                 weight = share * r / total
-                soft_targets[p_index, answer[0]] += weight
+                weights.append(weight)
                 if len(answer) > 1:
                     cont.append((len(seqs), len(prompt_ids), answer, weight))
                     seqs.append(prompt_ids + answer[:-1])
+        np.add.at(soft_targets[p_index], first_tokens, np.asarray(weights, dtype=np.float32))
+    soft_targets = torch.from_numpy(soft_targets)
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
@@ -361,24 +368,8 @@ def build_demo_language_model(out_dir, recipe: DemoLMRecipe, *, words_by_categor
             "note": DEMO_LM_NOTE,
         }
         (tmp / "recipe.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        _move_into_place(tmp, out_dir)
+        tiny_models.move_into_place(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``; a previous ``out_dir`` is moved aside first and deleted after."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        if old is not None and not out_dir.exists():
-            os.rename(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

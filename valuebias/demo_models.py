@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import shutil
 import uuid
@@ -224,24 +223,8 @@ def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: d
             "note": DEMO_REGISTRY_NOTE,
         }
         (tmp / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _move_into_place(tmp, out_dir)
+        tiny_models.move_into_place(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``; a previous ``out_dir`` is moved aside first and deleted after."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        if old is not None and not out_dir.exists():
-            os.rename(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -15,7 +15,10 @@ and ``AutoModelForCausalLM``, exactly like a real checkpoint.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import uuid
 from functools import lru_cache
 from pathlib import Path
 
@@ -151,3 +154,19 @@ def save_pretrained(model, tokenizer, out_dir) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Rename ``tmp`` to ``out_dir``; a previous ``out_dir`` is moved aside first and deleted after."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except OSError:
+        if old is not None and not out_dir.exists():
+            os.rename(old, out_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
