@@ -10,7 +10,8 @@ from orchestration.definitions import build_definitions, build_resources
 from orchestration.partitions import MODELS_PARTITION
 from orchestration.sensors import sync_model_partitions
 from resources.storage import Storage
-from tests.registry_fixtures import AGENCY, COMMUNION, PROMPTS, write_small_registry
+from tests.registry_fixtures import (AGENCY, COMMUNION, PROMPTS, build_random_reward_model, random_models_entry,
+                                     write_small_registry)
 from valuebias.config import load_config
 
 
@@ -21,7 +22,9 @@ def instance():
 
 
 def test_ingest_then_one_partition(tmp_path, instance):
-    config_path = write_small_registry(tmp_path)
+    models = {"demo-gemma-1": ("gemma", build_random_reward_model(tmp_path / "g1", architecture="gemma", seed=1)),
+              "demo-llama-1": ("llama", build_random_reward_model(tmp_path / "l1", architecture="llama", seed=2))}
+    config_path = write_small_registry(tmp_path, models=random_models_entry(models))
     config = load_config(config_path)
     defs = build_definitions(config_path)
     result = defs.resolve_job_def("ingest_job").execute_in_process(instance=instance)
