@@ -34,6 +34,11 @@ class RewardModelScorer(dg.ConfigurableResource):
             return import_published_scores(model, config, prompts, corpus_words)
         from valuebias.score_partition import score_reward_model
 
+        if config.scoring_threads:
+            import torch
+
+            torch.set_num_threads(config.scoring_threads)
+
         return score_reward_model(
             model.model_id, model.source, model.settings, prompts=prompts, corpus_words=corpus_words,
             demo_dir=Path(config.state_dir) / "demo_models",
