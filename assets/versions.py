@@ -78,7 +78,78 @@ def current_input_versions(instance: dg.DagsterInstance, config: RegistryConfig,
     if asset == "rm_report":
         return {name: _latest_version(instance, name)
                 for name in ("rm_rank_cells", "rm_mixed_model", "rm_family_tests")}
+    if asset in LM_INPUTS:
+        return LM_INPUTS[asset](instance, config, partition, overrides)
     return {}  # ingest assets read files outside Dagster: they are re-read on every run (cheap)
+
+
+# ---------------------------------------------------------------------------------- language models
+
+
+def implicit_rewards_fingerprint(config: RegistryConfig, *fields: str) -> str:
+    settings = {name: getattr(config.implicit_rewards, name) for name in fields}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def _lm_next_token_inputs(instance, config, partition, overrides):
+    model = config.models.get(partition)
+    versions = {"model": model.fingerprint if model else "removed",
+                "prompts": _latest_version(instance, "prompts", overrides=overrides)}
+    if model is not None and model.source == "demo":  # a demo LM is trained on a corpus's words
+        versions["corpus_words"] = _latest_version(instance, "corpus_words", overrides=overrides)
+    return versions
+
+
+def _lm_word_inputs(instance, config, partition, overrides):
+    model = config.models.get(partition)
+    return {"model": model.fingerprint if model else "removed",
+            "lm_next_token_logprobs": _latest_version(instance, "lm_next_token_logprobs", partition),
+            "corpus_words": _latest_version(instance, "corpus_words", overrides=overrides),
+            "word_rule": config.implicit_rewards.word_rule}
+
+
+def _mwlr_pair_inputs(instance, config, partition, overrides):
+    models = config.pair_models().get(partition)
+    if models is None:
+        return {"pair": "removed"}
+    return {f"lm_next_token_logprobs[{m}]": _latest_version(instance, "lm_next_token_logprobs", m) for m in models}
+
+
+def _lm_rank_cells_inputs(instance, config, partition, overrides):
+    versions = {"prompts": _latest_version(instance, "prompts", overrides=overrides),
+                "corpus_words": _latest_version(instance, "corpus_words", overrides=overrides)}
+    for model in config.language_models():
+        versions[f"lm_word_logprobs[{model.model_id}]"] = _latest_version(instance, "lm_word_logprobs",
+                                                                          model.model_id)
+    return versions
+
+
+def _pairs_inputs(instance, config, partition, overrides):
+    return {f"mwlr_pair[{p}]": _latest_version(instance, "mwlr_pair", p) for p in config.pair_models()}
+
+
+LM_INPUTS = {
+    "lm_next_token_logprobs": _lm_next_token_inputs,
+    "lm_word_logprobs": _lm_word_inputs,
+    "mwlr_pair": _mwlr_pair_inputs,
+    "lm_rank_cells": _lm_rank_cells_inputs,
+    "lm_anova": lambda instance, config, partition, overrides: {
+        "lm_rank_cells": _latest_version(instance, "lm_rank_cells")},
+    "lm_posthoc": lambda instance, config, partition, overrides: {
+        "lm_rank_cells": _latest_version(instance, "lm_rank_cells"),
+        "pairs": ", ".join(config.pair_models()) or "none"},
+    "mwlr_tokens": lambda instance, config, partition, overrides: {
+        **_pairs_inputs(instance, config, partition, overrides),
+        "prompts": _latest_version(instance, "prompts", overrides=overrides),
+        "implicit_rewards": implicit_rewards_fingerprint(config, "top_n")},
+    "mwlr_words": lambda instance, config, partition, overrides: {
+        **_pairs_inputs(instance, config, partition, overrides),
+        "prompts": _latest_version(instance, "prompts", overrides=overrides),
+        "implicit_rewards": implicit_rewards_fingerprint(config, "words")},
+    "lm_report": lambda instance, config, partition, overrides: {
+        name: _latest_version(instance, name)
+        for name in ("lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words")},
+}
 
 
 @dataclass(frozen=True)

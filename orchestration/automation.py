@@ -4,6 +4,9 @@
   input was materialized with a *different* data version (an unchanged re-ingest triggers nothing).
 - A config change of one model (its fingerprint) is not a data version Dagster can see, so
   ``orchestration.sensors.model_partitions_sensor`` requests exactly the partitions whose entry changed.
+- A language-model pair reads two model partitions, which no partition mapping expresses; ``mwlr_pair``
+  therefore has no automation condition, and the same sensor requests exactly the pairs that are
+  missing or whose two inputs changed (``stale_pair_requests``).
 - ``registry_refresh_schedule`` (cron from ``schedule.cron``, default nightly) requests every missing
   or stale scoring partition as a backfill, and the statistics when only they are stale.
 """
@@ -22,7 +25,7 @@ inputs_changed = (
     & ~dg.AutomationCondition.in_progress()
 ).with_label("inputs changed")
 
-COMPUTED_GROUPS = ("scoring", "statistics", "report")
+COMPUTED_GROUPS = ("scoring", "statistics", "report", "lm_scoring", "lm_statistics")
 
 
 def with_automation(assets: list[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
@@ -42,6 +45,37 @@ def stale_scoring_requests(instance: dg.DagsterInstance, registry: Registry) -> 
         state = partition_state(instance, config, "rm_word_scores", model.model_id)
         if state.state != "fresh":
             requests.append(dg.RunRequest(job_name="rm_scoring_job", partition_key=model.model_id,
+                                          tags={"valuebias/reason": f"{state.state}: {state.reason}"[:200]}))
+    return requests
+
+
+def stale_language_model_requests(instance: dg.DagsterInstance, registry: Registry) -> list[dg.RunRequest]:
+    """One run request per language-model partition whose log-probs are missing or stale."""
+    config = registry.load()
+    requests = []
+    for model in config.language_models():
+        states = [partition_state(instance, config, asset, model.model_id)
+                  for asset in ("lm_next_token_logprobs", "lm_word_logprobs")]
+        stale = [s for s in states if s.state != "fresh"]
+        if stale:
+            reason = "; ".join(f"{s.asset} {s.state}: {s.reason}" for s in stale)
+            requests.append(dg.RunRequest(job_name="lm_scoring_job", partition_key=model.model_id,
+                                          asset_selection=[dg.AssetKey(s.asset) for s in stale]
+                                          if stale[0].asset == "lm_word_logprobs" else None,
+                                          tags={"valuebias/reason": reason[:200]}))
+    return requests
+
+
+def stale_pair_requests(instance: dg.DagsterInstance, registry: Registry) -> list[dg.RunRequest]:
+    """One run request per pair that is missing or stale and whose two models both have log-probs."""
+    config = registry.load()
+    requests = []
+    for pair, models in config.pair_models().items():
+        if any(partition_state(instance, config, "lm_next_token_logprobs", m).state == "missing" for m in models):
+            continue
+        state = partition_state(instance, config, "mwlr_pair", pair)
+        if state.state != "fresh":
+            requests.append(dg.RunRequest(job_name="mwlr_job", partition_key=pair,
                                           tags={"valuebias/reason": f"{state.state}: {state.reason}"[:200]}))
     return requests
 

@@ -22,7 +22,8 @@ from valuebias.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TABLE_NAMES = ("prompts", "corpus_words", "model_registry", "rm_word_scores", "rm_rank_cells",
-               "rm_mixed_model", "rm_family_tests")
+               "rm_mixed_model", "rm_family_tests", "lm_word_logprobs", "lm_rank_cells", "lm_anova", "lm_posthoc",
+               "mwlr_tokens", "mwlr_words")
 
 
 def _config_path(arg: str | None) -> Path:
@@ -73,7 +74,7 @@ def _failure_messages(result) -> list[str]:
 
 def _execute(defs, job_name: str, instance, *, partition_key: str | None, verbose: bool,
              asset_selection=None) -> bool:
-    run_config = {"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "WARNING"}}}}
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "CRITICAL"}}}}
     job = defs.resolve_job_def(job_name)
     result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=run_config,
                                     raise_on_error=False, asset_selection=asset_selection)
@@ -87,6 +88,11 @@ def _execute(defs, job_name: str, instance, *, partition_key: str | None, verbos
 STATISTICS_ASSETS = ("rm_rank_cells", "rm_mixed_model", "rm_family_tests", "rm_report")
 DOWNSTREAM = {"rm_rank_cells": STATISTICS_ASSETS[1:], "rm_mixed_model": ("rm_report",),
               "rm_family_tests": ("rm_report",), "rm_report": ()}
+LM_ASSETS = ("lm_next_token_logprobs", "lm_word_logprobs")
+LM_STATISTICS_ASSETS = ("lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words", "lm_report")
+LM_DOWNSTREAM = {"lm_rank_cells": ("lm_anova", "lm_posthoc", "lm_report"), "lm_anova": ("lm_report",),
+                 "lm_posthoc": ("lm_report",), "mwlr_tokens": ("lm_report",), "mwlr_words": ("lm_report",),
+                 "lm_report": ()}
 
 
 def registry_states(instance, config: RegistryConfig) -> list:
@@ -105,18 +111,26 @@ def registry_states(instance, config: RegistryConfig) -> list:
         rows.append(state)
     rows += [partition_state(instance, config, "rm_word_scores", m.model_id, would_be)
              for m in config.reward_models()]
-    rows += [partition_state(instance, config, asset, overrides=would_be) for asset in STATISTICS_ASSETS]
+    rows += [partition_state(instance, config, asset, m.model_id, would_be)
+             for m in config.language_models() for asset in LM_ASSETS]
+    rows += [partition_state(instance, config, "mwlr_pair", pair, would_be) for pair in config.pair_models()]
+    if config.reward_models():
+        rows += [partition_state(instance, config, asset, overrides=would_be) for asset in STATISTICS_ASSETS]
+    if config.language_models():
+        rows += [partition_state(instance, config, asset, overrides=would_be) for asset in LM_STATISTICS_ASSETS]
     return rows
 
 
-def statistics_to_run(states: list) -> list[str]:
+def statistics_to_run(states: list, assets: tuple[str, ...] = STATISTICS_ASSETS,
+                      downstream: dict | None = None) -> list[str]:
     """The stale or missing statistics assets plus everything downstream of them, in order."""
+    downstream = DOWNSTREAM if downstream is None else downstream
     selected = set()
     for state in states:
-        if state.asset in STATISTICS_ASSETS and state.state != "fresh":
+        if state.asset in assets and state.state != "fresh":
             selected.add(state.asset)
-            selected.update(DOWNSTREAM[state.asset])
-    return [asset for asset in STATISTICS_ASSETS if asset in selected]
+            selected.update(downstream[state.asset])
+    return [asset for asset in assets if asset in selected]
 
 
 def cmd_run(args) -> int:
@@ -152,14 +166,49 @@ def cmd_run(args) -> int:
         reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
         if not step(f"rm_scoring_job[{model.model_id}]{reason}", "rm_scoring_job", partition_key=model.model_id):
             return 1
-    stale = list(STATISTICS_ASSETS) if args.all else statistics_to_run(registry_states(instance, config))
-    if stale:
-        if not step(f"rm_statistics_job[{', '.join(stale)}]", "rm_statistics_job", partition_key=None,
-                    asset_selection=[dg.AssetKey(a) for a in stale]):
+    for model in config.language_models():
+        # Next-token log-probs first; word log-probs are rerun with them, or alone when only they are stale.
+        states = [partition_state(instance, config, asset, model.model_id) for asset in LM_ASSETS]
+        todo = list(LM_ASSETS) if args.all or states[0].state != "fresh" else \
+            [s.asset for s in states if s.state != "fresh"]
+        if not todo:
+            print(f"lm_scoring_job[{model.model_id}] skipped: fresh (use --all to recompute)")
+            continue
+        first = states[0] if states[0].state != "fresh" else states[1]
+        reason = "" if args.all else \
+            f" ({'' if first is states[0] else first.asset + ' '}{first.state}: {first.reason})"
+        if not step(f"lm_scoring_job[{model.model_id}]{reason}", "lm_scoring_job", partition_key=model.model_id,
+                    asset_selection=[dg.AssetKey(a) for a in todo]):
             return 1
-    else:
-        print("rm_statistics_job skipped: every statistics table is fresh")
-    print("valuebias: done. Try `valuebias table rm_family_tests`.")
+    for pair in config.pair_models():
+        state = partition_state(instance, config, "mwlr_pair", pair)
+        if state.state == "fresh" and not args.all:
+            print(f"mwlr_job[{pair}] skipped: fresh (use --all to recompute)")
+            continue
+        reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
+        if not step(f"mwlr_job[{pair}]{reason}", "mwlr_job", partition_key=pair):
+            return 1
+    states = registry_states(instance, config)
+    if config.reward_models():
+        stale = list(STATISTICS_ASSETS) if args.all else statistics_to_run(states)
+        if stale:
+            if not step(f"rm_statistics_job[{', '.join(stale)}]", "rm_statistics_job", partition_key=None,
+                        asset_selection=[dg.AssetKey(a) for a in stale]):
+                return 1
+        else:
+            print("rm_statistics_job skipped: every statistics table is fresh")
+    if config.language_models():
+        stale = list(LM_STATISTICS_ASSETS) if args.all else statistics_to_run(states, LM_STATISTICS_ASSETS,
+                                                                                LM_DOWNSTREAM)
+        if stale:
+            if not step(f"lm_statistics_job[{', '.join(stale)}]", "lm_statistics_job", partition_key=None,
+                        asset_selection=[dg.AssetKey(a) for a in stale]):
+                return 1
+        else:
+            print("lm_statistics_job skipped: every LM statistics table is fresh")
+    tables = (["rm_family_tests"] if config.reward_models() else []) + (["mwlr_tokens"] if config.pairs else [])
+    hint = " or ".join(f"`valuebias table {t}`" for t in tables)
+    print(f"valuebias: done. Try {hint}." if tables else "valuebias: done.")
     return 0
 
 
@@ -187,12 +236,16 @@ def cmd_status(args) -> int:
 def load_table(config: RegistryConfig, name: str):
     import polars as pl
 
-    from assets.tables import TABLE_KEYS, rm_word_scores_key
+    from assets.tables import TABLE_KEYS, lm_word_logprobs_key, rm_word_scores_key
     from resources.storage import Storage
 
     storage = Storage(uri=config.storage_uri)
-    if name == "rm_word_scores":
-        keys = [rm_word_scores_key(m.model_id) for m in config.reward_models()]
+    if name in ("rm_word_scores", "lm_word_logprobs"):
+        keys = [rm_word_scores_key(m.model_id) for m in config.reward_models()] if name == "rm_word_scores" else \
+            [lm_word_logprobs_key(m.model_id) for m in config.language_models()]
+        if not keys:
+            kind = "reward" if name == "rm_word_scores" else "language"
+            raise FileNotFoundError(f"no {kind} models are registered in {config.path}")
         missing = [k for k in keys if not storage.exists(k)]
         if missing:
             raise FileNotFoundError(f"no stored scores at {storage.full_uri(missing[0])}: run `valuebias run` first")

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import ingest, rm_scores, rm_statistics
+from assets import implicit, ingest, lm_scores, lm_statistics, rm_scores, rm_statistics
 from assets.checks import contract_checks
 from orchestration.automation import build_refresh_schedule, with_automation
-from orchestration.partitions import model_partitions
+from orchestration.jobs import (ALL_JOBS, ingest_job, lm_scoring_job, lm_statistics_job, mwlr_job,  # noqa: F401
+                                rm_scoring_job, rm_statistics_job)
 from orchestration.sensors import model_partitions_sensor
+from resources.lm_scoring import LanguageModelScorer
 from resources.registry import Registry
 from resources.scoring import RewardModelScorer
 from resources.storage import Storage
@@ -24,16 +26,6 @@ from resources.validation import ContractValidator
 from valuebias.config import DEFAULT_CONFIG_NAME, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-ingest_job = dg.define_asset_job(
-    "ingest_job", selection=dg.AssetSelection.groups("ingest"),
-    description="Reads prompts, corpora and the model registry, and checks them against their contracts.")
-rm_scoring_job = dg.define_asset_job(
-    "rm_scoring_job", selection=dg.AssetSelection.assets("rm_word_scores"), partitions_def=model_partitions,
-    description="Scores one registered reward model (one partition per model).")
-rm_statistics_job = dg.define_asset_job(
-    "rm_statistics_job", selection=dg.AssetSelection.groups("statistics", "report"),
-    description="Figure-1 statistics and report from the stored scores of every registered reward model.")
 
 
 def default_config_path() -> Path:
@@ -51,6 +43,7 @@ def build_resources(config_path: str | Path) -> dict:
         "storage": Storage(uri=config.storage_uri),
         "validator": ContractValidator(),
         "scorer": RewardModelScorer(),
+        "lm_scorer": LanguageModelScorer(),
     }
 
 
@@ -58,9 +51,10 @@ def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     config_path = config_path or default_config_path()
     config = load_config(config_path)
     return dg.Definitions(
-        assets=with_automation(dg.load_assets_from_modules([ingest, rm_scores, rm_statistics])),
+        assets=with_automation(dg.load_assets_from_modules([ingest, rm_scores, rm_statistics, lm_scores, implicit,
+                                                            lm_statistics])),
         asset_checks=contract_checks,
-        jobs=[ingest_job, rm_scoring_job, rm_statistics_job],
+        jobs=ALL_JOBS,
         sensors=[model_partitions_sensor],
         schedules=[build_refresh_schedule(config.schedule_cron)],
         resources=build_resources(config_path),

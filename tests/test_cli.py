@@ -40,7 +40,8 @@ def panel(rows: list[dict], category: str, framing: str) -> dict:
 def test_run_recovers_the_planted_preferences_and_is_idempotent(tmp_path):
     config = write_small_registry(tmp_path)
     first = valuebias("run", "--config", str(config))
-    assert "rm_scoring_job[demo-llama-1] done" in first.stdout
+    assert any(line.startswith("rm_scoring_job[demo-llama-1]") and " done in " in line
+               for line in first.stdout.splitlines())
     tests = read_csv_table(valuebias("table", "rm_family_tests", "--format", "csv", "--config", str(config)).stdout)
     assert len(tests) == 4  # 2 categories x 2 framings
     agency, communion = panel(tests, "Agency", "positive"), panel(tests, "Communion", "positive")

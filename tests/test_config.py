@@ -97,3 +97,67 @@ def test_the_embedded_default_config_loads():
     config = load_config(Path(__file__).resolve().parents[1] / "valuebias.yaml")
     assert {m.family for m in config.reward_models()} == {"llama", "gemma"}
     assert all(m.source == "demo" for m in config.reward_models())
+
+
+LMS = """\
+  it: {kind: language_model, variant: instruction_tuned, family: llama, huggingface: {path: org/lm-it}}
+  pt: {kind: language_model, variant: pretrained, family: gemma, demo: {architecture: gemma, preferred_category: Communion}}
+  rm: {kind: reward_model, family: llama, huggingface: {path: org/rm}}
+"""
+
+
+def test_language_models_pairs_and_implicit_rewards(tmp_path):
+    config = load_config(write(tmp_path, LMS, "pairs:\n  - [it, pt]\n"
+                                              "implicit_rewards: {top_n: 5, words: [Freedom, love], "
+                                              "word_rule: full_sequence}\n"))
+    assert [m.model_id for m in config.language_models()] == ["it", "pt"]
+    assert [m.model_id for m in config.reward_models()] == ["rm"]
+    assert config.models["it"].variant == "instruction_tuned" and config.models["rm"].variant is None
+    assert "score" not in config.models["it"].settings
+    assert config.models["pt"].settings["train_steps"] == 600  # a demo LM trains until converged
+    assert config.pairs == (("it", "pt"),)
+    assert config.pair_models() == {"it__vs__pt": ("it", "pt")}
+    assert config.implicit_rewards.top_n == 5
+    assert config.implicit_rewards.words == ("freedom", "love")
+    assert config.implicit_rewards.word_rule == "full_sequence"
+    default = load_config(write(tmp_path, LMS))
+    assert default.pairs == () and default.implicit_rewards.words == ("freedom", "love")
+    assert default.implicit_rewards.top_n == 15 and default.implicit_rewards.word_rule == "single_token"
+
+
+def test_the_variant_is_part_of_the_fingerprint(tmp_path):
+    it = load_config(write(tmp_path, LMS)).models["it"]
+    pt = load_config(write(tmp_path, LMS.replace("variant: instruction_tuned", "variant: pretrained"))).models["it"]
+    assert it.fingerprint != pt.fingerprint
+
+
+@pytest.mark.parametrize("models, extra, row, field, text", [
+    ("  m1: {kind: language_model, family: llama, huggingface: {path: a/b}}\n", "", 5, "models.m1.variant",
+     "required key is missing"),
+    ("  m1: {kind: language_model, variant: chat, family: llama, huggingface: {path: a/b}}\n", "", 5,
+     "models.m1.variant", "'chat' is not one of: instruction_tuned, pretrained"),
+    ("  m1: {kind: reward_model, variant: pretrained, family: llama, huggingface: {path: a/b}}\n", "", 5,
+     "models.m1.variant", "only language models have a variant"),
+    ("  m1: {kind: language_model, variant: pretrained, family: llama, published: {big2: x.csv}}\n", "", 5,
+     "models.m1.published", "language models have no published scores"),
+    ("  m1: {kind: language_model, variant: pretrained, family: llama, huggingface: {path: a/b, score: score}}\n",
+     "", 5, "models.m1.huggingface.score", "'score' is for reward models"),
+    (LMS, "pairs:\n  - [it, pt]\n  - [it, nope]\n", 10, "pairs[1][1]", "unknown model 'nope'"),
+    (LMS, "pairs:\n  - [it, rm]\n", 9, "pairs[0][1]", "'rm' is a reward_model; pairs compare language models"),
+    (LMS, "pairs:\n  - [it, it]\n", 9, "pairs[0]", "two different models"),
+    (LMS, "pairs:\n  - [it, pt]\n  - [pt, it]\n", 10, "pairs[1]", "already listed (pairs[0])"),
+    (LMS, "pairs:\n  - [it, pt, rm]\n", 9, "pairs[0]", "a pair is a list of two language-model ids"),
+    (LMS, "pairs: {it: pt}\n", 8, "pairs", "expected a list"),
+    (LMS, "implicit_rewards: {word_rule: multi}\n", 8, "implicit_rewards.word_rule", "'multi' is not one of"),
+    (LMS, "implicit_rewards: {top_n: 0}\n", 8, "implicit_rewards.top_n", "expected an integer >= 1"),
+    (LMS, "implicit_rewards: {words: [free love]}\n", 8, "implicit_rewards.words", "single words"),
+])
+def test_language_model_errors_name_file_row_and_field(tmp_path, models, extra, row, field, text):
+    path = write(tmp_path, models, extra)
+    with pytest.raises(InputError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert f"row {row}" in message, message
+    assert f"field '{field}'" in message, message
+    assert text in message, message

@@ -19,7 +19,9 @@ import yaml
 from valuebias.errors import InputError
 
 DEFAULT_CONFIG_NAME = "valuebias.yaml"
-MODEL_KINDS = ("reward_model",)
+MODEL_KINDS = ("reward_model", "language_model")
+LM_VARIANTS = ("instruction_tuned", "pretrained")
+WORD_RULES = ("single_token", "full_sequence")
 MODEL_SOURCES = ("huggingface", "published", "demo")
 CORPUS_FORMATS = ("csv", "dic", "dicx")
 CATEGORY_RULES = ("identity", "foundation")
@@ -51,15 +53,15 @@ class ModelConfig:
     source: str
     settings: dict[str, Any]  # the source block: huggingface fields, published {corpus: uri}, or demo recipe
     display_name: str | None = None
+    variant: str | None = None  # language models only: instruction_tuned or pretrained
 
     @property
     def fingerprint(self) -> str:
         """Content hash of everything that determines this model's scores (its whole entry)."""
-        payload = json.dumps(
-            {"kind": self.kind, "family": self.family, "source": self.source, "settings": self.settings},
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        entry = {"kind": self.kind, "family": self.family, "source": self.source, "settings": self.settings}
+        if self.variant is not None:  # absent for reward models, so their fingerprints are unchanged
+            entry["variant"] = self.variant
+        return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,20 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True)
+class ImplicitRewardsConfig:
+    """The language-model tables: Table-1 size, Figure-3 words, and the rule that gives words a log-prob."""
+
+    top_n: int = 15
+    words: tuple[str, ...] = ("freedom", "love")
+    word_rule: str = "single_token"  # or full_sequence (single-token words, plus multi-token words scored whole)
+
+
+def pair_id(model_a: str, model_b: str) -> str:
+    """The partition key of a language-model pair."""
+    return f"{model_a}__vs__{model_b}"
+
+
+@dataclass(frozen=True)
 class RegistryConfig:
     path: Path
     state_dir: Path
@@ -77,11 +93,14 @@ class RegistryConfig:
     prompts_uri: str
     wordlist_size: int
     scoring_batch_size: int
+    scoring_threads: int  # CPU threads for torch; 0 = torch's default
     corpora: dict[str, CorpusConfig]
     models: dict[str, ModelConfig]
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     schedule_cron: str = "0 2 * * *"
     gpu_concurrency: int = 1
+    pairs: tuple[tuple[str, str], ...] = ()  # (model_a, model_b) language-model pairs
+    implicit_rewards: ImplicitRewardsConfig = field(default_factory=ImplicitRewardsConfig)
 
     @property
     def base_dir(self) -> Path:
@@ -89,6 +108,13 @@ class RegistryConfig:
 
     def reward_models(self) -> list[ModelConfig]:
         return [m for m in self.models.values() if m.kind == "reward_model"]
+
+    def language_models(self) -> list[ModelConfig]:
+        return [m for m in self.models.values() if m.kind == "language_model"]
+
+    def pair_models(self) -> dict[str, tuple[str, str]]:
+        """{pair id: (model_a, model_b)} in config order."""
+        return {pair_id(a, b): (a, b) for a, b in self.pairs}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,6 +145,18 @@ class _LineLoader(yaml.SafeLoader):
                 seen.add(key)
                 self.lines[path + (key,)] = line
                 self._record(value_node, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):  # list items are recorded under their index
+            for index, item in enumerate(node.value):
+                self.lines[path + (index,)] = item.start_mark.line + 1
+                self._record(item, path + (index,))
+
+
+def _field_name(path: tuple) -> str | None:
+    """``('pairs', 1, 0)`` -> ``pairs[1][0]``; ``('models', 'm1', 'kind')`` -> ``models.m1.kind``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or None
 
 
 def _load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
@@ -147,7 +185,7 @@ class _Reader:
             row = self.lines.get(path[:depth])
             if row is not None:
                 break
-        return InputError(message, source=self.source, row=row, field=".".join(path) or None)
+        return InputError(message, source=self.source, row=row, field=_field_name(path))
 
     def mapping(self, value: Any, path: tuple[str, ...], known: tuple[str, ...] | None = None) -> dict:
         if value is None:
@@ -196,12 +234,13 @@ class _Reader:
         return tuple(value)
 
 
-TOP_KEYS = ("state_dir", "storage", "prompts", "wordlist", "corpora", "models", "analysis", "scoring",
-            "schedule", "concurrency")
+TOP_KEYS = ("state_dir", "storage", "prompts", "wordlist", "corpora", "models", "pairs", "analysis",
+            "implicit_rewards", "scoring", "schedule", "concurrency")
 CORPUS_KEYS = ("uri", "format", "word_column", "category_column", "category_columns", "category_rule",
                "categories", "wildcards")
-MODEL_KEYS = ("kind", "family", "display_name") + MODEL_SOURCES
+MODEL_KEYS = ("kind", "family", "variant", "display_name") + MODEL_SOURCES
 HF_KEYS = ("path", "revision", "dtype", "score", "trust_remote_code", "allow_pickle")
+IMPLICIT_KEYS = ("top_n", "words", "word_rule")
 DEMO_KEYS = ("architecture", "preferred_category", "train_corpus", "seed", "hidden_size", "num_layers",
              "train_steps")
 
@@ -237,8 +276,9 @@ def load_config(path: str | Path) -> RegistryConfig:
     wordlist = r.mapping(top.get("wordlist"), ("wordlist",), ("size",))
     wordlist_size = r.integer(wordlist.get("size"), ("wordlist", "size"), default=50000)
 
-    scoring = r.mapping(top.get("scoring"), ("scoring",), ("batch_size",))
+    scoring = r.mapping(top.get("scoring"), ("scoring",), ("batch_size", "threads"))
     batch_size = r.integer(scoring.get("batch_size"), ("scoring", "batch_size"), default=64)
+    threads = r.integer(scoring.get("threads"), ("scoring", "threads"), default=0, minimum=0)
 
     corpora_raw = r.mapping(top.get("corpora"), ("corpora",))
     if not corpora_raw:
@@ -257,9 +297,13 @@ def load_config(path: str | Path) -> RegistryConfig:
         raise r.error(("schedule", "cron"), f"'{cron}' is not a 5-field cron expression")
     concurrency = r.mapping(top.get("concurrency"), ("concurrency",), ("gpu",))
     gpu = r.integer(concurrency.get("gpu"), ("concurrency", "gpu"), default=1)
+    pairs = _read_pairs(r, top.get("pairs"), models)
+    implicit = _read_implicit_rewards(r, top.get("implicit_rewards"))
     return RegistryConfig(path=path, state_dir=state_dir, storage_uri=storage_uri, prompts_uri=prompts_uri,
-                          wordlist_size=wordlist_size, scoring_batch_size=batch_size, corpora=corpora,
-                          models=models, analysis=analysis, schedule_cron=cron, gpu_concurrency=gpu)
+                          wordlist_size=wordlist_size, scoring_batch_size=batch_size, scoring_threads=threads,
+                          corpora=corpora,
+                          models=models, analysis=analysis, schedule_cron=cron, gpu_concurrency=gpu,
+                          pairs=pairs, implicit_rewards=implicit)
 
 
 def _read_corpus(r: _Reader, cid: str, entry: Any, base: Path) -> CorpusConfig:
@@ -287,25 +331,38 @@ def _read_model(r: _Reader, mid: str, entry: Any, base: Path, corpora: dict[str,
     e = r.mapping(entry, p, MODEL_KEYS)
     kind = r.string(e.get("kind"), p + ("kind",), choices=MODEL_KINDS)
     family = r.string(e.get("family"), p + ("family",))
+    language_model = kind == "language_model"
+    if language_model:
+        variant = r.string(e.get("variant"), p + ("variant",), choices=LM_VARIANTS)
+    elif "variant" in e:
+        raise r.error(p + ("variant",), f"only language models have a variant; '{mid}' is a {kind}")
+    else:
+        variant = None
     sources = [s for s in MODEL_SOURCES if s in e]
     if len(sources) != 1:
         found = ", ".join(sources) if sources else "none"
         raise r.error(p, f"a model needs exactly one source ({', '.join(MODEL_SOURCES)}); found: {found}")
     source = sources[0]
     sp = p + (source,)
+    if language_model and source == "published":
+        raise r.error(sp, "language models have no published scores; use a huggingface or demo source")
     if source == "huggingface":
         h = r.mapping(e[source], sp, HF_KEYS)
+        if language_model and "score" in h:
+            raise r.error(sp + ("score",), "'score' is for reward models; a language model is read through "
+                                           "its next-token distribution")
         path = r.string(h.get("path"), sp + ("path",))
         settings = {
             # a hub id (org/name) stays as written; a local path resolves against the config file
             "path": resolve_uri(path, base) if _looks_local(path, base) else path,
             "revision": r.string(h.get("revision"), sp + ("revision",), required=False),
             "dtype": r.string(h.get("dtype"), sp + ("dtype",), required=False, choices=DTYPES) or "auto",
-            "score": r.string(h.get("score"), sp + ("score",), required=False,
-                              choices=SCORE_READERS) or "logits[0]",
             "trust_remote_code": r.boolean(h.get("trust_remote_code"), sp + ("trust_remote_code",)),
             "allow_pickle": r.boolean(h.get("allow_pickle"), sp + ("allow_pickle",)),
         }
+        if not language_model:
+            settings["score"] = r.string(h.get("score"), sp + ("score",), required=False,
+                                         choices=SCORE_READERS) or "logits[0]"
     elif source == "published":
         pub = r.mapping(e[source], sp)
         if not pub:
@@ -328,16 +385,66 @@ def _read_model(r: _Reader, mid: str, entry: Any, base: Path, corpora: dict[str,
             "seed": r.integer(d.get("seed"), sp + ("seed",), default=0, minimum=0),
             "hidden_size": r.integer(d.get("hidden_size"), sp + ("hidden_size",), default=64),
             "num_layers": r.integer(d.get("num_layers"), sp + ("num_layers",), default=2),
-            "train_steps": r.integer(d.get("train_steps"), sp + ("train_steps",), default=300),
+            # a demo LM trains until converged (typically 50-110 full-batch steps), at most this many
+            "train_steps": r.integer(d.get("train_steps"), sp + ("train_steps",),
+                                     default=600 if language_model else 300),
         }
     return ModelConfig(model_id=mid, kind=kind, family=family, source=source, settings=settings,
-                       display_name=r.string(e.get("display_name"), p + ("display_name",), required=False))
+                       display_name=r.string(e.get("display_name"), p + ("display_name",), required=False),
+                       variant=variant)
 
 
 def _looks_local(path: str, base: Path) -> bool:
     if path.startswith(("/", ".", "~")) or "://" in path:
         return True
     return (base / path).exists()
+
+
+def _read_pairs(r: _Reader, value: Any, models: dict[str, ModelConfig]) -> tuple[tuple[str, str], ...]:
+    """``pairs: [[model_a, model_b], ...]``: two different language models each, no pair listed twice."""
+    p = ("pairs",)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise r.error(p, "expected a list of [model_a, model_b] pairs")
+    pairs, seen = [], {}
+    for i, entry in enumerate(value):
+        ip = p + (i,)
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise r.error(ip, f"a pair is a list of two language-model ids, e.g. [llama-it, gemma-it]; got {entry!r}")
+        for j, mid in enumerate(entry):
+            mid = r.string(mid, ip + (j,))
+            if mid not in models:
+                raise r.error(ip + (j,), f"unknown model '{mid}' (models: {', '.join(models)})")
+            if models[mid].kind != "language_model":
+                raise r.error(ip + (j,), f"'{mid}' is a {models[mid].kind}; pairs compare language models")
+        a, b = str(entry[0]), str(entry[1])
+        if a == b:
+            raise r.error(ip, f"a pair needs two different models; got '{a}' twice")
+        key = frozenset((a, b))
+        if key in seen:
+            raise r.error(ip, f"the pair {a} / {b} is already listed (pairs[{seen[key]}]); swapping the models "
+                              "only negates the MWLR")
+        seen[key] = i
+        pairs.append((a, b))
+    return tuple(pairs)
+
+
+def _read_implicit_rewards(r: _Reader, value: Any) -> ImplicitRewardsConfig:
+    p = ("implicit_rewards",)
+    v = r.mapping(value, p, IMPLICIT_KEYS)
+    words = r.string_list(v.get("words"), p + ("words",))
+    if words is not None:
+        cleaned = [w.strip().lower() for w in words]
+        if not cleaned or any(not w or " " in w for w in cleaned):
+            raise r.error(p + ("words",), "give one or more single words, e.g. [freedom, love]")
+        words = tuple(dict.fromkeys(cleaned))
+    return ImplicitRewardsConfig(
+        top_n=r.integer(v.get("top_n"), p + ("top_n",), default=15),
+        words=words if words is not None else ImplicitRewardsConfig.words,
+        word_rule=r.string(v.get("word_rule"), p + ("word_rule",), required=False, choices=WORD_RULES)
+        or "single_token",
+    )
 
 
 def _read_analysis(r: _Reader, value: Any) -> AnalysisConfig:

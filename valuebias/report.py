@@ -105,3 +105,79 @@ def figure1_png(cells: pl.DataFrame, *, title: str) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
+
+
+def figure3_png(words: pl.DataFrame, *, title: str) -> bytes:
+    """A Figure-3-style plot of word MWLRs across language-model pairs (METHOD §5), as PNG bytes.
+
+    ``words`` has ``pair, framing, word, mwlr`` (one row per pair, prompt and word, as the
+    ``mwlr_words`` table). One panel per framing (positive, then negative); x = pair (labelled
+    ``model_a vs model_b`` when those columns are present); for each word, a box of its per-prompt
+    MWLRs with the prompts drawn over it as jittered points, one colour per word; a line at 0
+    (above: favoured by model a, below: by model b). An empty table gives a figure saying so. Drawn on
+    a ``Figure`` with the Agg canvas, so it needs no display and leaves pyplot's global state untouched.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    required = ["pair", "framing", "word", "mwlr"]
+    missing = [c for c in required if c not in words.columns]
+    if missing:
+        raise ValueError(f"words lacks column(s) {missing}")
+    if words.height == 0:
+        fig = Figure(figsize=(6.0, 2.5), layout="constrained")
+        FigureCanvasAgg(fig)
+        fig.text(0.5, 0.5, "no word MWLRs to plot (no pairs, or no word in both vocabularies)", ha="center",
+                 va="center")
+        fig.suptitle(title)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
+    framings = _framing_panels(words["framing"].unique().to_list())
+    pairs = words["pair"].unique(maintain_order=True).to_list()
+    labels = pairs
+    if "model_a" in words.columns and "model_b" in words.columns:
+        names = dict(zip(words["pair"].to_list(), zip(words["model_a"].to_list(), words["model_b"].to_list())))
+        labels = [f"{names[p][0]}\nvs\n{names[p][1]}" for p in pairs]
+    vocabulary = words["word"].unique(maintain_order=True).to_list()
+    colours = {w: f"C{i % 10}" for i, w in enumerate(vocabulary)}
+    width = 0.8 / len(vocabulary)
+    rng = np.random.default_rng(0)
+
+    fig = Figure(figsize=(max(4.0, 1.6 * len(pairs)) * len(framings) + 1.0, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(framings), sharey=True, squeeze=False)[0]
+    for ax, framing in zip(axes, framings):
+        for i, word in enumerate(vocabulary):
+            offset = (i - (len(vocabulary) - 1) / 2) * width
+            for j, pair in enumerate(pairs):
+                values = words.filter((pl.col("framing") == framing) & (pl.col("word") == word)
+                                      & (pl.col("pair") == pair))["mwlr"].to_numpy()
+                if len(values) == 0:
+                    continue
+                x = j + offset
+                box = ax.boxplot(values, positions=[x], widths=width * 0.8, patch_artist=True,
+                                 showfliers=False, manage_ticks=False)
+                for patch in box["boxes"]:
+                    patch.set_facecolor(colours[word])
+                    patch.set_alpha(0.35)
+                for median in box["medians"]:
+                    median.set_color(colours[word])
+                jitter = rng.uniform(-width * 0.3, width * 0.3, len(values))
+                ax.scatter(x + jitter, values, s=8, color=colours[word], alpha=0.7, linewidths=0)
+        ax.axhline(0.0, color="0.3", linewidth=0.8)
+        ax.set_xticks(range(len(pairs)), labels, fontsize=8)
+        ax.set_xlim(-0.6, len(pairs) - 0.4)
+        ax.set_title(f"{framing} framing")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("MWLR (> 0: favoured by model a)")
+    fig.legend(handles=[Patch(facecolor=colours[w], alpha=0.6, label=w) for w in vocabulary],
+               title="word", loc="outside right center")
+    fig.suptitle(title)
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()

@@ -1,0 +1,26 @@
+"""Jobs: what ``valuebias run``, the sensor and the schedule execute."""
+
+import dagster as dg
+
+from orchestration.partitions import model_partitions, pair_partitions
+
+ingest_job = dg.define_asset_job(
+    "ingest_job", selection=dg.AssetSelection.groups("ingest"),
+    description="Reads prompts, corpora and the model registry, and checks them against their contracts.")
+rm_scoring_job = dg.define_asset_job(
+    "rm_scoring_job", selection=dg.AssetSelection.assets("rm_word_scores"), partitions_def=model_partitions,
+    description="Scores one registered reward model (one partition per model).")
+rm_statistics_job = dg.define_asset_job(
+    "rm_statistics_job", selection=dg.AssetSelection.groups("statistics", "report"),
+    description="Figure-1 statistics and report from the stored scores of every registered reward model.")
+lm_scoring_job = dg.define_asset_job(
+    "lm_scoring_job", selection=dg.AssetSelection.groups("lm_scoring"), partitions_def=model_partitions,
+    description="Next-token and word log-probs of one registered language model (one partition per model).")
+mwlr_job = dg.define_asset_job(
+    "mwlr_job", selection=dg.AssetSelection.assets("mwlr_pair"), partitions_def=pair_partitions,
+    description="The MWLR of one language-model pair (one partition per pair).")
+lm_statistics_job = dg.define_asset_job(
+    "lm_statistics_job", selection=dg.AssetSelection.groups("lm_statistics"),
+    description="Figure-2 statistics, Table 1, Figure 3 and the report from every language model and pair.")
+
+ALL_JOBS = [ingest_job, rm_scoring_job, rm_statistics_job, lm_scoring_job, mwlr_job, lm_statistics_job]
