@@ -52,8 +52,11 @@ def test_run_recovers_the_planted_preferences_and_is_idempotent(tmp_path):
 
     cells = read_csv_table(valuebias("table", "rm_rank_cells", "--format", "csv", "--config", str(config)).stdout)
     assert len(cells) == 4 * 2 * len(PROMPTS)
-    mixed = read_csv_table(valuebias("table", "rm_mixed_model", "--format", "csv", "--config", str(config)).stdout)
-    assert "family[T.llama]:category[T.Communion]" in {r["term"] for r in mixed}
+    # The tiny demo models separate the categories perfectly here, so every median is the same and the
+    # mixed model is singular: the table is exported empty and the asset's metadata says why
+    # (tests/test_statistics.py fits it on real and synthetic data).
+    mixed = valuebias("table", "rm_mixed_model", "--format", "csv", "--config", str(config)).stdout
+    assert mixed.splitlines()[0] == "corpus,term,coef,se,z,p"
 
     # Re-running gives the same tables, and the runs are in the project's instance for the UI.
     valuebias("run", "--config", str(config))
