@@ -38,7 +38,6 @@ it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import uuid
@@ -85,20 +84,7 @@ class DemoLMRecipe:
 
 def _fingerprint(recipe: DemoLMRecipe, words_by_category: dict[str, list[str]],
                  prompts: list[tuple[str, str]]) -> str:
-    payload = {
-        "code_version": DEMO_LM_CODE_VERSION,
-        "recipe": asdict(recipe),
-        "words_by_category": {cat: list(words) for cat, words in sorted(words_by_category.items())},
-        "prompts": [list(p) for p in prompts],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _read_fingerprint(out_dir: Path) -> str | None:
-    try:
-        return json.loads((out_dir / "recipe.json").read_text()).get("fingerprint")
-    except (OSError, ValueError):
-        return None
+    return tiny_models.build_fingerprint(DEMO_LM_CODE_VERSION, asdict(recipe), words_by_category, prompts)
 
 
 def _validate(recipe: DemoLMRecipe, words_by_category: dict[str, list[str]],
@@ -325,7 +311,7 @@ def build_demo_language_model(out_dir, recipe: DemoLMRecipe, *, words_by_categor
     _validate(recipe, words_by_category, prompts)
     prompts = [(text, framing) for text, framing in prompts]
     fingerprint = _fingerprint(recipe, words_by_category, prompts)
-    if _read_fingerprint(out_dir) == fingerprint:
+    if tiny_models.read_build_fingerprint(out_dir) == fingerprint:
         return out_dir
 
     preferred, others = _split_words(recipe, words_by_category)

@@ -23,7 +23,6 @@ Communion imitate the paper's finding.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -65,20 +64,7 @@ class DemoRecipe:
 
 def _fingerprint(recipe: DemoRecipe, words_by_category: dict[str, list[str]],
                  prompts: list[tuple[str, str]]) -> str:
-    payload = {
-        "code_version": DEMO_CODE_VERSION,
-        "recipe": asdict(recipe),
-        "words_by_category": {cat: list(words) for cat, words in sorted(words_by_category.items())},
-        "prompts": [list(p) for p in prompts],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _read_fingerprint(out_dir: Path) -> str | None:
-    try:
-        return json.loads((out_dir / "recipe.json").read_text()).get("fingerprint")
-    except (OSError, ValueError):
-        return None
+    return tiny_models.build_fingerprint(DEMO_CODE_VERSION, asdict(recipe), words_by_category, prompts)
 
 
 def _validate(recipe: DemoRecipe, words_by_category: dict[str, list[str]], prompts: list[tuple[str, str]]):
@@ -185,7 +171,7 @@ def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: d
     out_dir = Path(out_dir)
     _validate(recipe, words_by_category, prompts)
     fingerprint = _fingerprint(recipe, words_by_category, prompts)
-    if _read_fingerprint(out_dir) == fingerprint:
+    if tiny_models.read_build_fingerprint(out_dir) == fingerprint:
         return out_dir
 
     preferred, others = _split_words(recipe, words_by_category)

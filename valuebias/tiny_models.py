@@ -15,6 +15,8 @@ and ``AutoModelForCausalLM``, exactly like a real checkpoint.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -170,3 +172,23 @@ def move_into_place(tmp: Path, out_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def build_fingerprint(code_version: str, recipe: dict, words_by_category: dict[str, list[str]],
+                      prompts: list[tuple[str, str]]) -> str:
+    """The cache key of a built demonstration model: builder code version, recipe, words and prompts."""
+    payload = {
+        "code_version": code_version,
+        "recipe": recipe,
+        "words_by_category": {cat: list(words) for cat, words in sorted(words_by_category.items())},
+        "prompts": [list(p) for p in prompts],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def read_build_fingerprint(out_dir: Path) -> str | None:
+    """The fingerprint recorded in ``out_dir/recipe.json`` by a finished build, or None."""
+    try:
+        return json.loads((Path(out_dir) / "recipe.json").read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        return None
