@@ -1,30 +1,18 @@
 """Per-language-model log-probabilities: one partition per registered language model (METHOD.md section 4)."""
 
 
-import time
 
 import dagster as dg
 
 from assets.tables import (TABLE_KEYS, large_table_version, lm_next_token_key, lm_word_logprobs_key, table_result,
                            write_table)
+from assets.partition_models import progress_logger, registered_model
 from assets.versions import INPUT_VERSIONS, current_input_versions
 from orchestration.partitions import model_partitions
 from resources.lm_scoring import LanguageModelScorer
 from resources.registry import Registry
 from resources.storage import Storage
 from resources.validation import ContractValidator
-from valuebias.config import ModelConfig, RegistryConfig
-
-
-def language_model(config: RegistryConfig, model_id: str) -> ModelConfig:
-    """The registry entry of partition ``model_id``; a clear Failure when it is not a language model."""
-    model = config.models.get(model_id)
-    if model is None:
-        raise dg.Failure(f"model '{model_id}' is not in {config.path} any more; its stored log-probs are kept "
-                         "but it is left out of the statistics")
-    if model.kind != "language_model":
-        raise dg.Failure(f"model '{model_id}' is a {model.kind}, not a language model")
-    return model
 
 
 @dg.asset(
@@ -42,17 +30,11 @@ def lm_next_token_logprobs(context: dg.AssetExecutionContext, registry: Registry
     logprob Float32)."""
     config = registry.load()
     model_id = context.partition_key
-    model = language_model(config, model_id)
+    model = registered_model(config, model_id, "language_model")
     input_versions = current_input_versions(context.instance, config, "lm_next_token_logprobs", model_id)
     prompts = storage.read_parquet(TABLE_KEYS["prompts"])
     words = storage.read_parquet(TABLE_KEYS["corpus_words"])
-    last_log = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last_log[0] > 10 or done == total:
-            last_log[0] = now
-            context.log.info(f"{model_id}: {done}/{total} prompts")
+    progress = progress_logger(context, model_id, "prompts")
 
     try:
         table, metadata = lm_scorer.next_token_logprobs(model, config, prompts, words, progress=progress)
@@ -79,7 +61,7 @@ def lm_word_logprobs(context: dg.AssetExecutionContext, registry: Registry, stor
     words each rule kept, per corpus."""
     config = registry.load()
     model_id = context.partition_key
-    model = language_model(config, model_id)
+    model = registered_model(config, model_id, "language_model")
     input_versions = current_input_versions(context.instance, config, "lm_word_logprobs", model_id)
     key = lm_next_token_key(model_id)
     if not storage.exists(key):

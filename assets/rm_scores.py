@@ -1,11 +1,11 @@
 """Per-model reward-model word scores: one partition per registered model (METHOD.md section 3)."""
 
 
-import time
 
 import dagster as dg
 
 from assets.tables import TABLE_KEYS, rm_word_scores_key, table_result, write_table
+from assets.partition_models import progress_logger, registered_model
 from assets.versions import INPUT_VERSIONS, current_input_versions
 from orchestration.partitions import model_partitions
 from resources.registry import Registry
@@ -28,23 +28,11 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
     ``rm_word_scores`` contract before it is written."""
     config = registry.load()
     model_id = context.partition_key
-    model = config.models.get(model_id)
-    if model is None:
-        raise dg.Failure(f"model '{model_id}' is not in {config.path} any more; its stored scores are kept "
-                         "but it is left out of the statistics")
-    if model.kind != "reward_model":
-        raise dg.Failure(f"model '{model_id}' is a {model.kind}, not a reward model")
+    model = registered_model(config, model_id, "reward_model")
     input_versions = current_input_versions(context.instance, config, "rm_word_scores", model_id)
     prompts = storage.read_parquet(TABLE_KEYS["prompts"])
     words = storage.read_parquet(TABLE_KEYS["corpus_words"])
-
-    last_log = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last_log[0] > 10 or done == total:
-            last_log[0] = now
-            context.log.info(f"{model_id}: scored {done}/{total} sequences")
+    progress = progress_logger(context, model_id, "sequences scored")
 
     table, metadata = scorer.score(model, config, storage, prompts, words, progress=progress)
     report = validator.validate(table, "rm_word_scores")
