@@ -24,6 +24,16 @@ TABLE_KEYS = {
 }
 
 
+def rm_vocabulary_sweep_key(model_id: str) -> str:
+    """Storage key of one model's full-vocabulary sweep (every token's score per sweep prompt)."""
+    return f"rm_vocabulary_sweep/{model_id}.parquet"
+
+
+def rm_sweep_tokens_key(model_id: str) -> str:
+    """Storage key of one model's top and bottom sweep tokens per prompt."""
+    return f"rm_sweep_tokens/{model_id}.parquet"
+
+
 def rm_word_scores_key(model_id: str) -> str:
     """Storage key of one model's partition of ``rm_word_scores``."""
     return f"rm_word_scores/{model_id}.parquet"

@@ -57,6 +57,12 @@ def current_input_versions(instance: dg.DagsterInstance, config: RegistryConfig,
                            partition: str | None = None, overrides: dict[str, str] | None = None) -> dict[str, str]:
     """The versions of everything ``asset`` (``partition``) reads, as they are now. ``overrides`` gives
     versions to assume for some inputs (e.g. what re-ingesting the files would produce)."""
+    if asset == "rm_vocabulary_sweep":
+        model = config.models.get(partition)
+        sweep = json.dumps(model.vocabulary_sweep if model else None, sort_keys=True)
+        return {"model": model.fingerprint if model else "removed",
+                "sweep": hashlib.sha256(sweep.encode()).hexdigest()[:16],
+                "prompts": _latest_version(instance, "prompts", overrides=overrides)}
     if asset == "rm_word_scores":
         model = config.models.get(partition)
         return {"model": model.fingerprint if model else "removed",

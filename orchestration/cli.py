@@ -21,7 +21,7 @@ from valuebias.config import RegistryConfig, load_config
 from valuebias.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-TABLE_NAMES = ("prompts", "corpus_words", "model_registry", "rm_word_scores", "rm_rank_cells",
+TABLE_NAMES = ("prompts", "corpus_words", "model_registry", "rm_word_scores", "rm_sweep_tokens", "rm_rank_cells",
                "rm_mixed_model", "rm_family_tests", "lm_word_logprobs", "lm_rank_cells", "lm_anova", "lm_posthoc",
                "mwlr_tokens", "mwlr_words")
 
@@ -111,6 +111,8 @@ def registry_states(instance, config: RegistryConfig) -> list:
         rows.append(state)
     rows += [partition_state(instance, config, "rm_word_scores", m.model_id, would_be)
              for m in config.reward_models()]
+    rows += [partition_state(instance, config, "rm_vocabulary_sweep", m.model_id, would_be)
+             for m in config.reward_models() if m.vocabulary_sweep]
     rows += [partition_state(instance, config, asset, m.model_id, would_be)
              for m in config.language_models() for asset in LM_ASSETS]
     rows += [partition_state(instance, config, "mwlr_pair", pair, would_be) for pair in config.pair_models()]
@@ -165,6 +167,14 @@ def cmd_run(args) -> int:
             continue
         reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
         if not step(f"rm_scoring_job[{model.model_id}]{reason}", "rm_scoring_job", partition_key=model.model_id):
+            return 1
+    for model in [m for m in config.reward_models() if m.vocabulary_sweep]:
+        state = partition_state(instance, config, "rm_vocabulary_sweep", model.model_id)
+        if state.state == "fresh" and not args.all:
+            print(f"rm_sweep_job[{model.model_id}] skipped: fresh (use --all to recompute)")
+            continue
+        reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
+        if not step(f"rm_sweep_job[{model.model_id}]{reason}", "rm_sweep_job", partition_key=model.model_id):
             return 1
     for model in config.language_models():
         # Next-token log-probs first; word log-probs are rerun with them, or alone when only they are stale.
@@ -236,10 +246,18 @@ def cmd_status(args) -> int:
 def load_table(config: RegistryConfig, name: str):
     import polars as pl
 
-    from assets.tables import TABLE_KEYS, lm_word_logprobs_key, rm_word_scores_key
+    from assets.tables import TABLE_KEYS, lm_word_logprobs_key, rm_sweep_tokens_key, rm_word_scores_key
     from resources.storage import Storage
 
     storage = Storage(uri=config.storage_uri)
+    if name == "rm_sweep_tokens":
+        keys = [rm_sweep_tokens_key(m.model_id) for m in config.reward_models() if m.vocabulary_sweep]
+        if not keys:
+            raise FileNotFoundError(f"no model in {config.path} has a vocabulary_sweep")
+        missing = [k for k in keys if not storage.exists(k)]
+        if missing:
+            raise FileNotFoundError(f"no stored sweep at {storage.full_uri(missing[0])}: run `valuebias run` first")
+        return pl.concat([storage.read_parquet(k) for k in keys])
     if name in ("rm_word_scores", "lm_word_logprobs"):
         keys = [rm_word_scores_key(m.model_id) for m in config.reward_models()] if name == "rm_word_scores" else \
             [lm_word_logprobs_key(m.model_id) for m in config.language_models()]

@@ -10,6 +10,9 @@ ingest_job = dg.define_asset_job(
 rm_scoring_job = dg.define_asset_job(
     "rm_scoring_job", selection=dg.AssetSelection.assets("rm_word_scores"), partitions_def=model_partitions,
     description="Scores one registered reward model (one partition per model).")
+rm_sweep_job = dg.define_asset_job(
+    "rm_sweep_job", selection=dg.AssetSelection.assets("rm_vocabulary_sweep"), partitions_def=model_partitions,
+    description="The full-vocabulary sweep of one reward model whose entry switches it on.")
 rm_statistics_job = dg.define_asset_job(
     "rm_statistics_job", selection=dg.AssetSelection.groups("statistics", "report"),
     description="Figure-1 statistics and report from the stored scores of every registered reward model.")
@@ -23,4 +26,4 @@ lm_statistics_job = dg.define_asset_job(
     "lm_statistics_job", selection=dg.AssetSelection.groups("lm_statistics"),
     description="Figure-2 statistics, Table 1, Figure 3 and the report from every language model and pair.")
 
-ALL_JOBS = [ingest_job, rm_scoring_job, rm_statistics_job, lm_scoring_job, mwlr_job, lm_statistics_job]
+ALL_JOBS = [ingest_job, rm_scoring_job, rm_sweep_job, rm_statistics_job, lm_scoring_job, mwlr_job, lm_statistics_job]

@@ -48,6 +48,25 @@ class RewardModelScorer(dg.ConfigurableResource):
         )
 
 
+def sweep_vocabulary(scorer: RewardModelScorer, model: ModelConfig, config: RegistryConfig, prompts: pl.DataFrame,
+                     corpus_words: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """The full-vocabulary sweep of one reward model (``vocabulary_sweep`` in its registry entry)."""
+    from valuebias.score_partition import sweep_reward_model
+
+    if model.source == "published":
+        raise InputError("a published model has no weights to sweep", source=f"models.{model.model_id}",
+                         field="vocabulary_sweep")
+    if config.scoring_threads:
+        import torch
+
+        torch.set_num_threads(config.scoring_threads)
+    return sweep_reward_model(model.model_id, model.source, model.settings, model.vocabulary_sweep,
+                              prompts=prompts, corpus_words=corpus_words,
+                              demo_dir=Path(config.state_dir) / "demo_models",
+                              batch_size=scorer.batch_size or config.scoring_batch_size,
+                              device=scorer.device or None)
+
+
 class StorageScoreCache:
     """The score cache of one model in product storage: one parquet chunk per scored prompt, each
     written atomically, so a killed partition keeps every finished chunk and never a partial one."""

@@ -161,3 +161,16 @@ def test_language_model_errors_name_file_row_and_field(tmp_path, models, extra, 
     assert f"row {row}" in message, message
     assert f"field '{field}'" in message, message
     assert text in message, message
+
+
+def test_vocabulary_sweep_defaults_and_errors(tmp_path):
+    config = load_config(write(tmp_path, "  m1: {kind: reward_model, family: llama, huggingface: {path: a/b},"
+                                         " vocabulary_sweep: {}}\n"))
+    assert config.models["m1"].vocabulary_sweep == {
+        "prompts": ["greatest_ever_one", "best_ever_one", "worst_ever_one"], "top_n": 20}
+    plain = load_config(write(tmp_path, "  m1: {kind: reward_model, family: llama, huggingface: {path: a/b}}\n"))
+    assert plain.models["m1"].vocabulary_sweep is None
+    assert plain.models["m1"].fingerprint == config.models["m1"].fingerprint  # the scores do not depend on it
+    with pytest.raises(InputError, match=r"row 5, field 'models.m1.vocabulary_sweep.top_n'"):
+        load_config(write(tmp_path, "  m1: {kind: reward_model, family: llama, huggingface: {path: a/b},"
+                                    " vocabulary_sweep: {top_n: 0}}\n"))

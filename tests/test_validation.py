@@ -62,6 +62,10 @@ VALID: dict[str, pl.DataFrame] = {
         "z": [60.25, -2.83, None],
         "p": [0.0, 0.0047, None],
     }),
+    "rm_sweep_tokens": pl.DataFrame({
+        "model": ["m1", "m1"], "prompt": ["best_ever_one", "best_ever_one"], "side": ["top", "bottom"],
+        "rank": [1, -1], "token": ["love", "war"], "score": [2.5, -3.0],
+    }),
     "rm_family_tests": pl.DataFrame({
         "corpus": ["big2", "big2"],
         "category": ["Agency", "Communion"],

@@ -54,6 +54,7 @@ class ModelConfig:
     settings: dict[str, Any]  # the source block: huggingface fields, published {corpus: uri}, or demo recipe
     display_name: str | None = None
     variant: str | None = None  # language models only: instruction_tuned or pretrained
+    vocabulary_sweep: dict[str, Any] | None = None  # reward models only: {prompts, top_n}
 
     @property
     def fingerprint(self) -> str:
@@ -238,7 +239,8 @@ TOP_KEYS = ("state_dir", "storage", "prompts", "wordlist", "corpora", "models", 
             "implicit_rewards", "scoring", "schedule", "concurrency")
 CORPUS_KEYS = ("uri", "format", "word_column", "category_column", "category_columns", "category_rule",
                "categories", "wildcards")
-MODEL_KEYS = ("kind", "family", "variant", "display_name") + MODEL_SOURCES
+MODEL_KEYS = ("kind", "family", "variant", "display_name", "vocabulary_sweep") + MODEL_SOURCES
+SWEEP_PROMPTS = ("greatest_ever_one", "best_ever_one", "worst_ever_one")
 HF_KEYS = ("path", "revision", "dtype", "score", "trust_remote_code", "allow_pickle")
 IMPLICIT_KEYS = ("top_n", "words", "word_rule")
 DEMO_KEYS = ("architecture", "preferred_category", "train_corpus", "seed", "hidden_size", "num_layers",
@@ -391,7 +393,19 @@ def _read_model(r: _Reader, mid: str, entry: Any, base: Path, corpora: dict[str,
         }
     return ModelConfig(model_id=mid, kind=kind, family=family, source=source, settings=settings,
                        display_name=r.string(e.get("display_name"), p + ("display_name",), required=False),
-                       variant=variant)
+                       variant=variant, vocabulary_sweep=_read_sweep(r, p, e, kind))
+
+
+def _read_sweep(r: _Reader, p: tuple[str, ...], entry: dict, kind: str) -> dict[str, Any] | None:
+    """The optional full-vocabulary sweep of a reward model (FAccT predecessor, METHOD.md section 6)."""
+    if "vocabulary_sweep" not in entry:
+        return None
+    sp = p + ("vocabulary_sweep",)
+    if kind != "reward_model":
+        raise r.error(sp, "only reward models have a vocabulary sweep")
+    sweep = r.mapping(entry["vocabulary_sweep"], sp, ("prompts", "top_n"))
+    return {"prompts": list(r.string_list(sweep.get("prompts"), sp + ("prompts",)) or SWEEP_PROMPTS),
+            "top_n": r.integer(sweep.get("top_n"), sp + ("top_n",), default=20)}
 
 
 def _looks_local(path: str, base: Path) -> bool:

@@ -165,6 +165,62 @@ def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, 
     return table.cast(SCORE_SCHEMA), metadata
 
 
+SWEEP_SCHEMA = {"model": pl.Utf8, "prompt": pl.Utf8, "token_id": pl.Int32, "token": pl.Utf8, "score": pl.Float64}
+
+
+def sweep_reward_model(model_id: str, source: str, settings: dict[str, Any], sweep: dict[str, Any], *,
+                       prompts: pl.DataFrame, corpus_words: pl.DataFrame, demo_dir: Path, batch_size: int = 64,
+                       device: str | None = None) -> tuple[pl.DataFrame, dict]:
+    """Scores every vocabulary token, decoded, as the response to each sweep prompt (METHOD.md section 6,
+    the FAccT predecessor). Ids that decode to the same string share one score (same conversation).
+    Returns (model, prompt, token_id, token, score) and metadata."""
+    from valuebias import engine
+    from valuebias.lm_scoring import decoded_vocabulary
+    from valuebias.scoring import HuggingFaceSource, load_reward_model
+
+    chosen = prompts.filter(pl.col("prompt").is_in(sweep["prompts"]))
+    unknown = sorted(set(sweep["prompts"]) - set(chosen["prompt"].to_list()))
+    if unknown:
+        from valuebias.errors import InputError
+
+        raise InputError(f"unknown prompt id(s) {unknown}", source=f"models.{model_id}",
+                         field="vocabulary_sweep.prompts")
+    started = time.perf_counter()
+    hf = resolve_model_path(model_id, source, settings, demo_dir=demo_dir, prompts=prompts,
+                            corpus_words=corpus_words)
+    src = HuggingFaceSource(model_id=model_id, **hf)
+    loaded = load_reward_model(src, device=device)
+    vocabulary = decoded_vocabulary(loaded.tokenizer, len(loaded.tokenizer))
+    strings = sorted(set(vocabulary.drop_nulls().to_list()))
+    scores, info = engine.score_prefix_cached(loaded, score=src.score,
+                                              prompts=list(zip(chosen["prompt"], chosen["text"])),
+                                              words=strings, batch_size=batch_size)
+    ids = pl.DataFrame({"token_id": pl.arange(0, len(vocabulary), eager=True).cast(pl.Int32),
+                        "token": vocabulary})
+    table = (ids.join(scores.rename({"word": "token"}), on="token", how="inner")
+             .select(pl.lit(model_id).alias("model"), "prompt", "token_id", "token", "score")
+             .sort("prompt", "token_id"))
+    return table.cast(SWEEP_SCHEMA), {
+        "vocabulary_size": len(vocabulary), "distinct_strings": len(strings), "prompts": chosen.height,
+        "sequences_scored": len(strings) * chosen.height, "engine": info["engine"],
+        "oom_halvings": info.get("oom_halvings", 0), "seconds": round(time.perf_counter() - started, 3)}
+
+
+def sweep_extremes(sweep: pl.DataFrame, top_n: int) -> pl.DataFrame:
+    """Per (model, prompt): the ``top_n`` best and worst distinct token strings, rank 1..n from the top
+    (side ``top``) and -1..-n from the bottom (side ``bottom``)."""
+    distinct = sweep.unique(subset=["model", "prompt", "token"], keep="first").sort("score", "token",
+                                                                                      descending=[True, False])
+    ranked = distinct.with_columns(pl.int_range(1, pl.len() + 1).over("model", "prompt").alias("from_top"),
+                                   pl.len().over("model", "prompt").alias("n"))
+    top = ranked.filter(pl.col("from_top") <= top_n).with_columns(pl.lit("top").alias("side"),
+                                                                   pl.col("from_top").alias("rank"))
+    bottom = ranked.filter(pl.col("from_top") > pl.col("n") - top_n).with_columns(
+        pl.lit("bottom").alias("side"), (pl.col("from_top") - pl.col("n") - 1).alias("rank"))
+    return (pl.concat([top, bottom]).select("model", "prompt", "side", pl.col("rank").cast(pl.Int64), "token",
+                                            "score").sort("model", "prompt", "score", descending=[False, False, True]))
+
+
 def _load_tokenizer(kwargs: dict):
     """The tokenizer alone (cheap), to render conversations and look them up in the cache."""
     from transformers import AutoTokenizer
