@@ -160,22 +160,23 @@ def cmd_run(args) -> int:
     # Ingest is cheap and re-reads the files every time; unchanged content keeps its data version.
     if not step("ingest_job", "ingest_job", partition_key=None):
         return 1
-    for model in config.reward_models():
-        state = partition_state(instance, config, "rm_word_scores", model.model_id)
-        if state.state == "fresh" and not args.all:
-            print(f"rm_scoring_job[{model.model_id}] skipped: fresh (use --all to recompute)")
-            continue
-        reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
-        if not step(f"rm_scoring_job[{model.model_id}]{reason}", "rm_scoring_job", partition_key=model.model_id):
-            return 1
-    for model in [m for m in config.reward_models() if m.vocabulary_sweep]:
-        state = partition_state(instance, config, "rm_vocabulary_sweep", model.model_id)
-        if state.state == "fresh" and not args.all:
-            print(f"rm_sweep_job[{model.model_id}] skipped: fresh (use --all to recompute)")
-            continue
-        reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
-        if not step(f"rm_sweep_job[{model.model_id}]{reason}", "rm_sweep_job", partition_key=model.model_id):
-            return 1
+    def run_stale_partitions(job_name: str, asset: str, partitions: list[str]) -> bool:
+        """Runs ``job_name`` for each partition of ``asset`` that is missing or stale (all with --all)."""
+        for partition in partitions:
+            state = partition_state(instance, config, asset, partition)
+            if state.state == "fresh" and not args.all:
+                print(f"{job_name}[{partition}] skipped: fresh (use --all to recompute)")
+                continue
+            reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
+            if not step(f"{job_name}[{partition}]{reason}", job_name, partition_key=partition):
+                return False
+        return True
+
+    if not run_stale_partitions("rm_scoring_job", "rm_word_scores", [m.model_id for m in config.reward_models()]):
+        return 1
+    if not run_stale_partitions("rm_sweep_job", "rm_vocabulary_sweep",
+                                [m.model_id for m in config.reward_models() if m.vocabulary_sweep]):
+        return 1
     for model in config.language_models():
         # Next-token log-probs first; word log-probs are rerun with them, or alone when only they are stale.
         states = [partition_state(instance, config, asset, model.model_id) for asset in LM_ASSETS]
@@ -190,14 +191,8 @@ def cmd_run(args) -> int:
         if not step(f"lm_scoring_job[{model.model_id}]{reason}", "lm_scoring_job", partition_key=model.model_id,
                     asset_selection=[dg.AssetKey(a) for a in todo]):
             return 1
-    for pair in config.pair_models():
-        state = partition_state(instance, config, "mwlr_pair", pair)
-        if state.state == "fresh" and not args.all:
-            print(f"mwlr_job[{pair}] skipped: fresh (use --all to recompute)")
-            continue
-        reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
-        if not step(f"mwlr_job[{pair}]{reason}", "mwlr_job", partition_key=pair):
-            return 1
+    if not run_stale_partitions("mwlr_job", "mwlr_pair", list(config.pair_models())):
+        return 1
     states = registry_states(instance, config)
     if config.reward_models():
         stale = list(STATISTICS_ASSETS) if args.all else statistics_to_run(states)
