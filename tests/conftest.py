@@ -64,3 +64,22 @@ def s3_bucket(s3_server, aws_credentials):
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture()
+def cli(monkeypatch, capsys):
+    """Runs the ``valuebias`` command in-process; returns its stdout and fails the test on a non-zero exit.
+    DAGSTER_HOME is restored after the test (the CLI points it at the registry's own instance)."""
+    from orchestration.cli import main as valuebias_main
+
+    monkeypatch.delenv("VALUEBIAS_CONFIG", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", "")
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        code = valuebias_main(list(args))
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        return out.out
+
+    return run

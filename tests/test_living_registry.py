@@ -15,7 +15,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from orchestration.cli import main as valuebias_main
 from tests.registry_fixtures import (AGENCY, COMMUNION, PROMPTS, build_random_reward_model, random_models_entry,
                                      write_small_registry)
 from valuebias.wordlist import english_wordlist
@@ -34,20 +33,6 @@ def model_dirs(tmp_path_factory):
     }
 
 
-@pytest.fixture()
-def cli(monkeypatch, capsys):
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    monkeypatch.delenv("VALUEBIAS_CONFIG", raising=False)
-    monkeypatch.setenv("DAGSTER_HOME", "")  # restored after the test; the CLI sets its own
-
-    def run(*args: str) -> str:
-        capsys.readouterr()
-        code = valuebias_main(list(args))
-        out = capsys.readouterr()
-        assert code == 0, out.err
-        return out.out
-
-    return run
 
 
 def status_rows(cli, config) -> dict[tuple[str, str], dict]:

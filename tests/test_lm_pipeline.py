@@ -13,7 +13,6 @@ import polars as pl
 import pytest
 
 from assets.tables import lm_next_token_key, lm_word_logprobs_key, mwlr_key
-from orchestration.cli import main as valuebias_main
 from orchestration.definitions import build_definitions, build_resources
 from orchestration.partitions import MODELS_PARTITION, PAIRS_PARTITION
 from orchestration.sensors import model_partitions_sensor, sync_model_partitions
@@ -47,20 +46,6 @@ def state_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("lm_state")
 
 
-@pytest.fixture()
-def cli(monkeypatch, capsys):
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
-    monkeypatch.delenv("VALUEBIAS_CONFIG", raising=False)
-    monkeypatch.setenv("DAGSTER_HOME", "")  # restored after the test; the CLI sets its own
-
-    def run(*args: str) -> str:
-        capsys.readouterr()
-        code = valuebias_main(list(args))
-        out = capsys.readouterr()
-        assert code == 0, out.err
-        return out.out
-
-    return run
 
 
 def ran(output: str, job: str) -> list[str]:

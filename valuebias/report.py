@@ -81,16 +81,7 @@ def figure1_png(cells: pl.DataFrame, *, title: str) -> bytes:
                     & (pl.col("category") == category))["median_rank"].to_numpy()
                 if len(values) == 0:
                     continue
-                x = j + offset
-                box = ax.boxplot(values, positions=[x], widths=width * 0.8, patch_artist=True,
-                                 showfliers=False, manage_ticks=False)
-                for patch in box["boxes"]:
-                    patch.set_facecolor(colours[family])
-                    patch.set_alpha(0.35)
-                for median in box["medians"]:
-                    median.set_color(colours[family])
-                jitter = rng.uniform(-width * 0.3, width * 0.3, len(values))
-                ax.scatter(x + jitter, values, s=6, color=colours[family], alpha=0.6, linewidths=0)
+                _box_with_points(ax, values, j + offset, width, colours[family], rng, size=6, alpha=0.6)
         ax.set_xticks(range(len(categories)), categories)
         ax.set_xlim(-0.6, len(categories) - 0.4)
         ax.set_title(f"{framing} framing")
@@ -158,16 +149,7 @@ def figure3_png(words: pl.DataFrame, *, title: str) -> bytes:
                                       & (pl.col("pair") == pair))["mwlr"].to_numpy()
                 if len(values) == 0:
                     continue
-                x = j + offset
-                box = ax.boxplot(values, positions=[x], widths=width * 0.8, patch_artist=True,
-                                 showfliers=False, manage_ticks=False)
-                for patch in box["boxes"]:
-                    patch.set_facecolor(colours[word])
-                    patch.set_alpha(0.35)
-                for median in box["medians"]:
-                    median.set_color(colours[word])
-                jitter = rng.uniform(-width * 0.3, width * 0.3, len(values))
-                ax.scatter(x + jitter, values, s=8, color=colours[word], alpha=0.7, linewidths=0)
+                _box_with_points(ax, values, j + offset, width, colours[word], rng, size=8, alpha=0.7)
         ax.axhline(0.0, color="0.3", linewidth=0.8)
         ax.set_xticks(range(len(pairs)), labels, fontsize=8)
         ax.set_xlim(-0.6, len(pairs) - 0.4)
@@ -181,3 +163,16 @@ def figure3_png(words: pl.DataFrame, *, title: str) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
+
+
+def _box_with_points(ax, values, x: float, width: float, colour, rng, *, size: float, alpha: float) -> None:
+    """One translucent box at ``x`` with its points jittered over it (Figures 1 and 3)."""
+    box = ax.boxplot(values, positions=[x], widths=width * 0.8, patch_artist=True, showfliers=False,
+                     manage_ticks=False)
+    for patch in box["boxes"]:
+        patch.set_facecolor(colour)
+        patch.set_alpha(0.35)
+    for median in box["medians"]:
+        median.set_color(colour)
+    jitter = rng.uniform(-width * 0.3, width * 0.3, len(values))
+    ax.scatter(x + jitter, values, s=size, color=colour, alpha=alpha, linewidths=0)
