@@ -1,16 +1,17 @@
-"""Per-language-model log-probabilities: one partition per registered language model (METHOD.md section 4)."""
+"""Per-language-model log-probabilities: one partition per registered language model (METHOD.md section 4).
 
-
+Like the reward-model scores, the work runs out of process (``resources.scoring_worker`` through Dagster
+Pipes); these assets say what to compute, then validate and publish what the worker wrote."""
 
 import dagster as dg
 
-from assets.tables import (TABLE_KEYS, large_table_version, lm_next_token_key, lm_word_logprobs_key, table_result,
-                           write_table)
-from assets.partition_models import progress_logger, registered_model
+from assets.partition_models import registered_model
+from assets.rm_scores import SCORING_INPUTS
+from assets.tables import lm_next_token_key, lm_word_logprobs_key, promote_validated, staging_key, table_result
 from assets.versions import INPUT_VERSIONS, current_input_versions
 from orchestration.partitions import model_partitions
-from resources.lm_scoring import LanguageModelScorer
 from resources.registry import Registry
+from resources.scoring_launcher import ScoringLauncher
 from resources.storage import Storage
 from resources.validation import ContractValidator
 
@@ -23,27 +24,23 @@ from resources.validation import ContractValidator
     pool="gpu",
 )
 def lm_next_token_logprobs(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
-                           lm_scorer: LanguageModelScorer) -> dg.MaterializeResult:
+                           scoring: ScoringLauncher) -> dg.MaterializeResult:
     """Next-token log-softmax over the whole vocabulary at the last position of every prompt, one forward
     pass per prompt: instruction-tuned models see their chat template with the generation prompt,
     pretrained models the raw prompt text. Stored as (model, prompt, token_id Int32, token as decoded,
-    logprob Float32)."""
+    logprob Float32). The worker writes it in place (it is large; no contract reads it back here)."""
     config = registry.load()
     model_id = context.partition_key
     model = registered_model(config, model_id, "language_model")
     input_versions = current_input_versions(context.instance, config, "lm_next_token_logprobs", model_id)
-    prompts = storage.read_parquet(TABLE_KEYS["prompts"])
-    words = storage.read_parquet(TABLE_KEYS["corpus_words"])
-    progress = progress_logger(context, model_id, "prompts")
-
-    try:
-        table, metadata = lm_scorer.next_token_logprobs(model, config, prompts, words, progress=progress)
-    except ValueError as exc:
-        raise dg.Failure(str(exc)) from exc
-    uri = storage.write_parquet(lm_next_token_key(model_id), table)
-    metadata.update({"model_fingerprint": model.fingerprint, "family": model.family, "source": model.source,
+    key = lm_next_token_key(model_id)
+    spec = scoring.task_spec(config, "lm_next_token_logprobs", model, storage.store().to_spec(),
+                             inputs=SCORING_INPUTS, outputs={"table": key})
+    metadata, version = scoring.run(context, config, spec)
+    metadata.update({"uri": dg.MetadataValue.path(storage.full_uri(key)), "dagster/row_count": metadata["rows"],
+                     "model_fingerprint": model.fingerprint, "family": model.family, "source": model.source,
                      INPUT_VERSIONS: dg.MetadataValue.json(input_versions)})
-    return table_result(table, uri, large_table_version(table), metadata)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 
 
 @dg.asset(
@@ -54,7 +51,7 @@ def lm_next_token_logprobs(context: dg.AssetExecutionContext, registry: Registry
     pool="gpu",
 )
 def lm_word_logprobs(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
-                     validator: ContractValidator, lm_scorer: LanguageModelScorer) -> dg.MaterializeResult:
+                     validator: ContractValidator, scoring: ScoringLauncher) -> dg.MaterializeResult:
     """Log-prob of every corpus word after every prompt. The paper's rule (``single_token``): words equal
     to one decoded vocabulary token (lowercase, no leading space); with ``implicit_rewards.word_rule:
     full_sequence`` the other words get their whole token sequence's log-prob. The metadata counts the
@@ -63,19 +60,16 @@ def lm_word_logprobs(context: dg.AssetExecutionContext, registry: Registry, stor
     model_id = context.partition_key
     model = registered_model(config, model_id, "language_model")
     input_versions = current_input_versions(context.instance, config, "lm_word_logprobs", model_id)
-    key = lm_next_token_key(model_id)
-    if not storage.exists(key):
-        raise dg.Failure(f"no next-token log-probs for '{model_id}' at {storage.full_uri(key)}: materialize "
-                         f"lm_next_token_logprobs for partition '{model_id}' first")
-    next_token = storage.read_parquet(key)
-    prompts = storage.read_parquet(TABLE_KEYS["prompts"])
-    words = storage.read_parquet(TABLE_KEYS["corpus_words"])
-    table, metadata = lm_scorer.word_logprobs(model, config, next_token, prompts, words)
-    report = validator.validate(table, "lm_word_logprobs")
-    if not report.success:
-        raise dg.Failure(f"word log-probs of '{model_id}' break their data contract: {report.summary()}",
-                         metadata=report.to_metadata())
-    uri, version = write_table(storage, lm_word_logprobs_key(model_id), table)
-    metadata["words_kept"] = dg.MetadataValue.json(metadata["words_kept"])
+    next_token = lm_next_token_key(model_id)
+    if not storage.exists(next_token):
+        raise dg.Failure(f"no next-token log-probs for '{model_id}' at {storage.full_uri(next_token)}: "
+                         f"materialize lm_next_token_logprobs for partition '{model_id}' first")
+    final = lm_word_logprobs_key(model_id)
+    staged = staging_key(context.run_id, final)
+    spec = scoring.task_spec(config, "lm_word_logprobs", model, storage.store().to_spec(),
+                             inputs={**SCORING_INPUTS, "next_token": next_token}, outputs={"table": staged})
+    metadata, version = scoring.run(context, config, spec)
+    table = promote_validated(storage, validator, staged, final, "lm_word_logprobs",
+                              f"word log-probs of '{model_id}'")
     metadata.update({"model_fingerprint": model.fingerprint, INPUT_VERSIONS: dg.MetadataValue.json(input_versions)})
-    return table_result(table, uri, version, metadata)
+    return table_result(table, storage.full_uri(final), version, metadata)

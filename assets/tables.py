@@ -1,12 +1,11 @@
 """Where each table lives in storage, and the one way tables are written (with a content version)."""
 
 
-import hashlib
-
 import dagster as dg
 import polars as pl
 
 from resources.storage import Storage
+from valuebias.table_version import content_version, large_table_version  # noqa: F401 (re-exported)
 
 #: Storage key of every unpartitioned table the product writes (``valuebias table NAME`` reads these).
 TABLE_KEYS = {
@@ -54,31 +53,6 @@ def mwlr_key(pair: str) -> str:
     return f"mwlr/{pair}.parquet"
 
 
-def content_version(df: pl.DataFrame) -> str:
-    """A content hash of a table: equal tables (same rows in the same order) give equal versions."""
-    digest = hashlib.sha256()
-    digest.update(",".join(f"{n}:{t}" for n, t in df.schema.items()).encode())
-    digest.update(df.write_csv().encode())
-    return digest.hexdigest()[:16]
-
-
-def large_table_version(df: pl.DataFrame) -> str:
-    """A content hash of a large table (a vocabulary per prompt) without rendering it as text: numeric
-    columns by their bytes, text columns by polars' fixed-seed value hashes (stable for one polars
-    version; an upgrade may change it once, which only makes the dependants recompute)."""
-    digest = hashlib.sha256()
-    digest.update(",".join(f"{n}:{t}" for n, t in df.schema.items()).encode())
-    digest.update(str(len(df)).encode())
-    for name, dtype in df.schema.items():
-        column = df[name]
-        digest.update(column.is_null().to_numpy().tobytes())
-        if dtype.is_numeric():
-            digest.update(column.fill_null(0).to_numpy().tobytes())
-        else:
-            digest.update(column.cast(pl.Utf8).hash(seed=0).to_numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def write_table(storage: Storage, key: str, df: pl.DataFrame) -> tuple[str, str]:
     """Writes ``df`` atomically to ``key``; returns (uri, content version)."""
     uri = storage.write_parquet(key, df)
@@ -98,3 +72,22 @@ def table_result(df: pl.DataFrame, uri: str, version: str, metadata: dict | None
     }
     meta.update(metadata or {})
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))
+
+
+def staging_key(run_id: str, key: str) -> str:
+    """Where a run's worker writes a table before it is validated and promoted to ``key``."""
+    return f"staging/{run_id}/{key}"
+
+
+def promote_validated(storage: Storage, validator, staged: str, final: str, contract: str,
+                      what: str) -> pl.DataFrame:
+    """Validates the staged table against ``data_contracts/<contract>.yaml`` and moves it to ``final``
+    (atomically: readers of ``final`` see the old table or the new one). A table that breaks its contract
+    is deleted and fails the step, naming the rule and rows at fault. Returns the table."""
+    table = storage.read_parquet(staged)
+    report = validator.validate(table, contract)
+    if not report.success:
+        storage.delete(staged)
+        raise dg.Failure(f"{what} break their data contract: {report.summary()}", metadata=report.to_metadata())
+    storage.move(staged, final)
+    return table

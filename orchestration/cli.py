@@ -289,6 +289,25 @@ def cmd_ui(args) -> int:
     return 0  # not reached
 
 
+def cmd_pod(args) -> int:
+    """Prints, as YAML, the Pod that ``scoring.launcher: kubernetes`` would create for one partition."""
+    import yaml
+
+    from resources.scoring_launcher import render_scoring_pod
+
+    config = load_config(_config_path(args.config))
+    if args.model not in config.models:
+        raise InputError(f"no model '{args.model}' (registered: {', '.join(config.models)})", source=str(config.path),
+                         field="models")
+    if config.kubernetes is None:
+        raise InputError("no scoring.kubernetes block: add one (see README, 'Running on a cluster')",
+                         source=str(config.path), field="scoring.kubernetes")
+    task = args.asset or ("rm_word_scores" if config.models[args.model].kind == "reward_model"
+                          else "lm_next_token_logprobs")
+    sys.stdout.write(yaml.safe_dump(render_scoring_pod(config, task, args.model), sort_keys=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="valuebias", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -310,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--config", help="registry config (default: valuebias.yaml)")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)
+    pod = sub.add_parser("pod", help="print the Kubernetes pod that would score one model (scoring.kubernetes)")
+    pod.add_argument("model", help="model id (a partition of the scoring assets)")
+    pod.add_argument("--asset", choices=("rm_word_scores", "rm_vocabulary_sweep", "lm_next_token_logprobs",
+                                         "lm_word_logprobs"), help="default: the model's first scoring asset")
+    pod.add_argument("--config", help="registry config (default: valuebias.yaml)")
+    pod.set_defaults(func=cmd_pod)
     return parser
 
 

@@ -18,9 +18,8 @@ from orchestration.automation import build_refresh_schedule, with_automation
 from orchestration.jobs import (ALL_JOBS, ingest_job, lm_scoring_job, lm_statistics_job, mwlr_job,  # noqa: F401
                                 rm_scoring_job, rm_statistics_job)
 from orchestration.sensors import model_partitions_sensor
-from resources.lm_scoring import LanguageModelScorer
 from resources.registry import Registry
-from resources.scoring import RewardModelScorer
+from resources.scoring_launcher import ScoringLauncher
 from resources.storage import Storage
 from resources.validation import ContractValidator
 from valuebias.config import DEFAULT_CONFIG_NAME, load_config
@@ -42,8 +41,7 @@ def build_resources(config_path: str | Path) -> dict:
         "registry": Registry(config_path=str(config.path)),
         "storage": Storage(uri=config.storage_uri),
         "validator": ContractValidator(),
-        "scorer": RewardModelScorer(),
-        "lm_scorer": LanguageModelScorer(),
+        "scoring": ScoringLauncher(),
     }
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -22,10 +24,44 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class RestartableS3:
+    """A moto S3 server on a fixed loopback port that can be stopped and started again."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._server = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        with self._lock:
+            if self._server is None:
+                self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+                self._server.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._server is not None:
+                self._server.stop()
+                self._server = None
+
+    def start_after(self, seconds: float) -> threading.Thread:
+        def later():
+            time.sleep(seconds)
+            self.start()
+
+        thread = threading.Thread(target=later, daemon=True)
+        thread.start()
+        return thread
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +69,7 @@ def s3_server():
     """A moto S3 server on 127.0.0.1 for the whole session; yields its endpoint URL."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -21,8 +21,13 @@ COMMUNION = ["love", "kindness", "friendship", "care", "trust", "warmth", "famil
 
 
 def write_small_registry(root: Path, *, models: str | None = None, extra: str = "",
-                         prompts: dict[str, str] | None = None) -> Path:
-    """Writes prompts.csv, words.csv and valuebias.yaml under ``root``; returns the config path."""
+                         prompts: dict[str, str] | None = None, launcher: str | None = "in_process") -> Path:
+    """Writes prompts.csv, words.csv and valuebias.yaml under ``root``; returns the config path.
+
+    Scoring runs ``in_process`` unless ``launcher`` says otherwise (None: the product's default, a Pipes
+    subprocess): most tests are about something else than the process boundary, and a worker process
+    costs a few seconds of imports per partition. tests/test_scoring_launcher.py, tests/test_cli.py and
+    tests/test_storage_faults.py use the real subprocess."""
     root.mkdir(parents=True, exist_ok=True)
     rows = ["prompt,text"] + [f'{pid},"{text}"' for pid, text in (prompts or PROMPTS).items()]
     (root / "prompts.csv").write_text("\n".join(rows) + "\n")
@@ -38,7 +43,7 @@ def write_small_registry(root: Path, *, models: str | None = None, extra: str = 
         "prompts: {uri: prompts.csv}\n"
         "corpora:\n  small: {uri: words.csv, format: csv, word_column: word, category_column: category,"
         " categories: [Agency, Communion]}\n"
-        "scoring: {batch_size: 32}\n"
+        f"scoring: {{batch_size: 32{', launcher: ' + launcher if launcher else ''}}}\n"
         "analysis: {families: [gemma, llama], permutations: 2000}\n"
         f"models:\n{models}{extra}"
     )

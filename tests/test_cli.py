@@ -38,7 +38,7 @@ def panel(rows: list[dict], category: str, framing: str) -> dict:
 
 
 def test_run_recovers_the_planted_preferences_and_is_idempotent(tmp_path):
-    config = write_small_registry(tmp_path)
+    config = write_small_registry(tmp_path, launcher=None)  # as a user runs it: Pipes subprocesses
     first = valuebias("run", "--config", str(config))
     assert any(line.startswith("rm_scoring_job[demo-llama-1]") and " done in " in line
                for line in first.stdout.splitlines())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.registry_fixtures import write_small_registry
+from tests.conftest import free_port
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -21,12 +21,6 @@ def test_code_location_imports_neither_torch_nor_great_expectations():
             "print(sorted(m for m in ('torch', 'transformers', 'great_expectations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _graphql(port: int, query: str) -> dict:
@@ -40,7 +34,7 @@ def test_webserver_shows_assets_partitions_and_checks(tmp_path):
     config = write_small_registry(tmp_path)
     home = tmp_path / "dagster"
     home.mkdir()
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, VALUEBIAS_CONFIG=str(config), DAGSTER_HOME=str(home), DAGSTER_DISABLE_TELEMETRY="1")
     webserver = Path(sys.executable).parent / "dagster-webserver"
     proc = subprocess.Popen([str(webserver), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],

@@ -28,6 +28,9 @@ CATEGORY_RULES = ("identity", "foundation")
 WILDCARD_MODES = ("expand", "drop", "error")
 SCORE_READERS = ("logits[0]", "score", "logits[:,0]")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: Where scoring partitions run: a Dagster Pipes subprocess on this machine (default), a Kubernetes pod
+#: through Dagster Pipes, or inside the Dagster step itself (tests and debugging).
+SCORING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,22 @@ class ImplicitRewardsConfig:
     word_rule: str = "single_token"  # or full_sequence (single-token words, plus multi-token words scored whole)
 
 
+@dataclass(frozen=True)
+class KubernetesScoringConfig:
+    """The pod a scoring partition runs in when ``scoring.launcher`` is ``kubernetes``."""
+
+    image: str
+    namespace: str | None = None  # None: the namespace Dagster runs in (or "default")
+    gpus: int = 1  # nvidia.com/gpu requested and limited
+    memory: str | None = None  # e.g. "64Gi": requested and limited
+    cpu: str | None = None  # e.g. "8": requested
+    node_selector: tuple[tuple[str, str], ...] = ()
+    tolerations: tuple[dict[str, Any], ...] = ()
+    service_account: str | None = None
+    secret_env: tuple[str, ...] = ()  # Kubernetes Secrets whose keys become environment variables
+    image_pull_policy: str = "IfNotPresent"
+
+
 def pair_id(model_a: str, model_b: str) -> str:
     """The partition key of a language-model pair."""
     return f"{model_a}__vs__{model_b}"
@@ -102,6 +121,8 @@ class RegistryConfig:
     gpu_concurrency: int = 1
     pairs: tuple[tuple[str, str], ...] = ()  # (model_a, model_b) language-model pairs
     implicit_rewards: ImplicitRewardsConfig = field(default_factory=ImplicitRewardsConfig)
+    scoring_launcher: str = "subprocess"
+    kubernetes: KubernetesScoringConfig | None = None
 
     @property
     def base_dir(self) -> Path:
@@ -278,9 +299,12 @@ def load_config(path: str | Path) -> RegistryConfig:
     wordlist = r.mapping(top.get("wordlist"), ("wordlist",), ("size",))
     wordlist_size = r.integer(wordlist.get("size"), ("wordlist", "size"), default=50000)
 
-    scoring = r.mapping(top.get("scoring"), ("scoring",), ("batch_size", "threads"))
+    scoring = r.mapping(top.get("scoring"), ("scoring",), ("batch_size", "threads", "launcher", "kubernetes"))
     batch_size = r.integer(scoring.get("batch_size"), ("scoring", "batch_size"), default=64)
     threads = r.integer(scoring.get("threads"), ("scoring", "threads"), default=0, minimum=0)
+    launcher = r.string(scoring.get("launcher"), ("scoring", "launcher"), required=False,
+                        choices=SCORING_LAUNCHERS) or "subprocess"
+    kubernetes = _read_kubernetes(r, scoring.get("kubernetes"), required=launcher == "kubernetes")
 
     corpora_raw = r.mapping(top.get("corpora"), ("corpora",))
     if not corpora_raw:
@@ -305,7 +329,42 @@ def load_config(path: str | Path) -> RegistryConfig:
                           wordlist_size=wordlist_size, scoring_batch_size=batch_size, scoring_threads=threads,
                           corpora=corpora,
                           models=models, analysis=analysis, schedule_cron=cron, gpu_concurrency=gpu,
-                          pairs=pairs, implicit_rewards=implicit)
+                          pairs=pairs, implicit_rewards=implicit, scoring_launcher=launcher,
+                          kubernetes=kubernetes)
+
+
+KUBERNETES_KEYS = ("image", "namespace", "gpus", "memory", "cpu", "node_selector", "tolerations", "service_account",
+                   "secret_env", "image_pull_policy")
+TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
+
+
+def _read_kubernetes(r: _Reader, value: Any, *, required: bool) -> KubernetesScoringConfig | None:
+    """``scoring.kubernetes``: required when ``scoring.launcher`` is ``kubernetes``."""
+    p = ("scoring", "kubernetes")
+    if value is None:
+        if required:
+            raise r.error(p, "required when scoring.launcher is kubernetes (at least: image)")
+        return None
+    e = r.mapping(value, p, KUBERNETES_KEYS)
+    selector = r.mapping(e.get("node_selector"), p + ("node_selector",))
+    tolerations = e.get("tolerations") or []
+    if not isinstance(tolerations, list):
+        raise r.error(p + ("tolerations",), "expected a list of tolerations")
+    for index, toleration in enumerate(tolerations):
+        r.mapping(toleration, p + ("tolerations", index), TOLERATION_KEYS)
+    return KubernetesScoringConfig(
+        image=r.string(e.get("image"), p + ("image",)),
+        namespace=r.string(e.get("namespace"), p + ("namespace",), required=False),
+        gpus=r.integer(e.get("gpus"), p + ("gpus",), default=1, minimum=0),
+        memory=r.string(e.get("memory"), p + ("memory",), required=False),
+        cpu=r.string(e.get("cpu"), p + ("cpu",), required=False),
+        node_selector=tuple((str(k), r.string(v, p + ("node_selector", str(k)))) for k, v in selector.items()),
+        tolerations=tuple(dict(t) for t in tolerations),
+        service_account=r.string(e.get("service_account"), p + ("service_account",), required=False),
+        secret_env=r.string_list(e.get("secret_env"), p + ("secret_env",)) or (),
+        image_pull_policy=r.string(e.get("image_pull_policy"), p + ("image_pull_policy",), required=False,
+                                   choices=("Always", "IfNotPresent", "Never")) or "IfNotPresent",
+    )
 
 
 def _read_corpus(r: _Reader, cid: str, entry: Any, base: Path) -> CorpusConfig:

@@ -1,9 +1,9 @@
 """One language-model partition (METHOD.md section 4): next-token log-probs, then word log-probs.
 
 This is the LM counterpart of ``valuebias.score_partition``: plain functions that take a partition's
-spec and inputs and return tables, so the Dagster assets call them in-process today and they can run
-out of process (``python -m valuebias.lm_partition spec.json``, e.g. through Dagster Pipes on a GPU
-pod) later without a rewrite. It imports torch and transformers; the Dagster code location does not.
+inputs and return tables. The scoring worker (``resources.scoring_worker``, run through Dagster Pipes in
+a subprocess or a Kubernetes pod) calls them. It imports torch and transformers; the Dagster code
+location does not.
 
 - :func:`score_language_model`: the log-softmax over the whole vocabulary at the last position of every
   prompt (one forward pass per prompt), as ``model, prompt, token_id, token, logprob`` (Int32 ids,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -177,42 +176,3 @@ def language_model_word_logprobs(model_id: str, next_token: pl.DataFrame, corpus
                 "words_full_sequence": len(stats["dropped"]) if rule == "full_sequence" else 0,
                 "words_dropped": 0 if rule == "full_sequence" else stats["n_dropped"]}
     return table, metadata
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m valuebias.lm_partition SPEC.json``: the out-of-process form of one LM partition.
-
-    SPEC names the model (``model_id``, ``source``, ``settings``, ``variant``), the input parquet files
-    (``prompts``, ``corpus_words``), ``demo_dir``, optional ``device`` and ``word_rule``, and the output
-    parquet paths ``output`` (next-token log-probs) and ``words_output`` (word log-probs); the metadata
-    is written next to ``output`` as JSON."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    spec = json.loads(Path(argv[0]).read_text())
-    prompts, corpus_words = pl.read_parquet(spec["prompts"]), pl.read_parquet(spec["corpus_words"])
-    table, metadata = score_language_model(spec["model_id"], spec["source"], spec["settings"], spec["variant"],
-                                           prompts=prompts, corpus_words=corpus_words,
-                                           demo_dir=Path(spec["demo_dir"]), device=spec.get("device"))
-
-    def load():
-        from valuebias.lm_scoring import load_language_model
-
-        return load_language_model(resolve_language_model(
-            spec["model_id"], spec["source"], spec["settings"], spec["variant"], demo_dir=Path(spec["demo_dir"]),
-            prompts=prompts, corpus_words=corpus_words), device=spec.get("device"))
-
-    words, word_meta = language_model_word_logprobs(spec["model_id"], table, corpus_words, prompts,
-                                                    rule=spec.get("word_rule", "single_token"), load=load)
-    for frame, key in ((table, "output"), (words, "words_output")):
-        output = Path(spec[key])
-        tmp = output.with_suffix(".partial")
-        frame.write_parquet(tmp)
-        tmp.replace(output)
-    Path(spec["output"]).with_suffix(".json").write_text(json.dumps({**metadata, **word_meta}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

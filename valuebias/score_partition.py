@@ -1,9 +1,9 @@
 """Scores one reward-model partition: every corpus word x every prompt (METHOD.md section 3).
 
-This is the scoring entry point. It takes a partition's spec and its inputs and returns (or writes)
-the score table, so the Dagster asset can call it in-process today and run it out of process
-(``python -m valuebias.score_partition spec.json``, e.g. through Dagster Pipes on a GPU pod) later
-without a rewrite. It imports torch and transformers; the Dagster code location does not.
+Plain functions that take a partition's inputs and return the score table. The scoring worker
+(``resources.scoring_worker``, run through Dagster Pipes in a subprocess or a Kubernetes pod) calls
+them; ``python -m valuebias.score_partition spec.json`` runs one partition on local files without
+Dagster (for debugging). It imports torch and transformers; the Dagster code location does not.
 """
 
 from __future__ import annotations

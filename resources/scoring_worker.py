@@ -1,0 +1,230 @@
+"""The scoring worker: one scoring partition, run out of process through Dagster Pipes.
+
+``python -m resources.scoring_worker`` is what runs in a Pipes subprocess on this machine (the default)
+or in a Kubernetes pod on a GPU node (``scoring.launcher: kubernetes``). Its task arrives as the Pipes
+*extras* (a JSON object, built by :class:`resources.scoring_launcher.ScoringLauncher`):
+
+- ``task``: ``rm_word_scores``, ``rm_vocabulary_sweep``, ``lm_next_token_logprobs`` or ``lm_word_logprobs``;
+- ``model``: the registry entry (``model_id``, ``source``, ``settings``, ``variant``, ``vocabulary_sweep``);
+- ``storage``: where product data lives (:meth:`ObjectStore.to_spec`: a URI and retry settings, never
+  credentials: those come from the worker's environment);
+- ``inputs`` / ``outputs``: storage keys to read and to write;
+- ``demo_dir``, ``base_dir``, ``batch_size``, ``threads``, ``device``, ``word_rule``.
+
+The worker reads its inputs from storage, runs the model (``valuebias.score_partition`` /
+``valuebias.lm_partition``, the science), writes its outputs to storage (each write atomic), logs progress
+to the run's log and reports the materialization (metadata and a content-hash data version) back to
+Dagster. It imports ``dagster_pipes``, never ``dagster``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import polars as pl
+
+from resources.object_store import ObjectStore, read_input_uri
+from valuebias.errors import InputError
+from valuebias.published import read_published_scores
+from valuebias.table_version import content_version, large_table_version
+
+#: The module a launcher runs (``python -m resources.scoring_worker``, in a subprocess and in a pod).
+WORKER_MODULE = "resources.scoring_worker"
+#: A file the worker writes its error to (``Type: message``), so the launcher can name it in the failure.
+ERROR_FILE_ENV = "VALUEBIAS_WORKER_ERROR_FILE"
+
+Log = Callable[[str], None]
+
+
+def throttled_progress(log: Log, label: str, unit: str, every_seconds: float = 10.0) -> Callable[[int, int], None]:
+    """A progress callback that logs ``label: done/total unit`` at most every ``every_seconds``."""
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] > every_seconds or done == total:
+            last[0] = now
+            log(f"{label}: {done}/{total} {unit}")
+
+    return progress
+
+
+class StorageScoreCache:
+    """The score cache of one model in product storage: one parquet chunk per scored prompt, each
+    written atomically, so a killed partition keeps every finished chunk and never a partial one."""
+
+    def __init__(self, store: ObjectStore, prefix: str):
+        self.store, self.prefix = store, prefix
+
+    def read(self) -> pl.DataFrame:
+        from valuebias.score_partition import empty_cache
+
+        keys = [k for k in self.store.list(self.prefix) if k.endswith(".parquet")]
+        return pl.concat([self.store.read_parquet(k) for k in keys]) if keys else empty_cache()
+
+    def write_chunk(self, name: str, chunk: pl.DataFrame) -> None:
+        self.store.write_parquet(f"{self.prefix}{name}.parquet", chunk)
+
+
+def import_published_scores(model_id: str, files: dict[str, str], base_dir: str, prompts: pl.DataFrame,
+                            corpus_words: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """Reads the authors' wide score files (``response`` + one column per prompt id), one per corpus
+    (``files``: {corpus id: uri}), keeping the words of that corpus. Metadata counts what matched."""
+    prompt_ids = prompts["prompt"].to_list()
+    tables, metadata = [], {}
+    for corpus_id, uri in files.items():
+        scores = read_published_scores(read_input_uri(uri, base_dir=base_dir), source=uri,
+                                       prompt_ids=prompt_ids).unique(maintain_order=True)  # exact duplicates
+        clash = scores.filter(pl.struct("prompt", "word").is_duplicated())
+        if not clash.is_empty():
+            raise InputError(f"word '{clash['word'][0]}' has two different scores (after lowercasing and "
+                             "trimming); keep one row per word", source=uri, field="response")
+        words = corpus_words.filter(pl.col("corpus") == corpus_id).select("word").unique()
+        kept = scores.join(words, on="word", how="inner")
+        metadata[f"{corpus_id}/file"] = uri
+        metadata[f"{corpus_id}/words_in_file"] = scores["word"].n_unique()
+        metadata[f"{corpus_id}/words_matched"] = kept["word"].n_unique()
+        metadata[f"{corpus_id}/corpus_words_without_score"] = len(words) - kept["word"].n_unique()
+        tables.append(kept.select(pl.lit(model_id).alias("model"), pl.lit(corpus_id).alias("corpus"),
+                                  "prompt", "word", "score"))
+    table = pl.concat(tables).sort("corpus", "prompt", "word")
+    metadata["sequences_scored"] = 0
+    metadata["rows_imported"] = len(table)
+    return table, metadata
+
+
+# ------------------------------------------------------------------------------------------- tasks
+def _set_threads(spec: dict) -> None:
+    if spec.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(spec["threads"]))
+
+
+def _inputs(spec: dict, store: ObjectStore) -> tuple[pl.DataFrame, pl.DataFrame]:
+    return store.read_parquet(spec["inputs"]["prompts"]), store.read_parquet(spec["inputs"]["corpus_words"])
+
+
+def rm_word_scores(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
+    """Every corpus word x every prompt through one reward model (or its published scores)."""
+    model = spec["model"]
+    prompts, words = _inputs(spec, store)
+    if model["source"] == "published":
+        return import_published_scores(model["model_id"], model["settings"], spec["base_dir"], prompts, words)
+    from valuebias.score_partition import score_reward_model
+
+    _set_threads(spec)
+    model_id = model["model_id"]
+    return score_reward_model(
+        model_id, model["source"], model["settings"], prompts=prompts, corpus_words=words,
+        demo_dir=Path(spec["demo_dir"]), batch_size=int(spec["batch_size"]), device=spec.get("device"),
+        cache=lambda identity: StorageScoreCache(store, f"score_cache/{model_id}/{identity}/"),
+        progress=throttled_progress(log, model_id, "sequences scored"))
+
+
+def rm_vocabulary_sweep(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
+    """Every vocabulary token as the response to each sweep prompt; also writes the top/bottom strings
+    to ``outputs.extremes``."""
+    from valuebias.score_partition import sweep_extremes, sweep_reward_model
+
+    model = spec["model"]
+    if model["source"] == "published":
+        raise InputError("a published model has no weights to sweep", source=f"models.{model['model_id']}",
+                         field="vocabulary_sweep")
+    _set_threads(spec)
+    prompts, words = _inputs(spec, store)
+    log(f"{model['model_id']}: sweeping the whole vocabulary")
+    table, metadata = sweep_reward_model(model["model_id"], model["source"], model["settings"],
+                                         model["vocabulary_sweep"], prompts=prompts, corpus_words=words,
+                                         demo_dir=Path(spec["demo_dir"]), batch_size=int(spec["batch_size"]),
+                                         device=spec.get("device"))
+    store.write_parquet(spec["outputs"]["extremes"], sweep_extremes(table, model["vocabulary_sweep"]["top_n"]))
+    return table, metadata
+
+
+def lm_next_token_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
+    """The log-softmax over the whole vocabulary after every prompt."""
+    from valuebias.lm_partition import score_language_model
+
+    model = spec["model"]
+    _set_threads(spec)
+    prompts, words = _inputs(spec, store)
+    return score_language_model(model["model_id"], model["source"], model["settings"], model["variant"],
+                                prompts=prompts, corpus_words=words, demo_dir=Path(spec["demo_dir"]),
+                                device=spec.get("device"),
+                                progress=throttled_progress(log, model["model_id"], "prompts"))
+
+
+def lm_word_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
+    """Every corpus word's log-prob after every prompt, from the stored next-token log-probs (and, with
+    the ``full_sequence`` rule, the model itself for words of several tokens)."""
+    from valuebias.lm_partition import language_model_word_logprobs, resolve_language_model
+
+    model = spec["model"]
+    prompts, words = _inputs(spec, store)
+    next_token = store.read_parquet(spec["inputs"]["next_token"])
+
+    def load():
+        from valuebias.lm_scoring import load_language_model
+
+        _set_threads(spec)
+        return load_language_model(resolve_language_model(
+            model["model_id"], model["source"], model["settings"], model["variant"],
+            demo_dir=Path(spec["demo_dir"]), prompts=prompts, corpus_words=words), device=spec.get("device"))
+
+    return language_model_word_logprobs(model["model_id"], next_token, words, prompts, rule=spec["word_rule"],
+                                        load=load, batch_size=int(spec["batch_size"]))
+
+
+#: task name -> (function, how its output's data version is computed)
+TASKS: dict[str, tuple[Callable[[dict, ObjectStore, Log], tuple[pl.DataFrame, dict]], Callable]] = {
+    "rm_word_scores": (rm_word_scores, content_version),
+    "rm_vocabulary_sweep": (rm_vocabulary_sweep, content_version),
+    "lm_next_token_logprobs": (lm_next_token_logprobs, large_table_version),
+    "lm_word_logprobs": (lm_word_logprobs, content_version),
+}
+
+
+def run_task(spec: dict, log: Log) -> tuple[dict[str, Any], str]:
+    """Runs one task: reads inputs, computes, writes ``outputs.table`` (atomically). Returns the metadata
+    and the data version of the written table."""
+    if spec.get("task") not in TASKS:
+        raise ValueError(f"unknown scoring task {spec.get('task')!r}; expected one of {sorted(TASKS)}")
+    compute, version_of = TASKS[spec["task"]]
+    store = ObjectStore.from_spec(spec["storage"])
+    table, metadata = compute(spec, store, log)
+    uri = store.write_parquet(spec["outputs"]["table"], table)
+    log(f"{spec['model']['model_id']}: wrote {len(table)} rows to {uri}")
+    return {**metadata, "rows": len(table)}, version_of(table)
+
+
+def pipes_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata in the form Pipes accepts: raw scalars, or typed ``{raw_value, type}`` for structures."""
+    return {key: {"raw_value": value, "type": "json"} if isinstance(value, (dict, list)) else value
+            for key, value in metadata.items()}
+
+
+def main() -> int:
+    """Entry point of the worker process (Pipes subprocess or Kubernetes pod)."""
+    from dagster_pipes import open_dagster_pipes
+
+    with open_dagster_pipes() as pipes:
+        try:
+            metadata, version = run_task(dict(pipes.extras), pipes.log.info)
+        except Exception as exc:
+            error_file = os.environ.get(ERROR_FILE_ENV)
+            if error_file:
+                Path(error_file).write_text(f"{type(exc).__name__}: {exc}")
+            traceback.print_exc(file=sys.stderr)
+            raise
+        pipes.report_asset_materialization(metadata=pipes_metadata(metadata), data_version=version)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
