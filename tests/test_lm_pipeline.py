@@ -29,7 +29,7 @@ SECOND_PAIR = "lm-llama-pt__vs__lm-gemma-it"
 
 
 def lm_registry(root: Path, state_dir: Path, pairs: list[tuple[str, str]], models: tuple[str, ...] = tuple(LMS),
-                storage: Path | None = None) -> Path:
+                storage: Path | None = None, launcher: str | None = "in_process") -> Path:
     entries = "".join(
         f"  {mid}:\n    kind: language_model\n    variant: {LMS[mid][1]}\n    family: {LMS[mid][0]}\n"
         f"    demo: {{architecture: {LMS[mid][0]}, preferred_category: {LMS[mid][2]}, hidden_size: 32}}\n"
@@ -37,7 +37,7 @@ def lm_registry(root: Path, state_dir: Path, pairs: list[tuple[str, str]], model
     extra = (f"state_dir: {state_dir}\n" + (f"storage: {storage}\n" if storage else "")
              + "pairs:\n" + "".join(f"  - [{a}, {b}]\n" for a, b in pairs)
              + "implicit_rewards: {top_n: 5, words: [love, power]}\n")
-    return write_small_registry(root, models=entries, extra=extra)
+    return write_small_registry(root, models=entries, extra=extra, launcher=launcher)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,9 @@ def csv_table(cli, name: str, config: Path) -> pl.DataFrame:
 
 
 def test_lm_and_pair_partitions_materialize(tmp_path, state_dir):
+    # the product's default launcher: each LM partition in a Pipes worker subprocess
     config_path = lm_registry(tmp_path, state_dir, [("lm-llama-it", "lm-gemma-it")],
-                              models=("lm-llama-it", "lm-gemma-it"), storage=tmp_path / "data")
+                              models=("lm-llama-it", "lm-gemma-it"), storage=tmp_path / "data", launcher=None)
     config = load_config(config_path)
     resources = build_resources(config_path)
     with dg.instance_for_test() as instance:
@@ -78,9 +79,14 @@ def test_lm_and_pair_partitions_materialize(tmp_path, state_dir):
         from assets.lm_scores import lm_next_token_logprobs, lm_word_logprobs
         from assets.rm_scores import rm_word_scores
 
-        for model in ("lm-llama-it", "lm-gemma-it"):
+        from resources.scoring_launcher import ScoringLauncher
+
+        # lm-llama-it through the product's default launcher (Pipes worker subprocesses), lm-gemma-it in
+        # process (the same task functions; a worker process costs several seconds of imports)
+        for model, launcher in (("lm-llama-it", ""), ("lm-gemma-it", "in_process")):
             result = dg.materialize([lm_next_token_logprobs, lm_word_logprobs], partition_key=model,
-                                    instance=instance, resources=resources)
+                                    instance=instance,
+                                    resources={**resources, "scoring": ScoringLauncher(launcher=launcher)})
             assert result.success
         # A reward-model asset asked for a language-model partition fails clearly, before any work.
         wrong = dg.materialize([rm_word_scores], partition_key="lm-llama-it", instance=instance,
@@ -109,11 +115,16 @@ def test_lm_and_pair_partitions_materialize(tmp_path, state_dir):
         assert set(words["rule"]) == {"single_token"}
         assert words["word"].n_unique() == len(AGENCY) + len(COMMUNION)  # every demo word is one token
 
+        from assets.versions import latest_record
+
         key = dg.AssetKey("lm_word_logprobs")
         assert instance.get_materialized_partitions(key) == {"lm-llama-it", "lm-gemma-it"}
-        meta = instance.get_latest_materialization_event(key).asset_materialization.metadata
+        meta = latest_record(instance, "lm_word_logprobs", "lm-llama-it").asset_materialization.metadata
         assert meta["words_kept"].value == {"small": {"words": 40, "single_token": 40, "full_sequence": 0,
                                                       "dropped": 0}}
+        assert meta["launcher"].value == "subprocess"
+        meta = latest_record(instance, "lm_next_token_logprobs", "lm-llama-it").asset_materialization.metadata
+        assert meta["launcher"].value == "subprocess" and meta["dagster/row_count"].value == logprobs.height
         assert instance.get_materialized_partitions(dg.AssetKey("mwlr_pair")) == {FIRST_PAIR}
         pair = storage.read_parquet(mwlr_key(FIRST_PAIR))
         assert pair.columns == ["pair", "prompt", "token", "logprob_a", "logprob_b", "mwlr"]
