@@ -140,7 +140,7 @@ class ScoringLauncher(dg.ConfigurableResource):
                                     base_pod_spec=scoring_pod_spec(k8s))
 
 
-def render_scoring_pod(config: RegistryConfig, task: str, partition: str, *, run_id: str = "RUN_ID",
+def render_scoring_pod(config: RegistryConfig, task: str, partition: str, *, run_id: str = "00000000-0000-0000-0000-000000000000",
                        extras: dict[str, Any] | None = None) -> dict[str, Any]:
     """The Pod manifest ``PipesK8sClient`` would create for one partition, rendered offline by dagster-k8s's
     own ``build_pod_body`` (which checks every field against the Kubernetes API model). ``extras``, when

@@ -213,6 +213,8 @@ def main() -> int:
     """Entry point of the worker process (Pipes subprocess or Kubernetes pod)."""
     from dagster_pipes import open_dagster_pipes
 
+    # progress goes to the run's log through Pipes; terminal progress bars would only clutter stderr
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     with open_dagster_pipes() as pipes:
         try:
             metadata, version = run_task(dict(pipes.extras), pipes.log.info)
