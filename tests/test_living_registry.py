@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import signal
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +17,6 @@ from tests.registry_fixtures import (AGENCY, COMMUNION, PROMPTS, build_random_re
                                      write_small_registry)
 from valuebias.wordlist import english_wordlist
 
-PROJECT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -110,45 +107,90 @@ def test_adding_words_scores_only_the_new_words(tmp_path, model_dirs, cli):
         assert row["sequences_reused"] == str(old)
 
 
-def test_a_killed_partition_resumes_and_equals_an_uninterrupted_run(tmp_path, model_dirs):
-    """Kill `python -m valuebias.score_partition` after its first finished chunk; rerun; compare."""
+def _worker_processes() -> list[int]:
+    """Process ids of this process's scoring workers (children running resources.scoring_worker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"resources.scoring_worker" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the worker process through /proc (Linux)")
+def test_a_killed_worker_fails_the_partition_and_the_rerun_resumes_to_the_same_table(tmp_path, model_dirs):
+    """SIGKILL the Pipes worker subprocess after its first finished cache chunk: the partition fails
+    clearly, nothing is published, and the rerun reuses the finished chunks and equals an uninterrupted run."""
+    import dagster as dg
+
+    from assets.rm_scores import rm_word_scores
+    from assets.tables import rm_word_scores_key
+    from orchestration.definitions import build_definitions, build_resources
+    from orchestration.sensors import sync_model_partitions
+    from resources.scoring_launcher import ScoringLauncher
+    from resources.storage import Storage
+    from valuebias.config import load_config
+
     words = english_wordlist(5000)[:1500]
-    corpus = pl.DataFrame({"corpus": "big", "word": words, "category": ["A", "B"] * 750})
-    prompts = pl.DataFrame({"prompt": list(PROMPTS), "text": list(PROMPTS.values())})
-    corpus.write_parquet(tmp_path / "words.parquet")
-    prompts.write_parquet(tmp_path / "prompts.parquet")
-    model_path = model_dirs["llama-a"][1]
+    config_path = write_small_registry(tmp_path, models=random_models_entry({"llama-a": model_dirs["llama-a"]}),
+                                       launcher=None)  # the Pipes worker subprocess
+    (tmp_path / "words.csv").write_text("word,category\n" + "".join(
+        f"{w},{'Agency' if i % 2 else 'Communion'}\n" for i, w in enumerate(words)))
+    config_path.write_text(config_path.read_text().replace("batch_size: 32", "batch_size: 8"))
+    config = load_config(config_path)
+    storage = Storage(uri=config.storage_uri)
+    resources = build_resources(config_path)
 
-    def spec(name: str, cache: str) -> Path:
-        path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({
-            "model_id": "llama-a", "source": "huggingface", "settings": {"path": str(model_path)},
-            "prompts": str(tmp_path / "prompts.parquet"), "corpus_words": str(tmp_path / "words.parquet"),
-            "demo_dir": str(tmp_path / "demo"), "batch_size": 8, "cache_dir": str(tmp_path / cache),
-            "output": str(tmp_path / f"{name}.parquet")}))
-        return path
+    with dg.instance_for_test() as instance:
+        assert build_definitions(config_path).resolve_job_def("ingest_job").execute_in_process(
+            instance=instance).success
+        sync_model_partitions(instance, config)
+        killed: list[int] = []
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "valuebias.score_partition"]
-    proc = subprocess.Popen([*command, str(spec("killed", "cache"))], cwd=PROJECT, env=env)
-    deadline = time.monotonic() + 120
-    while not list((tmp_path / "cache").glob("*/*.parquet")) and time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the partition finished before it could be killed"
-    chunks_before = list((tmp_path / "cache").glob("*/*.parquet"))
-    assert 1 <= len(chunks_before) < len(PROMPTS)
-    assert not (tmp_path / "killed.parquet").exists()  # no result was written
+        def kill_after_first_chunk():
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and not killed:
+                workers = _worker_processes()
+                if workers and storage.list("score_cache/llama-a/"):
+                    for pid in workers:
+                        os.kill(pid, signal.SIGKILL)
+                    killed.extend(workers)
+                time.sleep(0.02)
 
-    subprocess.run([*command, str(spec("killed", "cache"))], cwd=PROJECT, env=env, check=True)
-    resumed_meta = json.loads((tmp_path / "killed.json").read_text())
-    assert resumed_meta["sequences_reused"] == len(chunks_before) * len(words)
-    assert resumed_meta["sequences_scored"] == (len(PROMPTS) - len(chunks_before)) * len(words)
+        watcher = threading.Thread(target=kill_after_first_chunk, daemon=True)
+        watcher.start()
+        failed = dg.materialize([rm_word_scores], partition_key="llama-a", instance=instance, resources=resources,
+                                raise_on_error=False)
+        watcher.join(timeout=5)
+        assert killed, "no worker was killed: it never stored a chunk, or finished first"
+        assert not failed.success
+        message = next(e for e in failed.all_events if e.is_step_failure).step_failure_data.error.message
+        assert "failed in the worker process" in message and "-9" in message, message
+        chunks = storage.list("score_cache/llama-a/")
+        assert 1 <= len(chunks) < len(PROMPTS), chunks
+        assert not storage.exists(rm_word_scores_key("llama-a"))  # nothing published
 
-    subprocess.run([*command, str(spec("clean", "clean-cache"))], cwd=PROJECT, env=env, check=True)
-    resumed = pl.read_parquet(tmp_path / "killed.parquet")
-    clean = pl.read_parquet(tmp_path / "clean.parquet")
-    assert resumed.equals(clean)
+        assert dg.materialize([rm_word_scores], partition_key="llama-a", instance=instance,
+                              resources=resources).success
+        meta = instance.get_latest_materialization_event(dg.AssetKey("rm_word_scores")).asset_materialization.metadata
+        assert meta["sequences_reused"].value == len(chunks) * len(words)
+        assert meta["sequences_scored"].value == (len(PROMPTS) - len(chunks)) * len(words)
+        resumed = storage.read_parquet(rm_word_scores_key("llama-a"))
+
+    # the uninterrupted run: same config, its own storage, no cache, in process
+    clean_config = tmp_path / "clean.yaml"
+    clean_config.write_text(config_path.read_text() + f"storage: {tmp_path / 'clean-data'}\n")
+    clean_resources = {**build_resources(clean_config), "scoring": ScoringLauncher(launcher="in_process")}
+    with dg.instance_for_test() as instance:
+        assert build_definitions(clean_config).resolve_job_def("ingest_job").execute_in_process(
+            instance=instance).success
+        sync_model_partitions(instance, load_config(clean_config))
+        assert dg.materialize([rm_word_scores], partition_key="llama-a", instance=instance,
+                              resources=clean_resources).success
+    clean = Storage(uri=load_config(clean_config).storage_uri).read_parquet(rm_word_scores_key("llama-a"))
+    assert resumed.select("model", "corpus", "prompt", "word").equals(clean.select("model", "corpus", "prompt", "word"))
+    assert (resumed["score"] - clean["score"]).abs().max() < 1e-5

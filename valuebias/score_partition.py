@@ -2,15 +2,13 @@
 
 Plain functions that take a partition's inputs and return the score table. The scoring worker
 (``resources.scoring_worker``, run through Dagster Pipes in a subprocess or a Kubernetes pod) calls
-them; ``python -m valuebias.score_partition spec.json`` runs one partition on local files without
-Dagster (for debugging). It imports torch and transformers; the Dagster code location does not.
+them. It imports torch and transformers; the Dagster code location does not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -52,23 +50,6 @@ class ScoreCache(Protocol):
     def read(self) -> pl.DataFrame: ...
 
     def write_chunk(self, name: str, chunk: pl.DataFrame) -> None: ...
-
-
-class DirectoryScoreCache:
-    """A ScoreCache in a local folder (each chunk written to a temporary name, then renamed)."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-
-    def read(self) -> pl.DataFrame:
-        files = sorted(self.folder.glob("*.parquet"))
-        return pl.concat([pl.read_parquet(f) for f in files]) if files else empty_cache()
-
-    def write_chunk(self, name: str, chunk: pl.DataFrame) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder / f".{name}.partial"
-        chunk.write_parquet(tmp)
-        tmp.replace(self.folder / f"{name}.parquet")
 
 
 def empty_cache() -> pl.DataFrame:
@@ -226,35 +207,3 @@ def _load_tokenizer(kwargs: dict):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(**{k: v for k, v in kwargs.items() if k != "use_safetensors"})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m valuebias.score_partition SPEC.json``: the out-of-process form of one partition.
-
-    SPEC names the model (``model_id``, ``source``, ``settings``), the input parquet files
-    (``prompts``, ``corpus_words``), ``demo_dir``, ``batch_size``, an optional ``cache_dir`` and the
-    ``output`` parquet path;
-    the metadata is written next to the output as JSON."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    spec = json.loads(Path(argv[0]).read_text())
-    table, metadata = score_reward_model(
-        spec["model_id"], spec["source"], spec["settings"],
-        prompts=pl.read_parquet(spec["prompts"]), corpus_words=pl.read_parquet(spec["corpus_words"]),
-        demo_dir=Path(spec["demo_dir"]), batch_size=int(spec.get("batch_size", 64)),
-        device=spec.get("device"),
-        cache=(lambda identity: DirectoryScoreCache(Path(spec["cache_dir"]) / identity))
-        if spec.get("cache_dir") else None,
-    )
-    output = Path(spec["output"])
-    tmp = output.with_suffix(".partial")
-    table.write_parquet(tmp)
-    tmp.replace(output)
-    output.with_suffix(".json").write_text(json.dumps(metadata, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
