@@ -5,10 +5,11 @@ Pipes); these assets say what to compute, then validate and publish what the wor
 
 import dagster as dg
 
-from assets.partition_models import registered_model
+from assets.partition_models import partition_model
 from assets.rm_scores import SCORING_INPUTS
-from assets.tables import lm_next_token_key, lm_word_logprobs_key, promote_validated, staging_key, table_result
-from assets.versions import INPUT_VERSIONS, current_input_versions
+from assets.tables import (lm_next_token_key, lm_word_logprobs_key, promote_validated, staging_key,
+                           stored_table_result, table_result)
+from assets.versions import INPUT_VERSIONS
 from orchestration.partitions import model_partitions
 from resources.registry import Registry
 from resources.scoring_launcher import ScoringLauncher
@@ -29,18 +30,13 @@ def lm_next_token_logprobs(context: dg.AssetExecutionContext, registry: Registry
     pass per prompt: instruction-tuned models see their chat template with the generation prompt,
     pretrained models the raw prompt text. Stored as (model, prompt, token_id Int32, token as decoded,
     logprob Float32). The worker writes it in place (it is large; no contract reads it back here)."""
-    config = registry.load()
-    model_id = context.partition_key
-    model = registered_model(config, model_id, "language_model")
-    input_versions = current_input_versions(context.instance, config, "lm_next_token_logprobs", model_id)
-    key = lm_next_token_key(model_id)
-    spec = scoring.task_spec(config, "lm_next_token_logprobs", model, storage.store().to_spec(),
-                             inputs=SCORING_INPUTS, outputs={"table": key})
-    metadata, version = scoring.run(context, config, spec)
-    metadata.update({"uri": dg.MetadataValue.path(storage.full_uri(key)), "dagster/row_count": metadata["rows"],
-                     "model_fingerprint": model.fingerprint, "family": model.family, "source": model.source,
+    config, model, input_versions = partition_model(context, registry, "lm_next_token_logprobs", "language_model")
+    key = lm_next_token_key(model.model_id)
+    metadata, version = scoring.score(context, config, "lm_next_token_logprobs", model, storage.store().to_spec(),
+                                      inputs=SCORING_INPUTS, outputs={"table": key})
+    metadata.update({"model_fingerprint": model.fingerprint, "family": model.family, "source": model.source,
                      INPUT_VERSIONS: dg.MetadataValue.json(input_versions)})
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
+    return stored_table_result(storage.full_uri(key), version, metadata["rows"], metadata)
 
 
 @dg.asset(
@@ -56,20 +52,16 @@ def lm_word_logprobs(context: dg.AssetExecutionContext, registry: Registry, stor
     to one decoded vocabulary token (lowercase, no leading space); with ``implicit_rewards.word_rule:
     full_sequence`` the other words get their whole token sequence's log-prob. The metadata counts the
     words each rule kept, per corpus."""
-    config = registry.load()
-    model_id = context.partition_key
-    model = registered_model(config, model_id, "language_model")
-    input_versions = current_input_versions(context.instance, config, "lm_word_logprobs", model_id)
-    next_token = lm_next_token_key(model_id)
+    config, model, input_versions = partition_model(context, registry, "lm_word_logprobs", "language_model")
+    next_token = lm_next_token_key(model.model_id)
     if not storage.exists(next_token):
-        raise dg.Failure(f"no next-token log-probs for '{model_id}' at {storage.full_uri(next_token)}: "
-                         f"materialize lm_next_token_logprobs for partition '{model_id}' first")
-    final = lm_word_logprobs_key(model_id)
+        raise dg.Failure(f"no next-token log-probs for '{model.model_id}' at {storage.full_uri(next_token)}: "
+                         f"materialize lm_next_token_logprobs for partition '{model.model_id}' first")
+    final = lm_word_logprobs_key(model.model_id)
     staged = staging_key(context.run_id, final)
-    spec = scoring.task_spec(config, "lm_word_logprobs", model, storage.store().to_spec(),
-                             inputs={**SCORING_INPUTS, "next_token": next_token}, outputs={"table": staged})
-    metadata, version = scoring.run(context, config, spec)
+    metadata, version = scoring.score(context, config, "lm_word_logprobs", model, storage.store().to_spec(),
+                                      inputs={**SCORING_INPUTS, "next_token": next_token}, outputs={"table": staged})
     table = promote_validated(storage, validator, staged, final, "lm_word_logprobs",
-                              f"word log-probs of '{model_id}'")
+                              f"word log-probs of '{model.model_id}'")
     metadata.update({"model_fingerprint": model.fingerprint, INPUT_VERSIONS: dg.MetadataValue.json(input_versions)})
     return table_result(table, storage.full_uri(final), version, metadata)

@@ -6,10 +6,10 @@ worker wrote."""
 
 import dagster as dg
 
-from assets.partition_models import registered_model
+from assets.partition_models import partition_model
 from assets.tables import (TABLE_KEYS, promote_validated, rm_sweep_tokens_key, rm_vocabulary_sweep_key,
-                           rm_word_scores_key, staging_key, table_result)
-from assets.versions import INPUT_VERSIONS, current_input_versions
+                           rm_word_scores_key, staging_key, stored_table_result, table_result)
+from assets.versions import INPUT_VERSIONS
 from orchestration.partitions import model_partitions
 from resources.registry import Registry
 from resources.scoring_launcher import ScoringLauncher
@@ -33,16 +33,12 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
     """Scores of one reward model: every corpus word as the answer to every prompt, rendered with the
     model's own chat template (or imported from the authors' published files). Validated against the
     ``rm_word_scores`` contract before it is published."""
-    config = registry.load()
-    model_id = context.partition_key
-    model = registered_model(config, model_id, "reward_model")
-    input_versions = current_input_versions(context.instance, config, "rm_word_scores", model_id)
-    final = rm_word_scores_key(model_id)
+    config, model, input_versions = partition_model(context, registry, "rm_word_scores", "reward_model")
+    final = rm_word_scores_key(model.model_id)
     staged = staging_key(context.run_id, final)
-    spec = scoring.task_spec(config, "rm_word_scores", model, storage.store().to_spec(), inputs=SCORING_INPUTS,
-                             outputs={"table": staged})
-    metadata, version = scoring.run(context, config, spec)
-    table = promote_validated(storage, validator, staged, final, "rm_word_scores", f"scores of '{model_id}'")
+    metadata, version = scoring.score(context, config, "rm_word_scores", model, storage.store().to_spec(),
+                                      inputs=SCORING_INPUTS, outputs={"table": staged})
+    table = promote_validated(storage, validator, staged, final, "rm_word_scores", f"scores of '{model.model_id}'")
     metadata.update({"model_fingerprint": model.fingerprint, "family": model.family, "source": model.source,
                      INPUT_VERSIONS: dg.MetadataValue.json(input_versions)})
     return table_result(table, storage.full_uri(final), version, metadata)
@@ -60,21 +56,16 @@ def rm_vocabulary_sweep(context: dg.AssetExecutionContext, registry: Registry, s
     """Optional, per registry entry (``vocabulary_sweep``): every vocabulary token, decoded, scored as the
     response to each sweep prompt (METHOD.md section 6). Stores the whole sweep and, as ``rm_sweep_tokens``,
     the top and bottom ``top_n`` strings per prompt."""
-    config = registry.load()
-    model_id = context.partition_key
-    model = registered_model(config, model_id, "reward_model")
+    config, model, input_versions = partition_model(context, registry, "rm_vocabulary_sweep", "reward_model")
     if model.vocabulary_sweep is None:
-        raise dg.Failure(f"model '{model_id}' has no vocabulary_sweep in {config.path}: switch it on there")
-    input_versions = current_input_versions(context.instance, config, "rm_vocabulary_sweep", model_id)
-    final, final_extremes = rm_vocabulary_sweep_key(model_id), rm_sweep_tokens_key(model_id)
+        raise dg.Failure(f"model '{model.model_id}' has no vocabulary_sweep in {config.path}: switch it on there")
+    final, final_extremes = rm_vocabulary_sweep_key(model.model_id), rm_sweep_tokens_key(model.model_id)
     staged, staged_extremes = staging_key(context.run_id, final), staging_key(context.run_id, final_extremes)
-    spec = scoring.task_spec(config, "rm_vocabulary_sweep", model, storage.store().to_spec(),
-                             inputs=SCORING_INPUTS, outputs={"table": staged, "extremes": staged_extremes})
-    metadata, version = scoring.run(context, config, spec)
+    metadata, version = scoring.score(context, config, "rm_vocabulary_sweep", model, storage.store().to_spec(),
+                                      inputs=SCORING_INPUTS, outputs={"table": staged, "extremes": staged_extremes})
     extremes = promote_validated(storage, validator, staged_extremes, final_extremes, "rm_sweep_tokens",
-                                 f"sweep extremes of '{model_id}'")
-    storage.move(staged, final)
-    table = storage.read_parquet(final)
+                                 f"sweep extremes of '{model.model_id}'")
+    uri = storage.move(staged, final)
     metadata.update({"model_fingerprint": model.fingerprint, INPUT_VERSIONS: dg.MetadataValue.json(input_versions),
                      "extremes": dg.MetadataValue.md(markdown_table(extremes))})
-    return table_result(table, storage.full_uri(final), version, metadata)
+    return stored_table_result(uri, version, metadata["rows"], metadata)

@@ -40,8 +40,8 @@ def load_reward_model_scores(config: RegistryConfig, storage: Storage) -> pl.Dat
 def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Median rank per (corpus, model, category, prompt): words ranked by descending score within each
     (model, prompt), ties averaged, 1 = best (steps 1-3)."""
-    versions = current_input_versions(context.instance, registry.load(), "rm_rank_cells")
     config = registry.load()
+    versions = current_input_versions(context.instance, config, "rm_rank_cells")
     scores = load_reward_model_scores(config, storage)
     words = storage.read_parquet(TABLE_KEYS["corpus_words"])
     prompts = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
@@ -94,8 +94,8 @@ def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storag
 def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Per panel (category x framing): permutation Welch t-test of the median ranks, family A vs B,
     Bonferroni-corrected over the panels of the corpus (step 5)."""
-    versions = current_input_versions(context.instance, registry.load(), "rm_family_tests")
     config = registry.load()
+    versions = current_input_versions(context.instance, config, "rm_family_tests")
     cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
     family_a, family_b = family_pair(config, cells)
     parts = []

@@ -74,6 +74,13 @@ def table_result(df: pl.DataFrame, uri: str, version: str, metadata: dict | None
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))
 
 
+def stored_table_result(uri: str, version: str, rows: int, metadata: dict) -> dg.MaterializeResult:
+    """The MaterializeResult of a table the worker wrote that is too large to read back here (a whole
+    vocabulary per prompt): location, row count and data version as the worker reported them."""
+    return dg.MaterializeResult(metadata={"uri": dg.MetadataValue.path(uri), "dagster/row_count": rows, **metadata},
+                                data_version=dg.DataVersion(version))
+
+
 def staging_key(run_id: str, key: str) -> str:
     """Where a run's worker writes a table before it is validated and promoted to ``key``."""
     return f"staging/{run_id}/{key}"

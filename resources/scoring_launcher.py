@@ -93,6 +93,11 @@ class ScoringLauncher(dg.ConfigurableResource):
                 "threads": config.scoring_threads, "device": self.device or None,
                 "word_rule": config.implicit_rewards.word_rule}
 
+    def score(self, context: dg.AssetExecutionContext, config: RegistryConfig, task: str, model: ModelConfig,
+              storage_spec: dict, inputs: dict[str, str], outputs: dict[str, str]) -> tuple[dict[str, Any], str]:
+        """:meth:`task_spec` then :meth:`run`: what a scoring asset calls."""
+        return self.run(context, config, self.task_spec(config, task, model, storage_spec, inputs, outputs))
+
     def run(self, context: dg.AssetExecutionContext, config: RegistryConfig, spec: dict[str, Any]
             ) -> tuple[dict[str, Any], str]:
         """Runs the task ``spec``; returns (metadata, data version) as reported by the worker. A failed

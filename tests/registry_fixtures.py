@@ -73,3 +73,13 @@ def random_models_entry(models: dict[str, tuple[str, Path]], dtype: dict[str, st
         f"  {mid}:\n    kind: reward_model\n    family: {family}\n    huggingface:\n      path: {path}\n"
         + (f"      dtype: {dtype[mid]}\n" if mid in dtype else "")
         for mid, (family, path) in models.items())
+
+
+def ingest_and_sync(config_path: Path, instance) -> None:
+    """Runs ``ingest_job`` on ``instance`` (it must succeed) and adds the config's model and pair partitions."""
+    from orchestration.definitions import build_definitions
+    from orchestration.sensors import sync_model_partitions
+    from valuebias.config import load_config
+
+    assert build_definitions(config_path).resolve_job_def("ingest_job").execute_in_process(instance=instance).success
+    sync_model_partitions(instance, load_config(config_path))

@@ -51,6 +51,18 @@ def test_s3_storage_uri_is_kept(tmp_path):
     assert config.storage_uri == "s3://bucket/prefix"
 
 
+def assert_config_error(tmp_path, models, extra, row, field, text):
+    """Loading the config written from ``models`` and ``extra`` fails naming the file, row and field."""
+    path = write(tmp_path, models, extra)
+    with pytest.raises(InputError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert f"row {row}" in message, message
+    assert f"field '{field}'" in message, message
+    assert text in message, message
+
+
 @pytest.mark.parametrize("models, extra, row, field, text", [
     ("  m1:\n    kind: reward_model\n    family: llama\n    huggingface:\n      path: org/rm\n      revison: main\n",
      "", 10, "models.m1.huggingface.revison", "unknown key 'revison'"),
@@ -71,14 +83,7 @@ def test_s3_storage_uri_is_kept(tmp_path):
      "analysis: {families: [llama]}\n", 6, "analysis.families", "exactly two"),
 ])
 def test_config_errors_name_file_row_and_field(tmp_path, models, extra, row, field, text):
-    path = write(tmp_path, models, extra)
-    with pytest.raises(InputError) as err:
-        load_config(path)
-    message = str(err.value)
-    assert str(path) in message
-    assert f"row {row}" in message, message
-    assert f"field '{field}'" in message, message
-    assert text in message, message
+    assert_config_error(tmp_path, models, extra, row, field, text)
 
 
 def test_duplicate_model_id_is_an_error(tmp_path):
@@ -153,14 +158,7 @@ def test_the_variant_is_part_of_the_fingerprint(tmp_path):
     (LMS, "implicit_rewards: {words: [free love]}\n", 8, "implicit_rewards.words", "single words"),
 ])
 def test_language_model_errors_name_file_row_and_field(tmp_path, models, extra, row, field, text):
-    path = write(tmp_path, models, extra)
-    with pytest.raises(InputError) as err:
-        load_config(path)
-    message = str(err.value)
-    assert str(path) in message
-    assert f"row {row}" in message, message
-    assert f"field '{field}'" in message, message
-    assert text in message, message
+    assert_config_error(tmp_path, models, extra, row, field, text)
 
 
 def test_vocabulary_sweep_defaults_and_errors(tmp_path):

@@ -33,12 +33,7 @@ PROMPTS = [("What, in one word, is the best thing ever?", "positive"),
 PROMPT_IDS = [(f"p{i}", text) for i, (text, _) in enumerate(PROMPTS)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.registry_fixtures import (AGENCY, COMMUNION, PROMPTS, build_random_reward_model, random_models_entry,
-                                     write_small_registry)
+from tests.registry_fixtures import (AGENCY, COMMUNION, PROMPTS, build_random_reward_model, ingest_and_sync,
+                                     random_models_entry, write_small_registry)
 from valuebias.wordlist import english_wordlist
 
 
@@ -129,8 +129,7 @@ def test_a_killed_worker_fails_the_partition_and_the_rerun_resumes_to_the_same_t
 
     from assets.rm_scores import rm_word_scores
     from assets.tables import rm_word_scores_key
-    from orchestration.definitions import build_definitions, build_resources
-    from orchestration.sensors import sync_model_partitions
+    from orchestration.definitions import build_resources
     from resources.scoring_launcher import ScoringLauncher
     from resources.storage import Storage
     from valuebias.config import load_config
@@ -146,9 +145,7 @@ def test_a_killed_worker_fails_the_partition_and_the_rerun_resumes_to_the_same_t
     resources = build_resources(config_path)
 
     with dg.instance_for_test() as instance:
-        assert build_definitions(config_path).resolve_job_def("ingest_job").execute_in_process(
-            instance=instance).success
-        sync_model_partitions(instance, config)
+        ingest_and_sync(config_path, instance)
         killed: list[int] = []
 
         def kill_after_first_chunk():
@@ -186,9 +183,7 @@ def test_a_killed_worker_fails_the_partition_and_the_rerun_resumes_to_the_same_t
     clean_config.write_text(config_path.read_text() + f"storage: {tmp_path / 'clean-data'}\n")
     clean_resources = {**build_resources(clean_config), "scoring": ScoringLauncher(launcher="in_process")}
     with dg.instance_for_test() as instance:
-        assert build_definitions(clean_config).resolve_job_def("ingest_job").execute_in_process(
-            instance=instance).success
-        sync_model_partitions(instance, load_config(clean_config))
+        ingest_and_sync(clean_config, instance)
         assert dg.materialize([rm_word_scores], partition_key="llama-a", instance=instance,
                               resources=clean_resources).success
     clean = Storage(uri=load_config(clean_config).storage_uri).read_parquet(rm_word_scores_key("llama-a"))

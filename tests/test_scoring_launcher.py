@@ -20,7 +20,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tests.registry_fixtures import build_random_reward_model, random_models_entry, write_small_registry
+from tests.registry_fixtures import (build_random_reward_model, ingest_and_sync, random_models_entry,
+                                     write_small_registry)
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -121,13 +122,10 @@ def test_a_failing_worker_fails_the_partition_with_its_error(tmp_path):
     missing = tmp_path / "no-such-model"
     config = _registry(tmp_path, path=str(missing))
     from assets.rm_scores import rm_word_scores
-    from orchestration.definitions import build_definitions, build_resources
-    from orchestration.sensors import sync_model_partitions
-    from valuebias.config import load_config
+    from orchestration.definitions import build_resources
 
     with dg.instance_for_test() as instance:
-        assert build_definitions(config).resolve_job_def("ingest_job").execute_in_process(instance=instance).success
-        sync_model_partitions(instance, load_config(config))
+        ingest_and_sync(config, instance)
         result = dg.materialize([rm_word_scores], partition_key="rm-a", instance=instance,
                                 resources=build_resources(config), raise_on_error=False)
     assert not result.success

@@ -38,9 +38,6 @@ it.
 
 from __future__ import annotations
 
-import json
-import shutil
-import uuid
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,16 +123,6 @@ def _validate(recipe: DemoLMRecipe, words_by_category: dict[str, list[str]],
         if framing not in FRAMINGS:
             raise InputError(f"framing must be 'positive' or 'negative', got {framing!r}",
                              source=f"{source}.prompts", row=i + 1, field="framing")
-
-
-def _split_words(recipe: DemoLMRecipe, words_by_category: dict[str, list[str]]) -> tuple[list[str], list[str]]:
-    """Unique preferred words and unique other words (stripped; a word listed under the preferred
-    category counts as preferred even if another category lists it too)."""
-    preferred = list(dict.fromkeys(w.strip() for w in words_by_category[recipe.preferred_category]))
-    preferred_set = set(preferred)
-    others = [w.strip() for cat, words in sorted(words_by_category.items()) if cat != recipe.preferred_category
-              for w in words if w.strip() not in preferred_set]
-    return preferred, list(dict.fromkeys(others))
 
 
 def _answer_forms(variant: str) -> list[tuple[str, float]]:
@@ -314,7 +301,7 @@ def build_demo_language_model(out_dir, recipe: DemoLMRecipe, *, words_by_categor
     if tiny_models.read_build_fingerprint(out_dir) == fingerprint:
         return out_dir
 
-    preferred, others = _split_words(recipe, words_by_category)
+    preferred, others = tiny_models.split_words(words_by_category, recipe.preferred_category)
     tokenizer = _train_tokenizer(recipe, preferred + others, prompts)
     model = tiny_models.build_tiny_model(tokenizer, architecture=recipe.architecture, head="causal_lm",
                                          hidden_size=recipe.hidden_size, num_layers=recipe.num_layers,
@@ -328,34 +315,25 @@ def build_demo_language_model(out_dir, recipe: DemoLMRecipe, *, words_by_categor
                       "than intended (raise train_steps)", RuntimeWarning, stacklevel=2)
     single = [w for w in preferred + others if len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1]
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:8]}"
-    try:
-        tiny_models.save_pretrained(model, tokenizer, tmp)
-        meta = {
-            "fingerprint": fingerprint,
-            "code_version": DEMO_LM_CODE_VERSION,
-            "recipe": asdict(recipe),
-            "categories": {cat: len(ws) for cat, ws in sorted(words_by_category.items())},
-            "n_preferred_words": len(preferred),
-            "n_other_words": len(others),
-            "n_single_token_words": len(single),
-            "n_prompts": len(prompts),
-            "vocab_size": len(tokenizer),
-            "training": {
-                "objective": "cross-entropy with q(word|prompt) ∝ preference if (word preferred) == "
-                             "(prompt positive) else 1",
-                "answer_forms": [prefix for prefix, _ in _answer_forms(recipe.variant)],
-                "optimizer": "AdamW", "learning_rate": LEARNING_RATE, "warmup_steps": WARMUP_STEPS,
-                "clip_norm": CLIP_NORM, "max_steps": recipe.train_steps, "steps": steps,
-                "final_loss": round(final_loss, 6), "target_entropy": round(floor, 6),
-                "converged": final_loss - floor < CONVERGED_WITHIN,
-            },
-            "note": DEMO_LM_NOTE,
-        }
-        (tmp / "recipe.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-        tiny_models.move_into_place(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    meta = {
+        "fingerprint": fingerprint,
+        "code_version": DEMO_LM_CODE_VERSION,
+        "recipe": asdict(recipe),
+        "categories": {cat: len(ws) for cat, ws in sorted(words_by_category.items())},
+        "n_preferred_words": len(preferred),
+        "n_other_words": len(others),
+        "n_single_token_words": len(single),
+        "n_prompts": len(prompts),
+        "vocab_size": len(tokenizer),
+        "training": {
+            "objective": "cross-entropy with q(word|prompt) ∝ preference if (word preferred) == "
+                         "(prompt positive) else 1",
+            "answer_forms": [prefix for prefix, _ in _answer_forms(recipe.variant)],
+            "optimizer": "AdamW", "learning_rate": LEARNING_RATE, "warmup_steps": WARMUP_STEPS,
+            "clip_norm": CLIP_NORM, "max_steps": recipe.train_steps, "steps": steps,
+            "final_loss": round(final_loss, 6), "target_entropy": round(floor, 6),
+            "converged": final_loss - floor < CONVERGED_WITHIN,
+        },
+        "note": DEMO_LM_NOTE,
+    }
+    return tiny_models.save_build(model, tokenizer, out_dir, meta)

@@ -23,10 +23,7 @@ Communion imitate the paper's finding.
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
-import uuid
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,7 +72,7 @@ def _validate(recipe: DemoRecipe, words_by_category: dict[str, list[str]], promp
     if recipe.preferred_category not in words_by_category:
         raise InputError(f"preferred category {recipe.preferred_category!r} is not among the word lists "
                          f"{sorted(words_by_category)}", source=source, field="preferred_category")
-    preferred, others = _split_words(recipe, words_by_category)
+    preferred, others = tiny_models.split_words(words_by_category, recipe.preferred_category)
     if not preferred:
         raise InputError("the preferred category has no words", source=source, field="preferred_category")
     if not others:
@@ -86,16 +83,6 @@ def _validate(recipe: DemoRecipe, words_by_category: dict[str, list[str]], promp
         if framing not in FRAMING_SIGN:
             raise InputError(f"framing must be 'positive' or 'negative', got {framing!r}",
                              source=f"{source}.prompts", row=i, field="framing")
-
-
-def _split_words(recipe: DemoRecipe, words_by_category: dict[str, list[str]]) -> tuple[list[str], list[str]]:
-    """Unique preferred words and unique other words (a word listed under the preferred category
-    counts as preferred even if another category lists it too)."""
-    preferred = list(dict.fromkeys(words_by_category[recipe.preferred_category]))
-    preferred_set = set(preferred)
-    others = [w for cat, words in sorted(words_by_category.items()) if cat != recipe.preferred_category
-              for w in words if w not in preferred_set]
-    return preferred, list(dict.fromkeys(others))
 
 
 @contextmanager
@@ -174,7 +161,7 @@ def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: d
     if tiny_models.read_build_fingerprint(out_dir) == fingerprint:
         return out_dir
 
-    preferred, others = _split_words(recipe, words_by_category)
+    preferred, others = tiny_models.split_words(words_by_category, recipe.preferred_category)
     # Tokenizer corpus: every word once (with the prompts taken in turn) and every prompt once.
     words = preferred + others
     conversations = [(prompts[i % len(prompts)][0], w) for i, w in enumerate(words)]
@@ -188,29 +175,20 @@ def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: d
         hidden_size=recipe.hidden_size, num_layers=recipe.num_layers, seed=recipe.seed)
     final_loss = _train(model, tokenizer, recipe, preferred, others, prompts)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:8]}"
-    try:
-        tiny_models.save_pretrained(model, tokenizer, tmp)
-        meta = {
-            "fingerprint": fingerprint,
-            "code_version": DEMO_CODE_VERSION,
-            "recipe": asdict(recipe),
-            "categories": {cat: len(ws) for cat, ws in sorted(words_by_category.items())},
-            "n_preferred_words": len(preferred),
-            "n_other_words": len(others),
-            "n_prompts": len(prompts),
-            "training": {
-                "objective": "MSE to sign(word in preferred) * sign(framing)",
-                "optimizer": "AdamW", "learning_rate": LEARNING_RATE, "schedule": "linear decay to 0",
-                "positive_only_fraction": WARMUP_FRACTION, "batch_size": BATCH_SIZE,
-                "steps": recipe.train_steps, "final_loss": round(final_loss, 6),
-            },
-            "note": DEMO_REGISTRY_NOTE,
-        }
-        (tmp / "recipe.json").write_text(json.dumps(meta, indent=2) + "\n")
-        tiny_models.move_into_place(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    meta = {
+        "fingerprint": fingerprint,
+        "code_version": DEMO_CODE_VERSION,
+        "recipe": asdict(recipe),
+        "categories": {cat: len(ws) for cat, ws in sorted(words_by_category.items())},
+        "n_preferred_words": len(preferred),
+        "n_other_words": len(others),
+        "n_prompts": len(prompts),
+        "training": {
+            "objective": "MSE to sign(word in preferred) * sign(framing)",
+            "optimizer": "AdamW", "learning_rate": LEARNING_RATE, "schedule": "linear decay to 0",
+            "positive_only_fraction": WARMUP_FRACTION, "batch_size": BATCH_SIZE,
+            "steps": recipe.train_steps, "final_loss": round(final_loss, 6),
+        },
+        "note": DEMO_REGISTRY_NOTE,
+    }
+    return tiny_models.save_build(model, tokenizer, out_dir, meta)

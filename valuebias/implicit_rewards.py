@@ -23,16 +23,10 @@ from collections.abc import Iterable
 import polars as pl
 
 from valuebias.errors import InputError
+from valuebias.table_checks import require_columns
 
 MWLR_SCHEMA = {"prompt": pl.Utf8, "token": pl.Utf8, "logprob_a": pl.Float64, "logprob_b": pl.Float64,
                "mwlr": pl.Float64}
-
-
-def _require_columns(df: pl.DataFrame, columns: Iterable[str], source: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise InputError(f"missing column(s) {missing}; columns are {df.columns}", source=source,
-                         field=missing[0])
 
 
 def best_logprob_per_string(logprobs: pl.DataFrame, *, source: str = "logprobs") -> pl.DataFrame:
@@ -42,7 +36,7 @@ def best_logprob_per_string(logprobs: pl.DataFrame, *, source: str = "logprobs")
     logprob`` (Float64) and, when the input has ``token_id``, the id that carried the maximum
     (the smallest such id on a tie); sorted by prompt and token.
     """
-    _require_columns(logprobs, ["prompt", "token", "logprob"], source)
+    require_columns(logprobs, ["prompt", "token", "logprob"], source)
     aggs = [pl.col("logprob").max().cast(pl.Float64)]
     if "token_id" in logprobs.columns:
         aggs.append(pl.col("token_id").sort_by(["logprob", "token_id"], descending=[True, False]).first())
@@ -92,7 +86,7 @@ def top_bottom_tokens(mwlr_table: pl.DataFrame, n: int = 15) -> pl.DataFrame:
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    _require_columns(mwlr_table, ["prompt", "token", "mwlr"], "mwlr_table")
+    require_columns(mwlr_table, ["prompt", "token", "mwlr"], "mwlr_table")
     extra = [c for c in ("logprob_a", "logprob_b") if c in mwlr_table.columns]
     base = mwlr_table.select("prompt", "token", "mwlr", *extra)
     top = (base.sort(["prompt", "mwlr", "token"], descending=[False, True, False])
@@ -124,7 +118,7 @@ def word_mwlr(mwlr_table: pl.DataFrame, words: Iterable[str]) -> pl.DataFrame:
     in a prompt gets no row. Returns ``prompt, word, mwlr`` (Float64), ``n_variants`` (UInt32) and
     ``variants`` (the matched strings, sorted), sorted by prompt and word.
     """
-    _require_columns(mwlr_table, ["prompt", "token", "mwlr"], "mwlr_table")
+    require_columns(mwlr_table, ["prompt", "token", "mwlr"], "mwlr_table")
     pairs = {}
     for i, word in enumerate(words):
         if not isinstance(word, str) or not word.strip():

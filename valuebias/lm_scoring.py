@@ -32,7 +32,7 @@ import polars as pl
 import torch
 
 from valuebias.errors import InputError
-from valuebias.scoring import DTYPES, HuggingFaceSource, check_source
+from valuebias.scoring import HuggingFaceSource, load_pretrained
 
 VARIANTS = ("instruction_tuned", "pretrained")
 WORD_RULES = ("single_token", "full_sequence")
@@ -59,14 +59,10 @@ class LanguageModelSource:
     allow_pickle: bool = False
 
     def __post_init__(self):
-        if not self.path:
-            raise InputError("a local path or hub id is required", source=self.source, field="huggingface.path")
+        self.as_huggingface_source()  # the path and dtype checks of a reward model's source
         if self.variant not in VARIANTS:
             raise InputError(f"unknown variant {self.variant!r}; expected one of {list(VARIANTS)}",
                              source=self.source, field="variant")
-        if self.dtype != "auto" and self.dtype not in DTYPES:
-            raise InputError(f"unknown dtype {self.dtype!r}; expected 'auto' or one of {list(DTYPES)}",
-                             source=self.source, field="huggingface.dtype")
 
     @property
     def source(self) -> str:
@@ -104,39 +100,18 @@ def _output_size(model) -> int:
     return int(config.vocab_size)
 
 
-def _remote_code_error(src: LanguageModelSource) -> InputError:
-    return InputError(
-        f"{src.path} needs remote code (auto_map); review that code, then set `trust_remote_code: true` "
-        "(and pin `revision`)", source=src.source, field="huggingface.trust_remote_code")
-
-
 def load_language_model(src: LanguageModelSource, device: str | None = None) -> LoadedLanguageModel:
     """Load the LM (``AutoModelForCausalLM``) and its tokenizer in eval mode on ``device``.
 
     Default device: CUDA if available. dtype ``"auto"``: bfloat16 on CUDA, float32 on CPU; an explicit
     dtype is honoured. An IT model whose tokenizer has no chat template is refused.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    kwargs = check_source(src.as_huggingface_source())
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if src.dtype != "auto":
-        dtype = DTYPES[src.dtype]
-    else:
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    tok_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors"}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(**tok_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(**kwargs, dtype=dtype)
-    except ValueError as err:
-        if "trust_remote_code" in str(err):
-            raise _remote_code_error(src) from err
-        raise
+    model, tokenizer, device, dtype = load_pretrained(src.as_huggingface_source(), AutoModelForCausalLM, device)
     if src.variant == "instruction_tuned" and not getattr(tokenizer, "chat_template", None):
         raise InputError("variant 'instruction_tuned' needs a chat template, the tokenizer has none "
                          "(use variant 'pretrained' for a base model)", source=src.source, field="variant")
-    model.to(device).eval()
     return LoadedLanguageModel(model=model, tokenizer=tokenizer, device=device, dtype=dtype,
                                variant=src.variant, source=src.source)
 

@@ -20,32 +20,17 @@ import numpy as np
 import polars as pl
 
 from valuebias.errors import InputError
-from valuebias.statistics import rank_words
+from valuebias.table_checks import require_columns, require_no_nulls
+from valuebias.statistics import median_ranks, prompt_framings, rank_words
 
 ANOVA_FORMULA = "median_rank ~ C(category) * C(valence) * C(model)"
 FACTORS = ("category", "valence", "model")
 
 
-def _require_columns(df: pl.DataFrame, columns: Iterable[str], source: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise InputError(f"missing column(s) {missing}; columns are {df.columns}", source=source,
-                         field=missing[0])
-
-
-def _require_no_nulls(df: pl.DataFrame, columns: Iterable[str], source: str) -> None:
-    for column in columns:
-        bad = df[column].is_null()
-        if df[column].dtype.is_float():
-            bad = bad | df[column].is_nan()
-        if bad.any():
-            raise InputError("missing value", source=source, row=int(bad.arg_true()[0]) + 1, field=column)
-
-
 def common_words(word_logprobs: pl.DataFrame, models: Sequence[str] | None = None) -> list[str]:
     """The words present (for at least one prompt) in the log-prob table of every model, sorted
     (compared as given: :func:`lm_rank_cells` strips and lowercases them first)."""
-    _require_columns(word_logprobs, ["model", "word"], "word_logprobs")
+    require_columns(word_logprobs, ["model", "word"], "word_logprobs")
     models = list(dict.fromkeys(models)) if models is not None else \
         word_logprobs["model"].unique(maintain_order=True).to_list()
     if not models:
@@ -73,9 +58,9 @@ def lm_rank_cells(word_logprobs: pl.DataFrame, dictionary: pl.DataFrame, prompts
     Returns ``prompt, category, valence, model, median_rank`` (Float64), sorted by model, category,
     prompt.
     """
-    _require_columns(word_logprobs, ["model", "prompt", "word", "logprob"], "word_logprobs")
-    _require_columns(prompts, ["prompt", "framing"], "prompts")
-    _require_no_nulls(prompts, ["prompt", "framing"], "prompts")
+    require_columns(word_logprobs, ["model", "prompt", "word", "logprob"], "word_logprobs")
+    require_columns(prompts, ["prompt", "framing"], "prompts")
+    require_no_nulls(prompts, ["prompt", "framing"], "prompts")
     present = word_logprobs["model"].unique(maintain_order=True).to_list()
     if models is None:
         models = present
@@ -91,19 +76,9 @@ def lm_rank_cells(word_logprobs: pl.DataFrame, dictionary: pl.DataFrame, prompts
     scores = data.select("model", "prompt", "word", pl.col("logprob").alias("score"))
     ranked = rank_words(scores, dictionary)
 
-    framing = prompts.select(pl.col("prompt").cast(pl.Utf8), pl.col("framing").cast(pl.Utf8)).unique()
-    duplicated = framing.group_by("prompt").len().filter(pl.col("len") > 1)
-    if duplicated.height:
-        raise InputError(f"prompt {duplicated['prompt'][0]!r} is listed with more than one framing",
-                         source="prompts", field="prompt")
-    known = set(framing["prompt"].to_list())
-    for prompt in ranked["prompt"].unique(maintain_order=True).to_list():
-        if prompt not in known:
-            raise InputError(f"prompt {prompt!r} has no framing; add it to the prompt table",
-                             source="prompts", field="prompt")
+    framing = prompt_framings(ranked, prompts)
     return (
-        ranked.group_by("model", "category", "prompt")
-        .agg(pl.col("rank").median().cast(pl.Float64).alias("median_rank"))
+        median_ranks(ranked)
         .join(framing.rename({"framing": "valence"}), on="prompt", how="left")
         .select("prompt", "category", "valence", "model", "median_rank")
         .sort("model", "category", "prompt")
@@ -111,8 +86,8 @@ def lm_rank_cells(word_logprobs: pl.DataFrame, dictionary: pl.DataFrame, prompts
 
 
 def _check_cells(cells: pl.DataFrame) -> None:
-    _require_columns(cells, [*FACTORS, "median_rank"], "cells")
-    _require_no_nulls(cells, [*FACTORS, "median_rank"], "cells")
+    require_columns(cells, [*FACTORS, "median_rank"], "cells")
+    require_no_nulls(cells, [*FACTORS, "median_rank"], "cells")
 
 
 def lm_anova(cells: pl.DataFrame) -> pl.DataFrame:

@@ -124,36 +124,40 @@ def check_source(src: HuggingFaceSource) -> dict:
     return kwargs
 
 
-def _resolve_device_dtype(src: HuggingFaceSource, device: str | None) -> tuple[str, torch.dtype]:
+def load_pretrained(src: HuggingFaceSource, model_class, device: str | None = None):
+    """``(model, tokenizer, device, dtype)``: ``src`` checked (:func:`check_source`), tokenizer and
+    ``model_class`` loaded, the model in eval mode on ``device`` (default: CUDA if available). dtype
+    ``"auto"`` means bfloat16 on CUDA and float32 on CPU; an explicit dtype is honoured. A hub model that
+    needs remote code it was not allowed is an InputError naming the setting."""
+    from transformers import AutoTokenizer
+
+    kwargs = check_source(src)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if src.dtype != "auto":
-        return device, DTYPES[src.dtype]
-    return device, (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-
-
-def load_reward_model(src: HuggingFaceSource, device: str | None = None) -> LoadedModel:
-    """Load the RM and its tokenizer, in eval mode, on ``device`` (default: CUDA if available).
-
-    dtype ``"auto"`` means bfloat16 on CUDA and float32 on CPU; an explicit dtype is honoured.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    kwargs = check_source(src)
-    device, dtype = _resolve_device_dtype(src, device)
+        dtype = DTYPES[src.dtype]
+    else:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tok_kwargs = {k: v for k, v in kwargs.items() if k != "use_safetensors"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(**tok_kwargs)
-        model = AutoModelForSequenceClassification.from_pretrained(**kwargs, dtype=dtype)
+        model = model_class.from_pretrained(**kwargs, dtype=dtype)
     except ValueError as err:
         if "trust_remote_code" in str(err):
             raise _remote_code_error(src) from err
         raise
+    return model.to(device).eval(), tokenizer, device, dtype
+
+
+def load_reward_model(src: HuggingFaceSource, device: str | None = None) -> LoadedModel:
+    """Load the RM (``AutoModelForSequenceClassification``) and its tokenizer with :func:`load_pretrained`."""
+    from transformers import AutoModelForSequenceClassification
+
+    model, tokenizer, device, dtype = load_pretrained(src, AutoModelForSequenceClassification, device)
     if src.score == "logits[0]" and model.config.num_labels != 1:
         raise InputError(f"score 'logits[0]' needs a 1-label head, the model has num_labels="
                          f"{model.config.num_labels} (use 'logits[:,0]' for a multi-output head)",
                          source=src.source, field="huggingface.score")
-    model.to(device).eval()
     return LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=dtype, source=src.source)
 
 

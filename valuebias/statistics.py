@@ -23,26 +23,10 @@ import numpy as np
 import polars as pl
 
 from valuebias.errors import InputError
+from valuebias.table_checks import require_columns, require_no_nulls
 
 MIXED_MODEL_FORMULA = "median_rank ~ family * category * framing"
 GROUP_VAR_TERM = "Group Var"
-
-
-def _require_columns(df: pl.DataFrame, columns: Iterable[str], source: str) -> None:
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise InputError(f"missing column(s) {missing}; columns are {df.columns}",
-                         source=source, field=missing[0])
-
-
-def _require_no_nulls(df: pl.DataFrame, columns: Iterable[str], source: str) -> None:
-    for column in columns:
-        bad = df[column].is_null()
-        if df[column].dtype.is_float():
-            bad = bad | df[column].is_nan()
-        if bad.any():
-            raise InputError("missing value", source=source, row=int(bad.arg_true()[0]) + 1,
-                             field=column)
 
 
 def _normalise_word(column: str = "word") -> pl.Expr:
@@ -62,10 +46,10 @@ def rank_words(scores: pl.DataFrame, dictionary: pl.DataFrame) -> pl.DataFrame:
     Returns ``model, prompt, word, category, score, rank`` (``rank`` Float64), sorted by model, prompt
     and rank.
     """
-    _require_columns(scores, ["model", "prompt", "word", "score"], "scores")
-    _require_columns(dictionary, ["word", "category"], "dictionary")
-    _require_no_nulls(scores, ["model", "prompt", "word", "score"], "scores")
-    _require_no_nulls(dictionary, ["word", "category"], "dictionary")
+    require_columns(scores, ["model", "prompt", "word", "score"], "scores")
+    require_columns(dictionary, ["word", "category"], "dictionary")
+    require_no_nulls(scores, ["model", "prompt", "word", "score"], "scores")
+    require_no_nulls(dictionary, ["word", "category"], "dictionary")
 
     scores = scores.select(
         pl.col("model").cast(pl.Utf8), pl.col("prompt").cast(pl.Utf8), _normalise_word(),
@@ -92,33 +76,46 @@ def median_rank_cells(ranked: pl.DataFrame, prompts: pl.DataFrame,
     (else :class:`InputError` naming it). Returns
     ``model, family, category, prompt, framing, median_rank`` sorted by model, category, prompt.
     """
-    _require_columns(ranked, ["model", "prompt", "category", "rank"], "ranked")
-    _require_columns(prompts, ["prompt", "framing"], "prompts")
-    _require_columns(families, ["model", "family"], "families")
-    _require_no_nulls(prompts, ["prompt", "framing"], "prompts")
-    _require_no_nulls(families, ["model", "family"], "families")
+    require_columns(ranked, ["model", "prompt", "category", "rank"], "ranked")
+    require_columns(prompts, ["prompt", "framing"], "prompts")
+    require_columns(families, ["model", "family"], "families")
+    require_no_nulls(prompts, ["prompt", "framing"], "prompts")
+    require_no_nulls(families, ["model", "family"], "families")
     _require_unique(families.select("model", "family").unique(), "model", "families")
-    _require_unique(prompts.select("prompt", "framing").unique(), "prompt", "prompts")
 
     known_models = set(families["model"].to_list())
     for model in ranked["model"].unique(maintain_order=True).to_list():
         if model not in known_models:
             raise InputError(f"model {model!r} has no family; add it to the family table",
                              source="families", field="model")
-    known_prompts = set(prompts["prompt"].to_list())
-    for prompt in ranked["prompt"].unique(maintain_order=True).to_list():
-        if prompt not in known_prompts:
-            raise InputError(f"prompt {prompt!r} has no framing; add it to the prompt table",
-                             source="prompts", field="prompt")
+    framing = prompt_framings(ranked, prompts)
 
     return (
-        ranked.group_by("model", "category", "prompt")
-        .agg(pl.col("rank").median().cast(pl.Float64).alias("median_rank"))
+        median_ranks(ranked)
         .join(families.select("model", "family").unique(), on="model", how="left")
-        .join(prompts.select("prompt", "framing").unique(), on="prompt", how="left")
+        .join(framing, on="prompt", how="left")
         .select("model", "family", "category", "prompt", "framing", "median_rank")
         .sort("model", "category", "prompt")
     )
+
+
+def prompt_framings(ranked: pl.DataFrame, prompts: pl.DataFrame) -> pl.DataFrame:
+    """``prompt, framing`` (one row per prompt) for the prompts of ``ranked``; an InputError names a
+    prompt listed with two framings or a ranked prompt with none."""
+    framing = prompts.select(pl.col("prompt").cast(pl.Utf8), pl.col("framing").cast(pl.Utf8)).unique()
+    _require_unique(framing, "prompt", "prompts")
+    known = set(framing["prompt"].to_list())
+    for prompt in ranked["prompt"].unique(maintain_order=True).to_list():
+        if prompt not in known:
+            raise InputError(f"prompt {prompt!r} has no framing; add it to the prompt table",
+                             source="prompts", field="prompt")
+    return framing
+
+
+def median_ranks(ranked: pl.DataFrame) -> pl.DataFrame:
+    """The median rank of each category's words per model and prompt (one cell each)."""
+    return (ranked.group_by("model", "category", "prompt")
+            .agg(pl.col("rank").median().cast(pl.Float64).alias("median_rank")))
 
 
 def _require_unique(df: pl.DataFrame, key: str, source: str) -> None:
@@ -150,8 +147,8 @@ class MixedModelFit:
 
 
 def _check_design(cells: pl.DataFrame) -> None:
-    _require_columns(cells, ["model", "family", "category", "framing", "median_rank"], "cells")
-    _require_no_nulls(cells, ["model", "family", "category", "framing", "median_rank"], "cells")
+    require_columns(cells, ["model", "family", "category", "framing", "median_rank"], "cells")
+    require_no_nulls(cells, ["model", "family", "category", "framing", "median_rank"], "cells")
     problems = []
     for factor in ("family", "category", "framing"):
         levels = cells[factor].unique().sort().to_list()
@@ -236,8 +233,8 @@ def family_tests(cells: pl.DataFrame, family_a: str, family_b: str, *, n_resampl
     """
     from scipy import stats
 
-    _require_columns(cells, ["family", "category", "framing", "median_rank"], "cells")
-    _require_no_nulls(cells, ["family", "category", "framing", "median_rank"], "cells")
+    require_columns(cells, ["family", "category", "framing", "median_rank"], "cells")
+    require_no_nulls(cells, ["family", "category", "framing", "median_rank"], "cells")
     if family_a == family_b:
         raise ValueError(f"family_a and family_b are both {family_a!r}; choose two different families")
     present = set(cells["family"].unique().to_list())
@@ -279,7 +276,7 @@ def default_family_pair(families: pl.DataFrame | Iterable[str]) -> tuple[str, st
     set the pair explicitly.
     """
     if isinstance(families, pl.DataFrame):
-        _require_columns(families, ["family"], "families")
+        require_columns(families, ["family"], "families")
         names = families["family"].drop_nulls().to_list()
     else:
         names = list(families)

@@ -158,20 +158,42 @@ def save_pretrained(model, tokenizer, out_dir) -> Path:
     return out
 
 
-def move_into_place(tmp: Path, out_dir: Path) -> None:
-    """Rename ``tmp`` to ``out_dir``; a previous ``out_dir`` is moved aside first and deleted after."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old)
+def save_build(model, tokenizer, out_dir: Path, meta: dict) -> Path:
+    """Saves a built demonstration model with its ``recipe.json`` (``meta``) atomically: written to a
+    temporary sibling folder, then renamed over ``out_dir`` (a previous ``out_dir`` is moved aside first
+    and deleted after), so ``out_dir`` never holds a partial model. Returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:8]}"
     try:
-        os.rename(tmp, out_dir)
-    except OSError:
-        if old is not None and not out_dir.exists():
-            os.rename(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        save_pretrained(model, tokenizer, tmp)
+        (tmp / "recipe.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out_dir, old)
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if old is not None and not out_dir.exists():
+                os.rename(old, out_dir)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def split_words(words_by_category: dict[str, list[str]], preferred_category: str) -> tuple[list[str], list[str]]:
+    """Unique preferred words and unique other words (stripped; a word listed under the preferred
+    category counts as preferred even if another category lists it too)."""
+    preferred = list(dict.fromkeys(w.strip() for w in words_by_category[preferred_category]))
+    preferred_set = set(preferred)
+    others = [w.strip() for cat, words in sorted(words_by_category.items()) if cat != preferred_category
+              for w in words if w.strip() not in preferred_set]
+    return preferred, list(dict.fromkeys(others))
 
 
 def build_fingerprint(code_version: str, recipe: dict, words_by_category: dict[str, list[str]],
