@@ -10,6 +10,7 @@ import dagster as dg
 import polars as pl
 
 from assets.tables import TABLE_KEYS, content_version, table_result, write_table
+from assets.versions import CODE_VERSIONS
 from resources.registry import Registry
 from resources.storage import Storage, read_input_uri
 from valuebias.config import RegistryConfig
@@ -59,7 +60,7 @@ def ingest_versions(config: RegistryConfig) -> dict[str, str]:
             "model_registry": content_version(build_model_registry(config))}
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"})
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["prompts"])
 def prompts(registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """The prompt table (prompt id, text, adjective, superlative, style, framing), METHOD.md section 1."""
     config = registry.load()
@@ -72,7 +73,7 @@ def prompts(registry: Registry, storage: Storage) -> dg.MaterializeResult:
     })
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"})
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["corpus_words"])
 def corpus_words(registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Every corpus as (corpus, word, category) rows: lowercased, trimmed, duplicates removed,
     ``*`` wildcards expanded against one fixed English word list (METHOD.md section 2)."""
@@ -85,7 +86,7 @@ def corpus_words(registry: Registry, storage: Storage) -> dg.MaterializeResult:
     return table_result(table, uri, version, metadata)
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"})
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["model_registry"])
 def model_registry(registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """The registered models: id, kind, family, source and a fingerprint of the whole entry.
     The partitions of the scoring assets are these model ids."""

@@ -5,11 +5,11 @@ Pipes); these assets say what to compute, then validate and publish what the wor
 
 import dagster as dg
 
-from assets.partition_models import partition_model
+from assets.partition_models import adopt_recorded_outputs, partition_model, plain, record_scoring
 from assets.rm_scores import SCORING_INPUTS
-from assets.tables import (lm_next_token_key, lm_word_logprobs_key, promote_validated, staging_key,
-                           stored_table_result, table_result)
-from assets.versions import INPUT_VERSIONS
+from assets.tables import (content_version, large_table_version, lm_next_token_key, lm_word_logprobs_key,
+                           promote_validated, staging_key, stored_table_result, table_result)
+from assets.versions import CODE_VERSIONS
 from orchestration.partitions import model_partitions
 from resources.registry import Registry
 from resources.scoring_launcher import ScoringLauncher
@@ -23,6 +23,7 @@ from resources.validation import ContractValidator
     kinds={"pytorch", "parquet"},
     deps=["prompts", "corpus_words", "model_registry"],
     pool="gpu",
+    code_version=CODE_VERSIONS["lm_next_token_logprobs"],
 )
 def lm_next_token_logprobs(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                            scoring: ScoringLauncher) -> dg.MaterializeResult:
@@ -32,11 +33,14 @@ def lm_next_token_logprobs(context: dg.AssetExecutionContext, registry: Registry
     logprob Float32). The worker writes it in place (it is large; no contract reads it back here)."""
     config, model, input_versions = partition_model(context, registry, "lm_next_token_logprobs", "language_model")
     key = lm_next_token_key(model.model_id)
+    adopted = adopt_recorded_outputs(context, "lm_next_token_logprobs", model, input_versions, storage=storage,
+                                     scoring=scoring, config=config, outputs=[key], version_of=large_table_version)
+    if adopted is not None:
+        return adopted
     metadata, version = scoring.score(context, config, "lm_next_token_logprobs", model, storage.store().to_spec(),
                                       inputs=SCORING_INPUTS, outputs={"table": key})
-    metadata.update({"model_fingerprint": model.fingerprint, "family": model.family, "source": model.source,
-                     INPUT_VERSIONS: dg.MetadataValue.json(input_versions)})
-    return stored_table_result(storage.full_uri(key), version, metadata["rows"], metadata)
+    metadata = record_scoring(metadata, model, "lm_next_token_logprobs", input_versions)
+    return stored_table_result(storage.full_uri(key), version, plain(metadata["rows"]), metadata)
 
 
 @dg.asset(
@@ -45,6 +49,7 @@ def lm_next_token_logprobs(context: dg.AssetExecutionContext, registry: Registry
     kinds={"pytorch", "parquet"},
     deps=["lm_next_token_logprobs", "corpus_words", "prompts"],
     pool="gpu",
+    code_version=CODE_VERSIONS["lm_word_logprobs"],
 )
 def lm_word_logprobs(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                      validator: ContractValidator, scoring: ScoringLauncher) -> dg.MaterializeResult:
@@ -58,10 +63,14 @@ def lm_word_logprobs(context: dg.AssetExecutionContext, registry: Registry, stor
         raise dg.Failure(f"no next-token log-probs for '{model.model_id}' at {storage.full_uri(next_token)}: "
                          f"materialize lm_next_token_logprobs for partition '{model.model_id}' first")
     final = lm_word_logprobs_key(model.model_id)
+    adopted = adopt_recorded_outputs(context, "lm_word_logprobs", model, input_versions, storage=storage,
+                                     scoring=scoring, config=config, outputs=[final], version_of=content_version)
+    if adopted is not None:
+        return adopted
     staged = staging_key(context.run_id, final)
     metadata, version = scoring.score(context, config, "lm_word_logprobs", model, storage.store().to_spec(),
                                       inputs={**SCORING_INPUTS, "next_token": next_token}, outputs={"table": staged})
     table = promote_validated(storage, validator, staged, final, "lm_word_logprobs",
                               f"word log-probs of '{model.model_id}'")
-    metadata.update({"model_fingerprint": model.fingerprint, INPUT_VERSIONS: dg.MetadataValue.json(input_versions)})
-    return table_result(table, storage.full_uri(final), version, metadata)
+    return table_result(table, storage.full_uri(final), version,
+                        record_scoring(metadata, model, "lm_word_logprobs", input_versions))

@@ -8,7 +8,7 @@ import dagster as dg
 import polars as pl
 
 from assets.tables import TABLE_KEYS, content_version, lm_word_logprobs_key, table_result, write_table
-from assets.versions import INPUT_VERSIONS, current_input_versions
+from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions
 from resources.registry import Registry
 from resources.storage import Storage
 from valuebias.config import RegistryConfig
@@ -42,7 +42,8 @@ def load_word_logprobs(config: RegistryConfig, storage: Storage) -> pl.DataFrame
 
 
 @dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"},
-          deps=["lm_word_logprobs", "corpus_words", "prompts", "model_registry"])
+          deps=["lm_word_logprobs", "corpus_words", "prompts", "model_registry"],
+           code_version=CODE_VERSIONS["lm_rank_cells"])
 def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Median rank per (corpus, prompt, category, model): within each (model, prompt), the words every
     language model kept are ranked by descending log-prob (ties averaged, 1 = best), and the median is
@@ -74,7 +75,8 @@ def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)})
 
 
-@dg.asset(group_name="lm_statistics", kinds={"statsmodels", "parquet"}, deps=["lm_rank_cells"])
+@dg.asset(group_name="lm_statistics", kinds={"statsmodels", "parquet"}, deps=["lm_rank_cells"],
+           code_version=CODE_VERSIONS["lm_anova"])
 def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Type-II three-way ANOVA per corpus: median_rank ~ category * valence * model (F, df, p per term)."""
     versions = current_input_versions(context.instance, registry.load(), "lm_anova")
@@ -105,7 +107,8 @@ def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Sto
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40)
 
 
-@dg.asset(group_name="lm_statistics", kinds={"scipy", "parquet"}, deps=["lm_rank_cells"])
+@dg.asset(group_name="lm_statistics", kinds={"scipy", "parquet"}, deps=["lm_rank_cells"],
+           code_version=CODE_VERSIONS["lm_posthoc"])
 def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Per corpus and configured pair, Welch's t-test of the two models' median-rank cells in every
     category x valence panel, Benjamini-Hochberg adjusted over the pair's panels (``p_bh``)."""
@@ -142,7 +145,8 @@ def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: S
 
 
 @dg.asset(group_name="lm_statistics", kinds={"matplotlib", "markdown"},
-          deps=["lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words"])
+          deps=["lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words"],
+           code_version=CODE_VERSIONS["lm_report"])
 def lm_report(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """The language-model report: Figure-2 tables per corpus, Table 1 (top and bottom MWLR strings) for
     the first positive prompt of each pair, and a Figure-3-style PNG of the word MWLRs

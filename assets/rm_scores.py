@@ -6,10 +6,10 @@ worker wrote."""
 
 import dagster as dg
 
-from assets.partition_models import partition_model
-from assets.tables import (TABLE_KEYS, promote_validated, rm_sweep_tokens_key, rm_vocabulary_sweep_key,
-                           rm_word_scores_key, staging_key, stored_table_result, table_result)
-from assets.versions import INPUT_VERSIONS
+from assets.partition_models import adopt_recorded_outputs, partition_model, plain, record_scoring
+from assets.tables import (TABLE_KEYS, content_version, promote_validated, rm_sweep_tokens_key,
+                           rm_vocabulary_sweep_key, rm_word_scores_key, staging_key, stored_table_result, table_result)
+from assets.versions import CODE_VERSIONS
 from orchestration.partitions import model_partitions
 from resources.registry import Registry
 from resources.scoring_launcher import ScoringLauncher
@@ -27,6 +27,7 @@ SCORING_INPUTS = {"prompts": TABLE_KEYS["prompts"], "corpus_words": TABLE_KEYS["
     kinds={"pytorch", "parquet"},
     deps=["prompts", "corpus_words", "model_registry"],
     pool="gpu",
+    code_version=CODE_VERSIONS["rm_word_scores"],
 )
 def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                    validator: ContractValidator, scoring: ScoringLauncher) -> dg.MaterializeResult:
@@ -35,13 +36,16 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
     ``rm_word_scores`` contract before it is published."""
     config, model, input_versions = partition_model(context, registry, "rm_word_scores", "reward_model")
     final = rm_word_scores_key(model.model_id)
+    adopted = adopt_recorded_outputs(context, "rm_word_scores", model, input_versions, storage=storage,
+                                     scoring=scoring, config=config, outputs=[final], version_of=content_version)
+    if adopted is not None:
+        return adopted
     staged = staging_key(context.run_id, final)
     metadata, version = scoring.score(context, config, "rm_word_scores", model, storage.store().to_spec(),
                                       inputs=SCORING_INPUTS, outputs={"table": staged})
     table = promote_validated(storage, validator, staged, final, "rm_word_scores", f"scores of '{model.model_id}'")
-    metadata.update({"model_fingerprint": model.fingerprint, "family": model.family, "source": model.source,
-                     INPUT_VERSIONS: dg.MetadataValue.json(input_versions)})
-    return table_result(table, storage.full_uri(final), version, metadata)
+    return table_result(table, storage.full_uri(final), version,
+                        record_scoring(metadata, model, "rm_word_scores", input_versions))
 
 
 @dg.asset(
@@ -50,6 +54,7 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
     kinds={"pytorch", "parquet"},
     deps=["prompts", "corpus_words", "model_registry"],
     pool="gpu",
+    code_version=CODE_VERSIONS["rm_vocabulary_sweep"],
 )
 def rm_vocabulary_sweep(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                         validator: ContractValidator, scoring: ScoringLauncher) -> dg.MaterializeResult:
@@ -60,12 +65,17 @@ def rm_vocabulary_sweep(context: dg.AssetExecutionContext, registry: Registry, s
     if model.vocabulary_sweep is None:
         raise dg.Failure(f"model '{model.model_id}' has no vocabulary_sweep in {config.path}: switch it on there")
     final, final_extremes = rm_vocabulary_sweep_key(model.model_id), rm_sweep_tokens_key(model.model_id)
+    adopted = adopt_recorded_outputs(context, "rm_vocabulary_sweep", model, input_versions, storage=storage,
+                                     scoring=scoring, config=config, outputs=[final, final_extremes],
+                                     version_of=content_version)
+    if adopted is not None:
+        return adopted
     staged, staged_extremes = staging_key(context.run_id, final), staging_key(context.run_id, final_extremes)
     metadata, version = scoring.score(context, config, "rm_vocabulary_sweep", model, storage.store().to_spec(),
                                       inputs=SCORING_INPUTS, outputs={"table": staged, "extremes": staged_extremes})
     extremes = promote_validated(storage, validator, staged_extremes, final_extremes, "rm_sweep_tokens",
                                  f"sweep extremes of '{model.model_id}'")
     uri = storage.move(staged, final)
-    metadata.update({"model_fingerprint": model.fingerprint, INPUT_VERSIONS: dg.MetadataValue.json(input_versions),
-                     "extremes": dg.MetadataValue.md(markdown_table(extremes))})
-    return stored_table_result(uri, version, metadata["rows"], metadata)
+    metadata = record_scoring(metadata, model, "rm_vocabulary_sweep", input_versions)
+    metadata["extremes"] = dg.MetadataValue.md(markdown_table(extremes))
+    return stored_table_result(uri, version, plain(metadata["rows"]), metadata)

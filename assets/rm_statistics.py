@@ -5,7 +5,7 @@ import dagster as dg
 import polars as pl
 
 from assets.tables import TABLE_KEYS, content_version, rm_word_scores_key, table_result, write_table
-from assets.versions import INPUT_VERSIONS, current_input_versions
+from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions
 from resources.registry import Registry
 from resources.storage import Storage
 from valuebias.config import RegistryConfig
@@ -36,7 +36,8 @@ def load_reward_model_scores(config: RegistryConfig, storage: Storage) -> pl.Dat
 
 
 @dg.asset(group_name="statistics", kinds={"polars", "parquet"},
-          deps=["rm_word_scores", "corpus_words", "prompts", "model_registry"])
+          deps=["rm_word_scores", "corpus_words", "prompts", "model_registry"],
+           code_version=CODE_VERSIONS["rm_rank_cells"])
 def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Median rank per (corpus, model, category, prompt): words ranked by descending score within each
     (model, prompt), ties averaged, 1 = best (steps 1-3)."""
@@ -66,7 +67,8 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)})
 
 
-@dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=["rm_rank_cells"])
+@dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=["rm_rank_cells"],
+           code_version=CODE_VERSIONS["rm_mixed_model"])
 def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Linear mixed model per corpus, REML: median_rank ~ family * category * framing + (1 | model) (step 4)."""
     versions = current_input_versions(context.instance, registry.load(), "rm_mixed_model")
@@ -90,7 +92,8 @@ def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storag
                         preview_rows=40)
 
 
-@dg.asset(group_name="statistics", kinds={"scipy", "parquet"}, deps=["rm_rank_cells"])
+@dg.asset(group_name="statistics", kinds={"scipy", "parquet"}, deps=["rm_rank_cells"],
+           code_version=CODE_VERSIONS["rm_family_tests"])
 def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Per panel (category x framing): permutation Welch t-test of the median ranks, family A vs B,
     Bonferroni-corrected over the panels of the corpus (step 5)."""
@@ -111,7 +114,7 @@ def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, stora
 
 
 @dg.asset(group_name="report", kinds={"matplotlib", "markdown"},
-          deps=["rm_rank_cells", "rm_mixed_model", "rm_family_tests"])
+          deps=["rm_rank_cells", "rm_mixed_model", "rm_family_tests"], code_version=CODE_VERSIONS["rm_report"])
 def rm_report(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """The Figure-1 report: markdown tables per corpus and a Figure-1-style PNG per corpus."""
     versions = current_input_versions(context.instance, registry.load(), "rm_report")

@@ -5,15 +5,60 @@ stored inputs it read and the fingerprints of the config it used (a model entry,
 settings). A partition is **stale** when the versions it would read now differ from the recorded ones,
 and **missing** when it was never materialized. ``valuebias status`` and ``valuebias run`` use
 ``partition_state``; the assets use ``current_input_versions`` to record what they read.
+
+A model's inputs include its **content** (``model_content``: ``valuebias.model_content``), not only its
+config entry, and every computed asset's inputs include its **code version** (``code``, from
+:data:`CODE_VERSIONS`, also the asset's Dagster ``code_version``).
 """
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 
-from valuebias.config import RegistryConfig
+from valuebias.config import ModelConfig, RegistryConfig
+from valuebias.errors import InputError
+from valuebias.model_content import ContentIdentity, DigestCache, describe_change, model_content
+
+#: The version of the code that computes each asset. Bump one when a change to that code changes what
+#: it writes (a ranking convention, a test statistic, a scoring kernel): that asset then recomputes, and
+#: what reads it recomputes only if the result's data version changed. Refactors that write the same
+#: tables do not bump. The asset's Dagster ``code_version`` is this value, so the UI agrees.
+CODE_VERSIONS = {
+    "prompts": "1", "corpus_words": "1", "model_registry": "1",
+    "rm_word_scores": "1", "rm_vocabulary_sweep": "1",
+    "rm_rank_cells": "1", "rm_mixed_model": "1", "rm_family_tests": "1", "rm_report": "1",
+    "lm_next_token_logprobs": "1", "lm_word_logprobs": "1", "mwlr_pair": "1",
+    "lm_rank_cells": "1", "lm_anova": "1", "lm_posthoc": "1", "mwlr_tokens": "1", "mwlr_words": "1",
+    "lm_report": "1",
+}
+#: Assets whose output is a function of a model's content (their metadata carries ``content``).
+CONTENT_ASSETS = ("rm_word_scores", "rm_vocabulary_sweep", "lm_next_token_logprobs")
+#: Scoring assets whose outputs, recorded before content identities existed, are adopted, not recomputed.
+ADOPTING_ASSETS = CONTENT_ASSETS + ("lm_word_logprobs",)
+#: Input-version keys that older records lack.
+NEW_KEYS = ("model_content", "code")
+
+
+@dataclass
+class ContentCheck:
+    """How the current content identity of a model is found when staleness is decided: ``cached``
+    (rehash a file only when its size, mtime or inode changed: CLI status and run), ``verify`` (rehash
+    everything: ``--verify``) or ``stat`` (never hash: sensor ticks). Identities are memoized per model."""
+
+    config: RegistryConfig
+    mode: str = "cached"
+    _known: dict = field(default_factory=dict)
+
+    def identity(self, model: ModelConfig) -> ContentIdentity | None:
+        if model.model_id not in self._known:
+            from resources.object_store import read_input_uri
+
+            self._known[model.model_id] = model_content(
+                model.model_id, model.source, model.settings, cache=DigestCache(self.config.digest_cache_path),
+                read=lambda uri: read_input_uri(uri, base_dir=self.config.base_dir), mode=self.mode)
+        return self._known[model.model_id]
 
 DATA_VERSION_TAG = "dagster/data_version"
 INPUT_VERSIONS = "input_versions"
@@ -54,9 +99,24 @@ def analysis_fingerprint(config: RegistryConfig) -> str:
 
 
 def current_input_versions(instance: dg.DagsterInstance, config: RegistryConfig, asset: str,
-                           partition: str | None = None, overrides: dict[str, str] | None = None) -> dict[str, str]:
+                           partition: str | None = None, overrides: dict[str, str] | None = None,
+                           content: ContentCheck | None = None) -> dict[str, str]:
     """The versions of everything ``asset`` (``partition``) reads, as they are now. ``overrides`` gives
-    versions to assume for some inputs (e.g. what re-ingesting the files would produce)."""
+    versions to assume for some inputs (e.g. what re-ingesting the files would produce). ``content``
+    adds the model's content identity (``model_content``) to a scoring partition; without it the key is
+    left out (a scoring asset records what its worker computed instead)."""
+    versions = _input_versions(instance, config, asset, partition, overrides)
+    if asset in CODE_VERSIONS and asset not in ("prompts", "corpus_words", "model_registry"):
+        versions["code"] = CODE_VERSIONS[asset]
+    model = config.models.get(partition) if partition else None
+    if content is not None and asset in CONTENT_ASSETS and model is not None:
+        identity = content.identity(model)
+        if identity is not None:
+            versions["model_content"] = identity.digest
+    return versions
+
+
+def _input_versions(instance, config, asset, partition, overrides) -> dict[str, str]:
     if asset == "rm_vocabulary_sweep":
         model = config.models.get(partition)
         sweep = json.dumps(model.vocabulary_sweep if model else None, sort_keys=True)
@@ -162,22 +222,61 @@ LM_INPUTS = {
 class PartitionState:
     asset: str
     partition: str | None
-    state: str  # fresh, stale, missing
+    state: str  # fresh, stale, missing, error (an input cannot be read: the reason names it)
     reason: str
     run_id: str | None
     data_version: str | None
     metadata: dict
+    current: dict = field(default_factory=dict)  # the input versions it would read now
+
+    @property
+    def adoptable(self) -> bool:
+        """Recorded by a version of ValueBias without content identities and code versions, with every
+        input it did record unchanged: the next run adopts its outputs instead of recomputing them."""
+        return self.state == "stale" and self.reason.startswith(ADOPT_REASON)
+
+
+ADOPT_REASON = "recorded before content identities"
+
+
+def legacy_but_unchanged(asset: str, recorded: dict[str, str], current: dict[str, str]) -> bool:
+    """True when ``recorded`` lacks only keys that older records never had and agrees on all others."""
+    missing = set(current) - set(recorded)
+    return (asset in ADOPTING_ASSETS and bool(missing) and missing <= set(NEW_KEYS)
+            and all(current.get(k) == v for k, v in recorded.items()))
 
 
 def partition_state(instance: dg.DagsterInstance, config: RegistryConfig, asset: str,
-                    partition: str | None = None, overrides: dict[str, str] | None = None) -> PartitionState:
-    """Fresh, stale (with the inputs that changed) or missing."""
+                    partition: str | None = None, overrides: dict[str, str] | None = None,
+                    content: ContentCheck | None = None) -> PartitionState:
+    """Fresh, stale (with the inputs that changed, a model's content by file), missing, or error (a
+    model's folder or file has disappeared: named in the reason; nothing stored is touched)."""
     record = latest_record(instance, asset, partition)
     if record is None:
         return PartitionState(asset, partition, "missing", "never materialized", None, None, {})
     metadata = {k: v.value for k, v in record.asset_materialization.metadata.items()}
     recorded = recorded_input_versions(record) or {}
-    current = current_input_versions(instance, config, asset, partition, overrides)
+    content = content or ContentCheck(config)
+    try:
+        current = current_input_versions(instance, config, asset, partition, overrides, content=content)
+    except InputError as exc:
+        return PartitionState(asset, partition, "error", str(exc), record.run_id, data_version(record), metadata)
     changed = sorted(k for k in set(current) | set(recorded) if current.get(k) != recorded.get(k))
-    state, reason = ("stale", "changed: " + ", ".join(changed)) if changed else ("fresh", "")
-    return PartitionState(asset, partition, state, reason, record.run_id, data_version(record), metadata)
+    if not changed:
+        state, reason = "fresh", ""
+    elif legacy_but_unchanged(asset, recorded, current):
+        state, reason = "stale", f"{ADOPT_REASON}: its outputs are adopted on the next run, not recomputed"
+    else:
+        state, reason = "stale", "changed: " + ", ".join(_describe(k, metadata, config, partition, content)
+                                                         for k in changed)
+    return PartitionState(asset, partition, state, reason, record.run_id, data_version(record), metadata, current)
+
+
+def _describe(key: str, metadata: dict, config: RegistryConfig, partition: str | None,
+              content: ContentCheck) -> str:
+    """An input-version key as a person reads it; a model's content names the files that changed."""
+    if key != "model_content":
+        return key
+    identity = content.identity(config.models[partition])
+    recorded = metadata.get("content") or {}
+    return describe_change(identity.kind, recorded.get("parts"), identity)

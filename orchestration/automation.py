@@ -2,8 +2,11 @@
 
 - Computed assets carry ``inputs_changed``: they are requested when they are newly missing or when an
   input was materialized with a *different* data version (an unchanged re-ingest triggers nothing).
-- A config change of one model (its fingerprint) is not a data version Dagster can see, so
-  ``orchestration.sensors.model_partitions_sensor`` requests exactly the partitions whose entry changed.
+- A config change of one model (its fingerprint) or of what it points to (its content: a published file,
+  a model folder's files, the commit a hub id resolves to) is not a data version Dagster can see, so
+  ``orchestration.sensors.model_partitions_sensor`` requests exactly the partitions whose entry or content
+  changed. Sensor and schedule ticks never hash weights (``ContentCheck`` mode ``stat``): a file whose
+  size, mtime or inode changed makes its partition requested, and the scoring worker computes the digest.
 - A language-model pair reads two model partitions, which no partition mapping expresses; ``mwlr_pair``
   therefore has no automation condition, and the same sensor requests exactly the pairs that are
   missing or whose two inputs changed (``stale_pair_requests``).
@@ -13,8 +16,14 @@
 
 import dagster as dg
 
-from assets.versions import partition_state
+from assets.versions import ContentCheck, partition_state
 from resources.registry import Registry
+from valuebias.config import RegistryConfig
+
+
+def tick_content_check(config: RegistryConfig) -> ContentCheck:
+    """How a sensor or schedule tick sees model content: by stat only, never hashing weights."""
+    return ContentCheck(config, mode="stat")
 
 inputs_changed = (
     (dg.AutomationCondition.missing().newly_true()
@@ -40,29 +49,33 @@ def with_automation(assets: list[dg.AssetsDefinition]) -> list[dg.AssetsDefiniti
 def stale_scoring_requests(instance: dg.DagsterInstance, registry: Registry) -> list[dg.RunRequest]:
     """One run request per scoring partition that is missing or stale, with the reason as a tag."""
     config = registry.load()
+    content = tick_content_check(config)
     requests = []
     for model in config.reward_models():
-        state = partition_state(instance, config, "rm_word_scores", model.model_id)
-        if state.state != "fresh":
+        state = partition_state(instance, config, "rm_word_scores", model.model_id, content=content)
+        if state.state not in ("fresh", "error"):
             requests.append(dg.RunRequest(job_name="rm_scoring_job", partition_key=model.model_id,
-                                          tags={"valuebias/reason": f"{state.state}: {state.reason}"[:200]}))
+                                          tags={"valuebias/reason": f"{state.state}: {state.reason}"[:200],
+                                                "valuebias/content": state.current.get("model_content", "")}))
     return requests
 
 
 def stale_language_model_requests(instance: dg.DagsterInstance, registry: Registry) -> list[dg.RunRequest]:
     """One run request per language-model partition whose log-probs are missing or stale."""
     config = registry.load()
+    content = tick_content_check(config)
     requests = []
     for model in config.language_models():
-        states = [partition_state(instance, config, asset, model.model_id)
+        states = [partition_state(instance, config, asset, model.model_id, content=content)
                   for asset in ("lm_next_token_logprobs", "lm_word_logprobs")]
-        stale = [s for s in states if s.state != "fresh"]
+        stale = [s for s in states if s.state not in ("fresh", "error")]
         if stale:
             reason = "; ".join(f"{s.asset} {s.state}: {s.reason}" for s in stale)
             requests.append(dg.RunRequest(job_name="lm_scoring_job", partition_key=model.model_id,
                                           asset_selection=[dg.AssetKey(s.asset) for s in stale]
                                           if stale[0].asset == "lm_word_logprobs" else None,
-                                          tags={"valuebias/reason": reason[:200]}))
+                                          tags={"valuebias/reason": reason[:200],
+                                                "valuebias/content": states[0].current.get("model_content", "")}))
     return requests
 
 
@@ -70,10 +83,12 @@ def stale_pair_requests(instance: dg.DagsterInstance, registry: Registry) -> lis
     """One run request per pair that is missing or stale and whose two models both have log-probs."""
     config = registry.load()
     requests = []
+    content = tick_content_check(config)
     for pair, models in config.pair_models().items():
-        if any(partition_state(instance, config, "lm_next_token_logprobs", m).state == "missing" for m in models):
+        if any(partition_state(instance, config, "lm_next_token_logprobs", m, content=content).state == "missing"
+               for m in models):
             continue
-        state = partition_state(instance, config, "mwlr_pair", pair)
+        state = partition_state(instance, config, "mwlr_pair", pair, content=content)
         if state.state != "fresh":
             requests.append(dg.RunRequest(job_name="mwlr_job", partition_key=pair,
                                           tags={"valuebias/reason": f"{state.state}: {state.reason}"[:200]}))
@@ -88,8 +103,9 @@ def build_refresh_schedule(cron: str) -> dg.ScheduleDefinition:
         if requests:
             return requests
         config = registry.load()
+        content = tick_content_check(config)
         stale = [a for a in ("rm_rank_cells", "rm_mixed_model", "rm_family_tests", "rm_report")
-                 if partition_state(context.instance, config, a).state != "fresh"]
+                 if partition_state(context.instance, config, a, content=content).state != "fresh"]
         if stale:
             return [dg.RunRequest(job_name="rm_statistics_job", asset_selection=[dg.AssetKey(a) for a in stale])]
         return dg.SkipReason("every partition is fresh")

@@ -1,7 +1,7 @@
 """The ``valuebias`` command: run the registry, print its tables, serve the Dagster UI.
 
-    valuebias run   [--config PATH] [--all] [--verbose]
-    valuebias status [--format markdown|csv] [--config PATH]
+    valuebias run   [--config PATH] [--all] [--verify] [--verbose]
+    valuebias status [--format markdown|csv] [--config PATH] [--verify]
     valuebias table NAME [--format markdown|csv] [--config PATH]
     valuebias ui    [--config PATH] [--port 3000]
 
@@ -11,6 +11,7 @@ Runs go to the project's Dagster instance (``<state_dir>/dagster``, SQLite), so 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -95,31 +96,40 @@ LM_DOWNSTREAM = {"lm_rank_cells": ("lm_anova", "lm_posthoc", "lm_report"), "lm_a
                  "lm_report": ()}
 
 
-def registry_states(instance, config: RegistryConfig) -> list:
+def content_check(config: RegistryConfig, verify: bool):
+    """How this command sees model content: cached weight digests (rehashed when a file's size, mtime or
+    inode changed), or with ``--verify`` every digest recomputed."""
+    from assets.versions import ContentCheck
+
+    return ContentCheck(config, mode="verify" if verify else "cached")
+
+
+def registry_states(instance, config: RegistryConfig, content=None) -> list:
     """The state of every asset partition the registry defines, in execution order. The input files
     are re-read, so a changed word list shows as stale ingest and stale scores before any run."""
     from assets.ingest import ingest_versions
     from assets.versions import PartitionState, partition_state
 
+    state_of = functools.partial(partition_state, content=content or content_check(config, verify=False))
     would_be = ingest_versions(config)
     rows = []
     for asset, version in would_be.items():
-        state = partition_state(instance, config, asset)
+        state = state_of(instance, config, asset)
         if state.state != "missing" and state.data_version != version:
             state = PartitionState(asset, None, "stale", "input file changed", state.run_id, state.data_version,
                                    state.metadata)
         rows.append(state)
-    rows += [partition_state(instance, config, "rm_word_scores", m.model_id, would_be)
+    rows += [state_of(instance, config, "rm_word_scores", m.model_id, would_be)
              for m in config.reward_models()]
-    rows += [partition_state(instance, config, "rm_vocabulary_sweep", m.model_id, would_be)
+    rows += [state_of(instance, config, "rm_vocabulary_sweep", m.model_id, would_be)
              for m in config.reward_models() if m.vocabulary_sweep]
-    rows += [partition_state(instance, config, asset, m.model_id, would_be)
+    rows += [state_of(instance, config, asset, m.model_id, would_be)
              for m in config.language_models() for asset in LM_ASSETS]
-    rows += [partition_state(instance, config, "mwlr_pair", pair, would_be) for pair in config.pair_models()]
+    rows += [state_of(instance, config, "mwlr_pair", pair, would_be) for pair in config.pair_models()]
     if config.reward_models():
-        rows += [partition_state(instance, config, asset, overrides=would_be) for asset in STATISTICS_ASSETS]
+        rows += [state_of(instance, config, asset, overrides=would_be) for asset in STATISTICS_ASSETS]
     if config.language_models():
-        rows += [partition_state(instance, config, asset, overrides=would_be) for asset in LM_STATISTICS_ASSETS]
+        rows += [state_of(instance, config, asset, overrides=would_be) for asset in LM_STATISTICS_ASSETS]
     return rows
 
 
@@ -138,12 +148,14 @@ def statistics_to_run(states: list, assets: tuple[str, ...] = STATISTICS_ASSETS,
 def cmd_run(args) -> int:
     import dagster as dg
 
-    from assets.versions import partition_state
+    from assets.versions import latest_record, partition_state
     from orchestration.definitions import build_definitions
 
     config = load_config(_config_path(args.config))
     defs = build_definitions(config.path)
     instance, (added, removed) = prepare_instance(config)
+    content = content_check(config, args.verify)
+    errors: list[str] = []
     print(f"valuebias: config {config.path}")
     print(f"valuebias: storage {config.storage_uri}; Dagster instance {os.environ['DAGSTER_HOME']}")
     if added or removed:
@@ -160,16 +172,36 @@ def cmd_run(args) -> int:
     # Ingest is cheap and re-reads the files every time; unchanged content keeps its data version.
     if not step("ingest_job", "ingest_job", partition_key=None):
         return 1
+    def report_adopted(states: list) -> None:
+        """Says which partitions the step just run adopted instead of recomputing (an upgraded state)."""
+        for state in states:
+            record = latest_record(instance, state.asset, state.partition)
+            adopted = record.asset_materialization.metadata.get("adopted_from_run") if record else None
+            if adopted is not None and record.run_id != state.run_id:
+                print(f"  adopted {state.asset}[{state.partition}] as recorded by run {adopted.value} "
+                      "(inputs unchanged; now recorded with its content identity, nothing recomputed)")
+
+    def runnable(job_name: str, state) -> bool:
+        """False (and the error said) when an input of the partition cannot be read."""
+        if state.state == "error":
+            errors.append(f"{job_name}[{state.partition}]: {state.reason}")
+            print(f"{job_name}[{state.partition}] not run: {state.reason}", file=sys.stderr)
+            return False
+        return True
+
     def run_stale_partitions(job_name: str, asset: str, partitions: list[str]) -> bool:
         """Runs ``job_name`` for each partition of ``asset`` that is missing or stale (all with --all)."""
         for partition in partitions:
-            state = partition_state(instance, config, asset, partition)
+            state = partition_state(instance, config, asset, partition, content=content)
+            if not runnable(job_name, state):
+                continue
             if state.state == "fresh" and not args.all:
                 print(f"{job_name}[{partition}] skipped: fresh (use --all to recompute)")
                 continue
             reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
             if not step(f"{job_name}[{partition}]{reason}", job_name, partition_key=partition):
                 return False
+            report_adopted([state])
         return True
 
     if not run_stale_partitions("rm_scoring_job", "rm_word_scores", [m.model_id for m in config.reward_models()]):
@@ -179,7 +211,9 @@ def cmd_run(args) -> int:
         return 1
     for model in config.language_models():
         # Next-token log-probs first; word log-probs are rerun with them, or alone when only they are stale.
-        states = [partition_state(instance, config, asset, model.model_id) for asset in LM_ASSETS]
+        states = [partition_state(instance, config, asset, model.model_id, content=content) for asset in LM_ASSETS]
+        if not all(runnable("lm_scoring_job", state) for state in states):
+            continue
         todo = list(LM_ASSETS) if args.all or states[0].state != "fresh" else \
             [s.asset for s in states if s.state != "fresh"]
         if not todo:
@@ -191,26 +225,45 @@ def cmd_run(args) -> int:
         if not step(f"lm_scoring_job[{model.model_id}]{reason}", "lm_scoring_job", partition_key=model.model_id,
                     asset_selection=[dg.AssetKey(a) for a in todo]):
             return 1
+        report_adopted([s for s in states if s.asset in todo])
+    if errors:
+        print(f"valuebias: {len(errors)} partition(s) could not be checked (above); their stored outputs and the "
+              "statistics are kept as they are. Fix the input, or remove the model from the registry, and run "
+              "again.", file=sys.stderr)
+        return 1
     if not run_stale_partitions("mwlr_job", "mwlr_pair", list(config.pair_models())):
         return 1
-    states = registry_states(instance, config)
-    if config.reward_models():
-        stale = list(STATISTICS_ASSETS) if args.all else statistics_to_run(states)
-        if stale:
-            if not step(f"rm_statistics_job[{', '.join(stale)}]", "rm_statistics_job", partition_key=None,
-                        asset_selection=[dg.AssetKey(a) for a in stale]):
-                return 1
-        else:
-            print("rm_statistics_job skipped: every statistics table is fresh")
-    if config.language_models():
-        stale = list(LM_STATISTICS_ASSETS) if args.all else statistics_to_run(states, LM_STATISTICS_ASSETS,
-                                                                                LM_DOWNSTREAM)
-        if stale:
-            if not step(f"lm_statistics_job[{', '.join(stale)}]", "lm_statistics_job", partition_key=None,
-                        asset_selection=[dg.AssetKey(a) for a in stale]):
-                return 1
-        else:
-            print("lm_statistics_job skipped: every LM statistics table is fresh")
+    def run_statistics(job_name: str, assets: tuple[str, ...], downstream: dict, label: str) -> bool:
+        """Runs the stale statistics tables, those no other stale table feeds first: a table that
+        recomputes to the same data version leaves what reads it fresh. Missing tables run with everything
+        downstream of them in one go (a first run)."""
+        ran = False
+        for _ in assets:
+            states = {s.asset: s for s in registry_states(instance, config, content) if s.asset in assets}
+            if args.all:
+                todo = [] if ran else list(assets)
+            else:
+                waiting = {a for a in assets if states[a].state != "fresh"}
+                fed = set().union(*(downstream[a] for a in waiting))
+                todo = [a for a in assets if a in waiting and a not in fed]
+                if any(states[a].state == "missing" for a in todo):
+                    todo = statistics_to_run(list(states.values()), assets, downstream)
+            if not todo:
+                break
+            if not step(f"{job_name}[{', '.join(todo)}]", job_name, partition_key=None,
+                        asset_selection=[dg.AssetKey(a) for a in todo]):
+                return False
+            ran = True
+        if not ran:
+            print(f"{job_name} skipped: every {label} table is fresh")
+        return True
+
+    if config.reward_models() and not run_statistics("rm_statistics_job", STATISTICS_ASSETS, DOWNSTREAM,
+                                                     "statistics"):
+        return 1
+    if config.language_models() and not run_statistics("lm_statistics_job", LM_STATISTICS_ASSETS, LM_DOWNSTREAM,
+                                                       "LM statistics"):
+        return 1
     tables = (["rm_family_tests"] if config.reward_models() else []) + (["mwlr_tokens"] if config.pairs else [])
     hint = " or ".join(f"`valuebias table {t}`" for t in tables)
     print(f"valuebias: done. Try {hint}." if tables else "valuebias: done.")
@@ -230,7 +283,7 @@ def cmd_status(args) -> int:
         "asset": s.asset, "partition": s.partition or "", "state": s.state, "reason": s.reason,
         "last_run": s.run_id or "", "data_version": s.data_version or "",
         "sequences_scored": s.metadata.get("sequences_scored"), "sequences_reused": s.metadata.get("sequences_reused"),
-    } for s in registry_states(instance, config)]
+    } for s in registry_states(instance, config, content_check(config, args.verify))]
     table = pl.DataFrame(rows, schema={"asset": pl.Utf8, "partition": pl.Utf8, "state": pl.Utf8, "reason": pl.Utf8,
                                        "last_run": pl.Utf8, "data_version": pl.Utf8,
                                        "sequences_scored": pl.Int64, "sequences_reused": pl.Int64})
@@ -315,10 +368,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="registry config (default: valuebias.yaml)")
     run.add_argument("--verbose", action="store_true", help="show Dagster's INFO logs")
     run.add_argument("--all", action="store_true", help="recompute fresh partitions too")
+    run.add_argument("--verify", action="store_true",
+                     help="recompute the full digest of every local model file (catches a same-size replacement "
+                          "that kept its mtime and inode, e.g. `cp -p`)")
     run.set_defaults(func=cmd_run)
     status = sub.add_parser("status", help="one row per asset partition: fresh, stale (and why) or missing")
     status.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     status.add_argument("--config", help="registry config (default: valuebias.yaml)")
+    status.add_argument("--verify", action="store_true",
+                        help="recompute the full digest of every local model file instead of trusting cached ones")
     status.set_defaults(func=cmd_status)
     table = sub.add_parser("table", help="print a stored table")
     table.add_argument("name", choices=TABLE_NAMES)

@@ -62,13 +62,15 @@ def model_partitions_sensor(context: dg.SensorEvaluationContext, registry: Regis
             requests.append(dg.AddDynamicPartitionsRequest(name, added))
         if removed:
             requests.append(dg.DeleteDynamicPartitionsRequest(name, removed))
-    # A changed model entry (new fingerprint) is invisible to data versions: request exactly those partitions.
+    # A changed model entry (new fingerprint) or content is invisible to data versions: request exactly those
+    # partitions, once per (entry, content) state.
     changed = [r for r in stale_scoring_requests(context.instance, registry)
                + stale_language_model_requests(context.instance, registry)
                if r.partition_key not in added_keys and "model" in r.tags.get("valuebias/reason", "")]
     run_requests = [dg.RunRequest(job_name=r.job_name, partition_key=r.partition_key, tags=r.tags,
                                   asset_selection=r.asset_selection,
-                                  run_key=f"{r.partition_key}:{config.models[r.partition_key].fingerprint}")
+                                  run_key=f"{r.partition_key}:{config.models[r.partition_key].fingerprint}:"
+                                          f"{r.tags.get('valuebias/content', '')}")
                     for r in changed]
     # A pair reads two model partitions (no partition mapping says so): compute missing and stale pairs here.
     run_requests += [dg.RunRequest(job_name=r.job_name, partition_key=r.partition_key, tags=r.tags,

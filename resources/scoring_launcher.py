@@ -91,12 +91,20 @@ class ScoringLauncher(dg.ConfigurableResource):
                 "outputs": outputs, "demo_dir": str(Path(config.state_dir) / "demo_models"),
                 "base_dir": str(config.base_dir), "batch_size": self.batch_size or config.scoring_batch_size,
                 "threads": config.scoring_threads, "device": self.device or None,
-                "word_rule": config.implicit_rewards.word_rule}
+                "word_rule": config.implicit_rewards.word_rule,
+                "digest_cache": str(config.digest_cache_path)}
 
     def score(self, context: dg.AssetExecutionContext, config: RegistryConfig, task: str, model: ModelConfig,
               storage_spec: dict, inputs: dict[str, str], outputs: dict[str, str]) -> tuple[dict[str, Any], str]:
         """:meth:`task_spec` then :meth:`run`: what a scoring asset calls."""
         return self.run(context, config, self.task_spec(config, task, model, storage_spec, inputs, outputs))
+
+    def identify(self, context: dg.AssetExecutionContext, config: RegistryConfig, model: ModelConfig,
+                 storage_spec: dict) -> dict[str, Any]:
+        """The content identity of ``model`` as the worker computes it where the weights are (no scoring)."""
+        metadata, _ = self.score(context, config, "identify", model, storage_spec, inputs={}, outputs={})
+        content = metadata["content"]
+        return content.value if isinstance(content, dg.MetadataValue) else content
 
     def run(self, context: dg.AssetExecutionContext, config: RegistryConfig, spec: dict[str, Any]
             ) -> tuple[dict[str, Any], str]:

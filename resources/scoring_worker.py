@@ -9,7 +9,13 @@ or in a Kubernetes pod on a GPU node (``scoring.launcher: kubernetes``). Its tas
 - ``storage``: where product data lives (:meth:`ObjectStore.to_spec`: a URI and retry settings, never
   credentials: those come from the worker's environment);
 - ``inputs`` / ``outputs``: storage keys to read and to write;
-- ``demo_dir``, ``base_dir``, ``batch_size``, ``threads``, ``device``, ``word_rule``.
+- ``demo_dir``, ``base_dir``, ``batch_size``, ``threads``, ``device``, ``word_rule``;
+- ``digest_cache``: the file of cached weight digests (``<state_dir>/content_digests.json``), used when
+  this process can see it (a subprocess on the same machine), else every digest is computed here.
+
+Every task computes the model's content identity where the weights are (``valuebias.model_content``) and
+reports it as ``content`` metadata with the rest of the provenance. The ``identify`` task does only that
+(a state recorded before content identities existed adopts its outputs with it).
 
 The worker reads its inputs from storage, runs the model (``valuebias.score_partition`` /
 ``valuebias.lm_partition``, the science), writes its outputs to storage (each write atomic), logs progress
@@ -30,6 +36,7 @@ import polars as pl
 
 from resources.object_store import ObjectStore, read_input_uri
 from valuebias.errors import InputError
+from valuebias.model_content import model_content, published_identity
 from valuebias.published import read_published_scores
 from valuebias.table_version import content_version, large_table_version
 
@@ -76,9 +83,10 @@ def import_published_scores(model_id: str, files: dict[str, str], base_dir: str,
     """Reads the authors' wide score files (``response`` + one column per prompt id), one per corpus
     (``files``: {corpus id: uri}), keeping the words of that corpus. Metadata counts what matched."""
     prompt_ids = prompts["prompt"].to_list()
-    tables, metadata = [], {}
+    tables, metadata, contents = [], {}, {}
     for corpus_id, uri in files.items():
-        scores = read_published_scores(read_input_uri(uri, base_dir=base_dir), source=uri,
+        contents[uri] = read_input_uri(uri, base_dir=base_dir)
+        scores = read_published_scores(contents[uri], source=uri,
                                        prompt_ids=prompt_ids).unique(maintain_order=True)  # exact duplicates
         clash = scores.filter(pl.struct("prompt", "word").is_duplicated())
         if not clash.is_empty():
@@ -95,6 +103,7 @@ def import_published_scores(model_id: str, files: dict[str, str], base_dir: str,
     table = pl.concat(tables).sort("corpus", "prompt", "word")
     metadata["sequences_scored"] = 0
     metadata["rows_imported"] = len(table)
+    metadata["content"] = published_identity(files, contents.__getitem__).to_metadata()
     return table, metadata
 
 
@@ -123,8 +132,8 @@ def rm_word_scores(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFra
     return score_reward_model(
         model_id, model["source"], model["settings"], prompts=prompts, corpus_words=words,
         demo_dir=Path(spec["demo_dir"]), batch_size=int(spec["batch_size"]), device=spec.get("device"),
-        cache=lambda identity: StorageScoreCache(store, f"score_cache/{model_id}/{identity}/"),
-        progress=throttled_progress(log, model_id, "sequences scored"))
+        cache=lambda key: StorageScoreCache(store, f"score_cache/{model_id}/{key}/"),
+        progress=throttled_progress(log, model_id, "sequences scored"), digest_cache=spec.get("digest_cache"))
 
 
 def rm_vocabulary_sweep(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
@@ -142,7 +151,7 @@ def rm_vocabulary_sweep(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.Da
     table, metadata = sweep_reward_model(model["model_id"], model["source"], model["settings"],
                                          model["vocabulary_sweep"], prompts=prompts, corpus_words=words,
                                          demo_dir=Path(spec["demo_dir"]), batch_size=int(spec["batch_size"]),
-                                         device=spec.get("device"))
+                                         device=spec.get("device"), digest_cache=spec.get("digest_cache"))
     store.write_parquet(spec["outputs"]["extremes"], sweep_extremes(table, model["vocabulary_sweep"]["top_n"]))
     return table, metadata
 
@@ -156,7 +165,7 @@ def lm_next_token_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl
     prompts, words = _inputs(spec, store)
     return score_language_model(model["model_id"], model["source"], model["settings"], model["variant"],
                                 prompts=prompts, corpus_words=words, demo_dir=Path(spec["demo_dir"]),
-                                device=spec.get("device"),
+                                device=spec.get("device"), digest_cache=spec.get("digest_cache"),
                                 progress=throttled_progress(log, model["model_id"], "prompts"))
 
 
@@ -173,20 +182,37 @@ def lm_word_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataF
         from valuebias.lm_scoring import load_language_model
 
         _set_threads(spec)
-        return load_language_model(resolve_language_model(
-            model["model_id"], model["source"], model["settings"], model["variant"],
-            demo_dir=Path(spec["demo_dir"]), prompts=prompts, corpus_words=words), device=spec.get("device"))
+        source, _ = resolve_language_model(model["model_id"], model["source"], model["settings"], model["variant"],
+                                           demo_dir=Path(spec["demo_dir"]), prompts=prompts, corpus_words=words,
+                                           digest_cache=spec.get("digest_cache"))
+        return load_language_model(source, device=spec.get("device"))
 
     return language_model_word_logprobs(model["model_id"], next_token, words, prompts, rule=spec["word_rule"],
                                         load=load, batch_size=int(spec["batch_size"]))
 
 
+def identify(spec: dict, store: ObjectStore, log: Log) -> tuple[None, dict]:
+    """Only the content identity of a hub, local or published model, computed here (no scoring)."""
+    from valuebias.model_content import DigestCache
+
+    model = spec["model"]
+    identity = model_content(model["model_id"], model["source"], model["settings"],
+                             cache=DigestCache(spec.get("digest_cache")),
+                             read=lambda uri: read_input_uri(uri, base_dir=spec["base_dir"]))
+    if identity is None:
+        raise InputError("a demonstration model is identified by its build, not by a stored file",
+                         source=f"models.{model['model_id']}")
+    log(f"{model['model_id']}: content identity {identity.digest}")
+    return None, {"content": identity.to_metadata()}
+
+
 #: task name -> (function, how its output's data version is computed)
-TASKS: dict[str, tuple[Callable[[dict, ObjectStore, Log], tuple[pl.DataFrame, dict]], Callable]] = {
+TASKS: dict[str, tuple[Callable[[dict, ObjectStore, Log], tuple[pl.DataFrame | None, dict]], Callable]] = {
     "rm_word_scores": (rm_word_scores, content_version),
     "rm_vocabulary_sweep": (rm_vocabulary_sweep, content_version),
     "lm_next_token_logprobs": (lm_next_token_logprobs, large_table_version),
     "lm_word_logprobs": (lm_word_logprobs, content_version),
+    "identify": (identify, None),
 }
 
 
@@ -198,6 +224,8 @@ def run_task(spec: dict, log: Log) -> tuple[dict[str, Any], str]:
     compute, version_of = TASKS[spec["task"]]
     store = ObjectStore.from_spec(spec["storage"])
     table, metadata = compute(spec, store, log)
+    if table is None:  # identify: nothing written; the identity is the version
+        return metadata, metadata["content"]["digest"]
     uri = store.write_parquet(spec["outputs"]["table"], table)
     log(f"{spec['model']['model_id']}: wrote {len(table)} rows to {uri}")
     return {**metadata, "rows": len(table)}, version_of(table)

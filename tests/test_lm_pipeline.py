@@ -130,7 +130,8 @@ def test_lm_and_pair_partitions_materialize(tmp_path, state_dir):
         assert pair.columns == ["pair", "prompt", "token", "logprob_a", "logprob_b", "mwlr"]
         event = instance.get_latest_materialization_event(dg.AssetKey("mwlr_pair"))
         recorded = event.asset_materialization.metadata["input_versions"].value
-        assert set(recorded) == {"lm_next_token_logprobs[lm-llama-it]", "lm_next_token_logprobs[lm-gemma-it]"}
+        assert set(recorded) == {"lm_next_token_logprobs[lm-llama-it]", "lm_next_token_logprobs[lm-gemma-it]",
+                                 "code"}
 
 
 def test_run_shows_the_planted_preference_and_a_new_pair_recomputes_only_itself(tmp_path, state_dir, cli):
@@ -182,7 +183,8 @@ def test_run_shows_the_planted_preference_and_a_new_pair_recomputes_only_itself(
     assert ran(third, "lm_scoring_job") == []
     assert ran(third, "mwlr_job") == [SECOND_PAIR]
     assert f"mwlr_job[{FIRST_PAIR}] skipped: fresh" in third
-    assert ran(third, "lm_statistics_job") == ["lm_posthoc, mwlr_tokens, mwlr_words, lm_report"]
+    # the tables that read the pairs first, then the report, whose inputs those changed
+    assert ran(third, "lm_statistics_job") == ["lm_posthoc, mwlr_tokens, mwlr_words", "lm_report"]
     assert set(csv_table(cli, "mwlr_tokens", config)["pair"]) == {FIRST_PAIR, SECOND_PAIR}
 
     instance = dg.DagsterInstance.from_config(str(state_dir / "dagster"))
@@ -207,8 +209,9 @@ def test_full_sequence_rule_scores_the_words_that_are_several_tokens(tmp_path, s
     assert meta["demo_converged"] and meta["max_probability_sum_error"] < 1e-4
 
     def load():
-        return load_language_model(resolve_language_model(*args, demo_dir=state_dir / "demo_models",
-                                                          prompts=prompts, corpus_words=corpus), device="cpu")
+        source, _ = resolve_language_model(*args, demo_dir=state_dir / "demo_models", prompts=prompts,
+                                           corpus_words=corpus)
+        return load_language_model(source, device="cpu")
 
     # Two words the demo LM never saw whole: several tokens each.
     extra = pl.DataFrame({"corpus": "small", "word": ["self-control", "team-work"], "category": "Agency"})

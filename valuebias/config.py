@@ -128,6 +128,11 @@ class RegistryConfig:
     def base_dir(self) -> Path:
         return self.path.parent
 
+    @property
+    def digest_cache_path(self) -> Path:
+        """The cached digests of local model files (``valuebias.model_content.DigestCache``)."""
+        return Path(self.state_dir) / "content_digests.json"
+
     def reward_models(self) -> list[ModelConfig]:
         return [m for m in self.models.values() if m.kind == "reward_model"]
 

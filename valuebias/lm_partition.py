@@ -48,10 +48,13 @@ def demo_training_words(corpus_words: pl.DataFrame, corpus: str) -> dict[str, li
 
 
 def resolve_language_model(model_id: str, source: str, settings: dict[str, Any], variant: str, *, demo_dir: Path,
-                           prompts: pl.DataFrame, corpus_words: pl.DataFrame):
-    """The :class:`~valuebias.lm_scoring.LanguageModelSource` to load: as configured, or a demo LM
-    built (cached by its recipe fingerprint) under ``demo_dir / model_id``."""
+                           prompts: pl.DataFrame, corpus_words: pl.DataFrame,
+                           digest_cache: str | Path | None = None):
+    """(the :class:`~valuebias.lm_scoring.LanguageModelSource` to load, its content identity): as configured
+    (a hub id pinned to the commit it resolves to now), or a demo LM built (cached by its recipe
+    fingerprint) under ``demo_dir / model_id``."""
     from valuebias.lm_scoring import LanguageModelSource
+    from valuebias.model_content import demo_identity, resolve_for_loading
 
     if source == "demo":
         from valuebias.demo_lms import DemoLMRecipe, build_demo_language_model
@@ -64,15 +67,16 @@ def resolve_language_model(model_id: str, source: str, settings: dict[str, Any],
             demo_dir / model_id, recipe,
             words_by_category=demo_training_words(corpus_words, settings["train_corpus"]),
             prompts=list(zip(prompts["text"].to_list(), prompts["framing"].to_list())))
-        return LanguageModelSource(model_id=model_id, path=str(path), variant=variant)
+        return LanguageModelSource(model_id=model_id, path=str(path), variant=variant), demo_identity(path)
     if source != "huggingface":
         from valuebias.errors import InputError
 
         raise InputError(f"a language model cannot come from a '{source}' source", source=f"models.{model_id}")
-    return LanguageModelSource(model_id=model_id, path=settings["path"], variant=variant,
-                               revision=settings.get("revision"), dtype=settings.get("dtype", "auto"),
-                               trust_remote_code=settings.get("trust_remote_code", False),
-                               allow_pickle=settings.get("allow_pickle", False))
+    resolved, identity = resolve_for_loading(model_id, source, settings, digest_cache=digest_cache)
+    return LanguageModelSource(model_id=model_id, path=resolved["path"], variant=variant,
+                               revision=resolved.get("revision"), dtype=resolved.get("dtype", "auto"),
+                               trust_remote_code=resolved.get("trust_remote_code", False),
+                               allow_pickle=resolved.get("allow_pickle", False)), identity
 
 
 def _demo_summary(path: str) -> dict[str, Any]:
@@ -89,8 +93,8 @@ def _demo_summary(path: str) -> dict[str, Any]:
 
 def score_language_model(model_id: str, source: str, settings: dict[str, Any], variant: str, *,
                          prompts: pl.DataFrame, corpus_words: pl.DataFrame, demo_dir: Path,
-                         device: str | None = None,
-                         progress: Callable[[int, int], None] | None = None) -> tuple[pl.DataFrame, dict]:
+                         device: str | None = None, progress: Callable[[int, int], None] | None = None,
+                         digest_cache: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
     """Next-token log-probs over the whole vocabulary for every prompt (one forward pass each).
 
     Returns ``model, prompt, token_id, token, logprob`` (prompt-major, ids ascending) and metadata:
@@ -98,10 +102,11 @@ def score_language_model(model_id: str, source: str, settings: dict[str, Any], v
     summing to 1, and for a demo LM its training summary. Raises ``ValueError`` when a prompt's
     probabilities do not sum to 1 (within ``PROBABILITY_SUM_TOLERANCE``)."""
     from valuebias.lm_scoring import load_language_model, next_token_logprobs
+    from valuebias.score_partition import provenance
 
     started = time.perf_counter()
-    src = resolve_language_model(model_id, source, settings, variant, demo_dir=demo_dir, prompts=prompts,
-                                 corpus_words=corpus_words)
+    src, identity = resolve_language_model(model_id, source, settings, variant, demo_dir=demo_dir, prompts=prompts,
+                                           corpus_words=corpus_words, digest_cache=digest_cache)
     built = time.perf_counter()
     loaded = load_language_model(src, device=device)
     t0 = time.perf_counter()
@@ -126,6 +131,7 @@ def score_language_model(model_id: str, source: str, settings: dict[str, Any], v
         "total_seconds": round(time.perf_counter() - started, 3),
         "model_path": src.path,
         **_demo_summary(src.path),
+        **provenance(identity, loaded.tokenizer, template_used=variant == "instruction_tuned"),
     }
     return table.cast(NEXT_TOKEN_SCHEMA), metadata
 

@@ -8,13 +8,14 @@ them. It imports torch and transformers; the Dagster code location does not.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import polars as pl
+
+from valuebias.model_content import ContentIdentity, demo_identity, resolve_for_loading, score_cache_key, text_sha256
 
 SCORE_SCHEMA = {"model": pl.Utf8, "corpus": pl.Utf8, "prompt": pl.Utf8, "word": pl.Utf8, "score": pl.Float64}
 
@@ -27,10 +28,12 @@ def demo_words_by_category(corpus_words: pl.DataFrame, corpus: str) -> dict[str,
 
 
 def resolve_model_path(model_id: str, source: str, settings: dict[str, Any], *, demo_dir: Path,
-                       prompts: pl.DataFrame, corpus_words: pl.DataFrame) -> dict[str, Any]:
-    """The huggingface-style settings to load: as configured, or a demo model built (cached) on disk."""
+                       prompts: pl.DataFrame, corpus_words: pl.DataFrame,
+                       digest_cache: str | Path | None = None) -> tuple[dict[str, Any], ContentIdentity]:
+    """(the huggingface-style settings to load, the content identity of what they load): as configured
+    (a hub id pinned to the commit it resolves to now), or a demo model built (cached) on disk."""
     if source != "demo":
-        return dict(settings)
+        return resolve_for_loading(model_id, source, settings, digest_cache=digest_cache)
     from valuebias.demo_models import DemoRecipe, build_demo_reward_model
 
     recipe = DemoRecipe(architecture=settings["architecture"], preferred_category=settings["preferred_category"],
@@ -41,7 +44,7 @@ def resolve_model_path(model_id: str, source: str, settings: dict[str, Any], *, 
         words_by_category=demo_words_by_category(corpus_words, settings["train_corpus"]),
         prompts=list(zip(prompts["text"].to_list(), prompts["framing"].to_list())),
     )
-    return {"path": str(path), "score": "logits[0]"}
+    return {"path": str(path), "score": "logits[0]"}, demo_identity(path)
 
 
 class ScoreCache(Protocol):
@@ -56,14 +59,15 @@ def empty_cache() -> pl.DataFrame:
     return pl.DataFrame(schema={"key": pl.Utf8, "score": pl.Float64})
 
 
-def model_identity(hf: dict[str, Any]) -> str:
-    """What determines a model's scores: its load settings and, for a built demo model, its build
-    fingerprint (the weights change when its training words do)."""
-    payload = dict(hf)
-    recipe = Path(hf["path"]) / "recipe.json"
-    if recipe.is_file():
-        payload["built"] = json.loads(recipe.read_text()).get("fingerprint")
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+def provenance(identity: ContentIdentity, tokenizer, *, template_used: bool = True) -> dict[str, Any]:
+    """What the worker knows about the scores it produced: the content identity of the model, the hash of
+    the chat template actually used, and the torch and transformers versions."""
+    import torch
+    import transformers
+
+    template = text_sha256(tokenizer.chat_template) if template_used else "none (raw prompt text)"
+    return {"content": identity.to_metadata(), "chat_template_sha256": template,
+            "torch": torch.__version__, "transformers": transformers.__version__}
 
 
 def sequence_key(rendered: str) -> str:
@@ -75,10 +79,12 @@ def sequence_key(rendered: str) -> str:
 def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, prompts: pl.DataFrame,
                        corpus_words: pl.DataFrame, demo_dir: Path, batch_size: int = 64,
                        device: str | None = None, cache: Callable[[str], ScoreCache] | None = None,
-                       progress: Callable[[int, int], None] | None = None) -> tuple[pl.DataFrame, dict]:
+                       progress: Callable[[int, int], None] | None = None,
+                       digest_cache: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
     """Scores every unique corpus word under every prompt with the model's own chat template.
 
-    ``cache(identity)`` gives the score cache of the resolved model (``model_identity``). With it,
+    ``cache(key)`` gives the score cache of the resolved model, keyed by its content identity
+    (``valuebias.model_content.score_cache_key``: other weights never share a cache). With it,
     sequences already scored by this model (same rendered conversation) are reused,
     and each prompt's new scores are saved as one chunk as soon as they are computed, so an interrupted
     partition resumes where it stopped. Returns the long table (model, corpus, prompt, word, score) and
@@ -87,12 +93,12 @@ def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, 
     from valuebias.scoring import HuggingFaceSource, check_source, load_reward_model, render_conversation
 
     started = time.perf_counter()
-    hf = resolve_model_path(model_id, source, settings, demo_dir=demo_dir, prompts=prompts,
-                            corpus_words=corpus_words)
+    hf, identity = resolve_model_path(model_id, source, settings, demo_dir=demo_dir, prompts=prompts,
+                                      corpus_words=corpus_words, digest_cache=digest_cache)
     src = HuggingFaceSource(model_id=model_id, **hf)
     words = sorted(corpus_words["word"].unique().to_list())
     tokenizer = _load_tokenizer(check_source(src))
-    cache = cache(model_identity(hf)) if cache is not None else None
+    cache = cache(score_cache_key(hf, identity)) if cache is not None else None
     cached = cache.read() if cache is not None else empty_cache()
     known = dict(zip(cached["key"].to_list(), cached["score"].to_list()))
 
@@ -142,6 +148,7 @@ def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, 
         "total_seconds": round(time.perf_counter() - started, 3),
         "sequences_per_second": round(scored / score_seconds, 1) if score_seconds else None,
         "model_path": hf["path"],
+        **provenance(identity, tokenizer),
     }
     return table.cast(SCORE_SCHEMA), metadata
 
@@ -151,7 +158,7 @@ SWEEP_SCHEMA = {"model": pl.Utf8, "prompt": pl.Utf8, "token_id": pl.Int32, "toke
 
 def sweep_reward_model(model_id: str, source: str, settings: dict[str, Any], sweep: dict[str, Any], *,
                        prompts: pl.DataFrame, corpus_words: pl.DataFrame, demo_dir: Path, batch_size: int = 64,
-                       device: str | None = None) -> tuple[pl.DataFrame, dict]:
+                       device: str | None = None, digest_cache: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
     """Scores every vocabulary token, decoded, as the response to each sweep prompt (METHOD.md section 6,
     the FAccT predecessor). Ids that decode to the same string share one score (same conversation).
     Returns (model, prompt, token_id, token, score) and metadata."""
@@ -167,8 +174,8 @@ def sweep_reward_model(model_id: str, source: str, settings: dict[str, Any], swe
         raise InputError(f"unknown prompt id(s) {unknown}", source=f"models.{model_id}",
                          field="vocabulary_sweep.prompts")
     started = time.perf_counter()
-    hf = resolve_model_path(model_id, source, settings, demo_dir=demo_dir, prompts=prompts,
-                            corpus_words=corpus_words)
+    hf, identity = resolve_model_path(model_id, source, settings, demo_dir=demo_dir, prompts=prompts,
+                                      corpus_words=corpus_words, digest_cache=digest_cache)
     src = HuggingFaceSource(model_id=model_id, **hf)
     loaded = load_reward_model(src, device=device)
     vocabulary = decoded_vocabulary(loaded.tokenizer, len(loaded.tokenizer))
@@ -184,7 +191,9 @@ def sweep_reward_model(model_id: str, source: str, settings: dict[str, Any], swe
     return table.cast(SWEEP_SCHEMA), {
         "vocabulary_size": len(vocabulary), "distinct_strings": len(strings), "prompts": chosen.height,
         "sequences_scored": len(strings) * chosen.height, "engine": info["engine"],
-        "oom_halvings": info.get("oom_halvings", 0), "seconds": round(time.perf_counter() - started, 3)}
+        "oom_halvings": info.get("oom_halvings", 0), "seconds": round(time.perf_counter() - started, 3),
+        "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
+        **provenance(identity, loaded.tokenizer)}
 
 
 def sweep_extremes(sweep: pl.DataFrame, top_n: int) -> pl.DataFrame:
