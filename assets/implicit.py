@@ -14,7 +14,7 @@ import polars as pl
 
 from assets.tables import (TABLE_KEYS, large_table_version, lm_next_token_key, mwlr_key, table_result,
                            write_table)
-from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions
+from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
 from orchestration.partitions import pair_partitions
 from resources.registry import Registry
 from resources.storage import Storage
@@ -31,7 +31,7 @@ WORD_COLUMNS = ["pair", "model_a", "model_b", "prompt", "framing", "word", "mwlr
     partitions_def=pair_partitions,
     group_name="implicit_rewards",
     kinds={"polars", "parquet"},
-    deps=[dg.AssetDep("lm_next_token_logprobs", partition_mapping=dg.AllPartitionMapping())],
+    deps=reads("mwlr_pair"),
     code_version=CODE_VERSIONS["mwlr_pair"],
 )
 def mwlr_pair(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
@@ -84,7 +84,7 @@ def _with_pair(table: pl.DataFrame, pair: str, models: tuple[str, str], framing:
                           pl.lit(models[1]).alias("model_b")))
 
 
-@dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=["mwlr_pair", "prompts"],
+@dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=reads("mwlr_tokens"),
            code_version=CODE_VERSIONS["mwlr_tokens"])
 def mwlr_tokens(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Table 1 for every pair and prompt: the ``implicit_rewards.top_n`` token strings with the highest
@@ -113,7 +113,7 @@ def mwlr_tokens(context: dg.AssetExecutionContext, registry: Registry, storage: 
                         preview_rows=2 * n)
 
 
-@dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=["mwlr_pair", "prompts"],
+@dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=reads("mwlr_words"),
            code_version=CODE_VERSIONS["mwlr_words"])
 def mwlr_words(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Figure 3's data: per pair and prompt, the MWLR of each ``implicit_rewards.words`` word, averaged over

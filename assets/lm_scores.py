@@ -9,8 +9,8 @@ from assets.partition_models import adopt_recorded_outputs, partition_model, pla
 from assets.rm_scores import SCORING_INPUTS
 from assets.tables import (content_version, large_table_version, lm_next_token_key, lm_word_logprobs_key,
                            promote_validated, staging_key, stored_table_result, table_result)
-from assets.versions import CODE_VERSIONS
-from orchestration.partitions import model_partitions
+from assets.versions import CODE_VERSIONS, reads
+from orchestration.partitions import language_model_partitions
 from resources.registry import Registry
 from resources.scoring_launcher import ScoringLauncher
 from resources.storage import Storage
@@ -18,10 +18,10 @@ from resources.validation import ContractValidator
 
 
 @dg.asset(
-    partitions_def=model_partitions,
+    partitions_def=language_model_partitions,
     group_name="lm_scoring",
     kinds={"pytorch", "parquet"},
-    deps=["prompts", "corpus_words", "model_registry"],
+    deps=reads("lm_next_token_logprobs"),
     pool="gpu",
     code_version=CODE_VERSIONS["lm_next_token_logprobs"],
 )
@@ -44,10 +44,10 @@ def lm_next_token_logprobs(context: dg.AssetExecutionContext, registry: Registry
 
 
 @dg.asset(
-    partitions_def=model_partitions,
+    partitions_def=language_model_partitions,
     group_name="lm_scoring",
     kinds={"pytorch", "parquet"},
-    deps=["lm_next_token_logprobs", "corpus_words", "prompts"],
+    deps=reads("lm_word_logprobs"),
     pool="gpu",
     code_version=CODE_VERSIONS["lm_word_logprobs"],
 )

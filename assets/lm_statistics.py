@@ -7,8 +7,8 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from assets.tables import TABLE_KEYS, content_version, lm_word_logprobs_key, table_result, write_table
-from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions
+from assets.tables import TABLE_KEYS, lm_word_logprobs_key, report_result, table_result, write_table
+from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
 from resources.registry import Registry
 from resources.storage import Storage
 from valuebias.config import RegistryConfig
@@ -42,7 +42,7 @@ def load_word_logprobs(config: RegistryConfig, storage: Storage) -> pl.DataFrame
 
 
 @dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"},
-          deps=["lm_word_logprobs", "corpus_words", "prompts", "model_registry"],
+          deps=reads("lm_rank_cells"),
            code_version=CODE_VERSIONS["lm_rank_cells"])
 def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Median rank per (corpus, prompt, category, model): within each (model, prompt), the words every
@@ -75,7 +75,7 @@ def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)})
 
 
-@dg.asset(group_name="lm_statistics", kinds={"statsmodels", "parquet"}, deps=["lm_rank_cells"],
+@dg.asset(group_name="lm_statistics", kinds={"statsmodels", "parquet"}, deps=reads("lm_anova"),
            code_version=CODE_VERSIONS["lm_anova"])
 def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Type-II three-way ANOVA per corpus: median_rank ~ category * valence * model (F, df, p per term)."""
@@ -107,7 +107,7 @@ def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Sto
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40)
 
 
-@dg.asset(group_name="lm_statistics", kinds={"scipy", "parquet"}, deps=["lm_rank_cells"],
+@dg.asset(group_name="lm_statistics", kinds={"scipy", "parquet"}, deps=reads("lm_posthoc"),
            code_version=CODE_VERSIONS["lm_posthoc"])
 def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Per corpus and configured pair, Welch's t-test of the two models' median-rank cells in every
@@ -145,7 +145,7 @@ def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: S
 
 
 @dg.asset(group_name="lm_statistics", kinds={"matplotlib", "markdown"},
-          deps=["lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words"],
+          deps=reads("lm_report"),
            code_version=CODE_VERSIONS["lm_report"])
 def lm_report(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """The language-model report: Figure-2 tables per corpus, Table 1 (top and bottom MWLR strings) for
@@ -166,9 +166,10 @@ def lm_report(context: dg.AssetExecutionContext, registry: Registry, storage: St
         sections += [f"## {corpus_id}", "### Mean median rank per model (1 = best)", markdown_table(summary),
                      "### lm_anova", markdown_table(anova.filter(pl.col("corpus") == corpus_id).drop("corpus")),
                      "### lm_posthoc", markdown_table(posthoc.filter(pl.col("corpus") == corpus_id).drop("corpus"))]
-    png_uri = storage.write_bytes("reports/figure3.png", figure3_png(
-        words, title="MWLR of " + ", ".join(config.implicit_rewards.words) + " per pair"))
-    sections += ["## Implicit rewards (MWLR)", f"Figure 3: `{png_uri}`"]
+    plots = {"figure3.png": figure3_png(words, title="MWLR of " + ", ".join(config.implicit_rewards.words)
+                                        + " per pair")}
+    storage.write_bytes("reports/figure3.png", plots["figure3.png"])
+    sections += ["## Implicit rewards (MWLR)", "![Figure 3: MWLR of the chosen words per pair](figure3.png)"]
     for pair in tokens["pair"].unique(maintain_order=True).to_list():
         rows = tokens.filter(pl.col("pair") == pair)
         prompt = rows["prompt"][0]
@@ -181,9 +182,5 @@ def lm_report(context: dg.AssetExecutionContext, registry: Registry, storage: St
                                                                pl.len().alias("prompts"))
                  .sort("pair", "word", "framing"))
         sections += ["### Mean word MWLR per pair and framing", markdown_table(means)]
-    text = "\n\n".join(sections) + "\n"
-    uri = storage.write_bytes("reports/lm_report.md", text.encode())
-    return dg.MaterializeResult(metadata={
-        "report": dg.MetadataValue.md(text), "uri": dg.MetadataValue.path(uri),
-        "figure3": dg.MetadataValue.path(png_uri), INPUT_VERSIONS: dg.MetadataValue.json(versions)},
-        data_version=dg.DataVersion(content_version(pl.DataFrame({"report": [text]}))))
+    return report_result(storage, "reports/lm_report.md", "\n\n".join(sections) + "\n", plots,
+                         {INPUT_VERSIONS: dg.MetadataValue.json(versions)})

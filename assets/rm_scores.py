@@ -9,8 +9,8 @@ import dagster as dg
 from assets.partition_models import adopt_recorded_outputs, partition_model, plain, record_scoring
 from assets.tables import (TABLE_KEYS, content_version, promote_validated, rm_sweep_tokens_key,
                            rm_vocabulary_sweep_key, rm_word_scores_key, staging_key, stored_table_result, table_result)
-from assets.versions import CODE_VERSIONS
-from orchestration.partitions import model_partitions
+from assets.versions import CODE_VERSIONS, reads
+from orchestration.partitions import reward_model_partitions, swept_reward_model_partitions
 from resources.registry import Registry
 from resources.scoring_launcher import ScoringLauncher
 from resources.storage import Storage
@@ -22,10 +22,10 @@ SCORING_INPUTS = {"prompts": TABLE_KEYS["prompts"], "corpus_words": TABLE_KEYS["
 
 
 @dg.asset(
-    partitions_def=model_partitions,
+    partitions_def=reward_model_partitions,
     group_name="scoring",
     kinds={"pytorch", "parquet"},
-    deps=["prompts", "corpus_words", "model_registry"],
+    deps=reads("rm_word_scores"),
     pool="gpu",
     code_version=CODE_VERSIONS["rm_word_scores"],
 )
@@ -49,10 +49,10 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
 
 
 @dg.asset(
-    partitions_def=model_partitions,
+    partitions_def=swept_reward_model_partitions,
     group_name="sweep",
     kinds={"pytorch", "parquet"},
-    deps=["prompts", "corpus_words", "model_registry"],
+    deps=reads("rm_vocabulary_sweep"),
     pool="gpu",
     code_version=CODE_VERSIONS["rm_vocabulary_sweep"],
 )

@@ -4,8 +4,8 @@
 import dagster as dg
 import polars as pl
 
-from assets.tables import TABLE_KEYS, content_version, rm_word_scores_key, table_result, write_table
-from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions
+from assets.tables import TABLE_KEYS, report_result, rm_word_scores_key, table_result, write_table
+from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
 from resources.registry import Registry
 from resources.storage import Storage
 from valuebias.config import RegistryConfig
@@ -36,7 +36,7 @@ def load_reward_model_scores(config: RegistryConfig, storage: Storage) -> pl.Dat
 
 
 @dg.asset(group_name="statistics", kinds={"polars", "parquet"},
-          deps=["rm_word_scores", "corpus_words", "prompts", "model_registry"],
+          deps=reads("rm_rank_cells"),
            code_version=CODE_VERSIONS["rm_rank_cells"])
 def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Median rank per (corpus, model, category, prompt): words ranked by descending score within each
@@ -67,7 +67,7 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)})
 
 
-@dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=["rm_rank_cells"],
+@dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=reads("rm_mixed_model"),
            code_version=CODE_VERSIONS["rm_mixed_model"])
 def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Linear mixed model per corpus, REML: median_rank ~ family * category * framing + (1 | model) (step 4)."""
@@ -92,7 +92,7 @@ def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storag
                         preview_rows=40)
 
 
-@dg.asset(group_name="statistics", kinds={"scipy", "parquet"}, deps=["rm_rank_cells"],
+@dg.asset(group_name="statistics", kinds={"scipy", "parquet"}, deps=reads("rm_family_tests"),
            code_version=CODE_VERSIONS["rm_family_tests"])
 def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """Per panel (category x framing): permutation Welch t-test of the median ranks, family A vs B,
@@ -114,7 +114,7 @@ def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, stora
 
 
 @dg.asset(group_name="report", kinds={"matplotlib", "markdown"},
-          deps=["rm_rank_cells", "rm_mixed_model", "rm_family_tests"], code_version=CODE_VERSIONS["rm_report"])
+          deps=reads("rm_report"), code_version=CODE_VERSIONS["rm_report"])
 def rm_report(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """The Figure-1 report: markdown tables per corpus and a Figure-1-style PNG per corpus."""
     versions = current_input_versions(context.instance, registry.load(), "rm_report")
@@ -123,22 +123,18 @@ def rm_report(context: dg.AssetExecutionContext, registry: Registry, storage: St
     tests = storage.read_parquet(TABLE_KEYS["rm_family_tests"])
     sections, plots = ["# ValueBias report: reward models (Figure 1)"], {}
     for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
-        png_key = f"reports/figure1_{corpus_id}.png"
-        plots[corpus_id] = storage.write_bytes(png_key, figure1_png(corpus_cells, title=f"{corpus_id}: median rank"))
+        name = f"figure1_{corpus_id}.png"
+        plots[name] = figure1_png(corpus_cells, title=f"{corpus_id}: median rank")
+        storage.write_bytes(f"reports/{name}", plots[name])
         summary = (corpus_cells.group_by("family", "category", "framing")
                    .agg(pl.col("median_rank").mean().alias("mean_median_rank"), pl.len().alias("cells"))
                    .sort("category", "framing", "family"))
         sections += [
             f"## {corpus_id}",
-            f"Plot: `{plots[corpus_id]}`",
+            f"![Figure 1, {corpus_id}]({name})",
             "### Mean median rank per family (1 = best)", markdown_table(summary),
             "### rm_family_tests", markdown_table(tests.filter(pl.col("corpus") == corpus_id).drop("corpus")),
             "### rm_mixed_model", markdown_table(mixed.filter(pl.col("corpus") == corpus_id).drop("corpus")),
         ]
-    text = "\n\n".join(sections) + "\n"
-    uri = storage.write_bytes("reports/rm_report.md", text.encode())
-    metadata = {"report": dg.MetadataValue.md(text), "uri": dg.MetadataValue.path(uri),
-                INPUT_VERSIONS: dg.MetadataValue.json(versions)}
-    metadata.update({f"figure1/{cid}": dg.MetadataValue.path(p) for cid, p in plots.items()})
-    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(
-        content_version(pl.DataFrame({"report": [text]}))))
+    return report_result(storage, "reports/rm_report.md", "\n\n".join(sections) + "\n", plots,
+                         {INPUT_VERSIONS: dg.MetadataValue.json(versions)})

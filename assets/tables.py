@@ -98,3 +98,26 @@ def promote_validated(storage: Storage, validator, staged: str, final: str, cont
         raise dg.Failure(f"{what} break their data contract: {report.summary()}", metadata=report.to_metadata())
     storage.move(staged, final)
     return table
+
+
+def report_result(storage: Storage, key: str, text: str, plots: dict[str, bytes], metadata: dict) -> dg.MaterializeResult:
+    """A markdown report: stored at ``key`` with its plots beside it (``reports/<name>.png``, linked by
+    name), and shown in the Dagster UI with every plot embedded in the markdown itself (a data URI), so
+    the UI shows the figures, not paths. The data version covers the text and the plots' bytes."""
+    import hashlib
+
+    from valuebias.report import embedded_png
+
+    uri = storage.write_bytes(key, text.encode())
+    shown = text
+    for name, png in plots.items():
+        link = next(line for line in text.splitlines() if line.endswith(f"]({name})"))
+        shown = shown.replace(link, embedded_png(png, link[2:link.index("](")]), 1)
+    digest = hashlib.sha256(text.encode())
+    for name in sorted(plots):
+        digest.update(hashlib.sha256(plots[name]).digest())
+    return dg.MaterializeResult(
+        metadata={"report": dg.MetadataValue.md(shown), "uri": dg.MetadataValue.path(uri),
+                  **{f"plot/{name}": dg.MetadataValue.path(storage.full_uri(f"reports/{name}")) for name in plots},
+                  **metadata},
+        data_version=dg.DataVersion(digest.hexdigest()[:16]))

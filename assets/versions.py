@@ -14,6 +14,7 @@ config entry, and every computed asset's inputs include its **code version** (``
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Callable
 
 import dagster as dg
 
@@ -28,10 +29,11 @@ from valuebias.model_content import ContentIdentity, DigestCache, describe_chang
 CODE_VERSIONS = {
     "prompts": "1", "corpus_words": "1", "model_registry": "1",
     "rm_word_scores": "1", "rm_vocabulary_sweep": "1",
-    "rm_rank_cells": "1", "rm_mixed_model": "1", "rm_family_tests": "1", "rm_report": "1",
+    "rm_rank_cells": "1", "rm_mixed_model": "1", "rm_family_tests": "1",
+    "rm_report": "2",  # 2: the plots are embedded in the report (the UI shows them), linked by name in the file
     "lm_next_token_logprobs": "1", "lm_word_logprobs": "1", "mwlr_pair": "1",
     "lm_rank_cells": "1", "lm_anova": "1", "lm_posthoc": "1", "mwlr_tokens": "1", "mwlr_words": "1",
-    "lm_report": "1",
+    "lm_report": "2",  # 2: as rm_report
 }
 #: Assets whose output is a function of a model's content (their metadata carries ``content``).
 CONTENT_ASSETS = ("rm_word_scores", "rm_vocabulary_sweep", "lm_next_token_logprobs")
@@ -92,130 +94,214 @@ def _latest_version(instance, asset, partition=None, overrides=None) -> str:
     return data_version(latest_record(instance, asset, partition)) or "missing"
 
 
+def _hash(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
 def analysis_fingerprint(config: RegistryConfig) -> str:
-    payload = json.dumps({"families": config.analysis.families, "permutations": config.analysis.permutations,
-                          "seed": config.analysis.seed}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return _hash({"families": config.analysis.families, "permutations": config.analysis.permutations,
+                  "seed": config.analysis.seed})
+
+
+def implicit_rewards_fingerprint(config: RegistryConfig, *fields: str) -> str:
+    return _hash({name: getattr(config.implicit_rewards, name) for name in fields})
+
+
+# -------------------------------------------------------------------- what each asset reads, declared once
+#
+# ``INPUTS`` is the one declaration of what every computed asset reads. The assets' Dagster ``deps`` are
+# derived from it (``reads``), so the asset graph the UI draws, the run order of ``valuebias run`` and the
+# requests of the sensor and the schedule (``orchestration.plan``, which walks that graph) and the input
+# versions recorded and compared here all come from the same lines.
+#
+# Why not Dagster's own stale status (``CachingStaleStatusResolver``)? It sees data versions and code
+# versions only. Two things here are not Dagster data: a model's registry entry and its content (a
+# published file, a weights folder, a hub commit; see ``valuebias.model_content``), and the settings a
+# table is computed with (families, permutations, word rule). And a pair partition reads two partitions of
+# another dynamic partition set, which no Dagster partition mapping expresses. So every asset records the
+# versions it read (``input_versions``) and staleness compares them; for plain table inputs these *are*
+# Dagster's data versions (``dagster/data_version`` of the latest materialization).
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Where an input's version comes from, for one partition of the reading asset."""
+
+    instance: dg.DagsterInstance
+    config: RegistryConfig
+    partition: str | None
+    overrides: dict[str, str] | None
+
+    def version(self, asset: str, partition: str | None = None) -> str:
+        return _latest_version(self.instance, asset, partition, self.overrides)
+
+    @property
+    def model(self) -> ModelConfig | None:
+        return self.config.models.get(self.partition) if self.partition else None
+
+
+@dataclass(frozen=True)
+class Table:
+    """An unpartitioned stored table (``prompts``, ``rm_rank_cells``); ``only_if`` limits it to some models."""
+
+    asset: str
+    only_if: Callable[[ModelConfig | None], bool] | None = None
+
+    def versions(self, r: Reading) -> dict[str, str]:
+        if self.only_if is not None and not self.only_if(r.model):
+            return {}
+        return {self.asset: r.version(self.asset)}
+
+    def upstream(self, config: RegistryConfig, partition: str | None) -> list[tuple[str, str | None]]:
+        return [(self.asset, None)]
+
+    def dep(self) -> dg.AssetDep:
+        return dg.AssetDep(self.asset)
+
+
+@dataclass(frozen=True)
+class SamePartition:
+    """The same partition of another asset with the same partition set."""
+
+    asset: str
+
+    def versions(self, r: Reading) -> dict[str, str]:
+        return {self.asset: r.version(self.asset, r.partition)}
+
+    def upstream(self, config: RegistryConfig, partition: str | None) -> list[tuple[str, str | None]]:
+        return [(self.asset, partition)]
+
+    def dep(self) -> dg.AssetDep:
+        return dg.AssetDep(self.asset)
+
+
+@dataclass(frozen=True)
+class Partitions:
+    """Some partitions of a partitioned asset: ``keys(config, partition)`` says which (every registered
+    reward model; a pair's two models). Recorded as ``asset[key]``."""
+
+    asset: str
+    keys: Callable[[RegistryConfig, str | None], list[str]]
+
+    def versions(self, r: Reading) -> dict[str, str]:
+        return {f"{self.asset}[{key}]": r.version(self.asset, key) for key in self.keys(r.config, r.partition)}
+
+    def upstream(self, config: RegistryConfig, partition: str | None) -> list[tuple[str, str | None]]:
+        return [(self.asset, key) for key in self.keys(config, partition)]
+
+    def dep(self) -> dg.AssetDep:
+        return dg.AssetDep(self.asset, partition_mapping=dg.AllPartitionMapping())
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Part of the registry config the asset is computed with (not a stored table: no Dagster dependency)."""
+
+    value: Callable[[RegistryConfig, str | None], dict[str, str]]
+
+    def versions(self, r: Reading) -> dict[str, str]:
+        return self.value(r.config, r.partition)
+
+    def upstream(self, config: RegistryConfig, partition: str | None) -> list[tuple[str, str | None]]:
+        return []
+
+    def dep(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Drawn in the asset graph, not versioned (``model_registry``: its rows are the models' entries, which
+    ``model`` versions more precisely)."""
+
+    asset: str
+
+    def versions(self, r: Reading) -> dict[str, str]:
+        return {}
+
+    def upstream(self, config: RegistryConfig, partition: str | None) -> list[tuple[str, str | None]]:
+        return []  # not read for what the asset computes: never makes it wait
+
+    def dep(self) -> dg.AssetDep:
+        return dg.AssetDep(self.asset)
+
+
+def _entry(config: RegistryConfig, partition: str | None) -> dict[str, str]:
+    model = config.models.get(partition) if partition else None
+    return {"model": model.fingerprint if model else "removed"}
+
+
+MODEL_ENTRY = Setting(_entry)
+REWARD_MODEL_SCORES = Partitions("rm_word_scores", lambda config, _: [m.model_id for m in config.reward_models()])
+LM_WORD_LOGPROBS = Partitions("lm_word_logprobs", lambda config, _: [m.model_id for m in config.language_models()])
+EVERY_PAIR = Partitions("mwlr_pair", lambda config, _: list(config.pair_models()))
+
+INPUTS: dict[str, tuple] = {
+    "rm_word_scores": (MODEL_ENTRY, Table("prompts"), Table("corpus_words"), Lineage("model_registry")),
+    "rm_vocabulary_sweep": (
+        MODEL_ENTRY, Setting(lambda config, p: {"sweep": _hash(config.models[p].vocabulary_sweep
+                                                               if p in config.models else None)}),
+        Table("prompts"), Lineage("corpus_words"), Lineage("model_registry")),
+    "rm_rank_cells": (Table("prompts"), Table("corpus_words"), REWARD_MODEL_SCORES,
+                      Setting(lambda config, _: {f"family[{m.model_id}]": m.family for m in config.reward_models()}),
+                      Lineage("model_registry")),
+    "rm_mixed_model": (Table("rm_rank_cells"),),
+    "rm_family_tests": (Table("rm_rank_cells"), Setting(lambda config, _: {"analysis": analysis_fingerprint(config)})),
+    "rm_report": (Table("rm_rank_cells"), Table("rm_mixed_model"), Table("rm_family_tests")),
+    "lm_next_token_logprobs": (
+        MODEL_ENTRY, Table("prompts"),
+        # a demo LM is trained on a corpus's words; a real one reads no word list
+        Table("corpus_words", only_if=lambda model: model is not None and model.source == "demo"),
+        Lineage("model_registry")),
+    "lm_word_logprobs": (MODEL_ENTRY, SamePartition("lm_next_token_logprobs"), Table("corpus_words"),
+                         Setting(lambda config, _: {"word_rule": config.implicit_rewards.word_rule}),
+                         Lineage("prompts")),
+    "mwlr_pair": (Setting(lambda config, p: {} if p in config.pair_models() else {"pair": "removed"}),
+                  Partitions("lm_next_token_logprobs", lambda config, p: list(config.pair_models().get(p, ()))),),
+    "lm_rank_cells": (Table("prompts"), Table("corpus_words"), LM_WORD_LOGPROBS, Lineage("model_registry")),
+    "lm_anova": (Table("lm_rank_cells"),),
+    "lm_posthoc": (Table("lm_rank_cells"),
+                   Setting(lambda config, _: {"pairs": ", ".join(config.pair_models()) or "none"})),
+    "mwlr_tokens": (EVERY_PAIR, Table("prompts"),
+                    Setting(lambda config, _: {"implicit_rewards": implicit_rewards_fingerprint(config, "top_n")})),
+    "mwlr_words": (EVERY_PAIR, Table("prompts"),
+                   Setting(lambda config, _: {"implicit_rewards": implicit_rewards_fingerprint(config, "words")})),
+    "lm_report": tuple(Table(name) for name in ("lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens",
+                                                "mwlr_words")),
+}
+
+
+def upstream_partitions(config: RegistryConfig, asset: str, partition: str | None) -> list[tuple[str, str | None]]:
+    """The (asset, partition)s that ``asset`` (``partition``) reads, from ``INPUTS`` (a pair: its two models'
+    partitions only)."""
+    return [key for spec in INPUTS.get(asset, ()) for key in spec.upstream(config, partition)]
+
+
+def reads(asset: str) -> list[dg.AssetDep]:
+    """The Dagster ``deps`` of a computed asset, from ``INPUTS``."""
+    return [dep for spec in INPUTS[asset] if (dep := spec.dep()) is not None]
 
 
 def current_input_versions(instance: dg.DagsterInstance, config: RegistryConfig, asset: str,
                            partition: str | None = None, overrides: dict[str, str] | None = None,
                            content: ContentCheck | None = None) -> dict[str, str]:
-    """The versions of everything ``asset`` (``partition``) reads, as they are now. ``overrides`` gives
-    versions to assume for some inputs (e.g. what re-ingesting the files would produce). ``content``
-    adds the model's content identity (``model_content``) to a scoring partition; without it the key is
-    left out (a scoring asset records what its worker computed instead)."""
-    versions = _input_versions(instance, config, asset, partition, overrides)
-    if asset in CODE_VERSIONS and asset not in ("prompts", "corpus_words", "model_registry"):
-        versions["code"] = CODE_VERSIONS[asset]
-    model = config.models.get(partition) if partition else None
-    if content is not None and asset in CONTENT_ASSETS and model is not None:
-        identity = content.identity(model)
+    """The versions of everything ``asset`` (``partition``) reads, as they are now (``INPUTS``), and its
+    code version. ``overrides`` gives versions to assume for some inputs (e.g. what re-ingesting the files
+    would produce). ``content`` adds the model's content identity (``model_content``) to a scoring
+    partition; without it the key is left out (a scoring asset records what its worker computed instead).
+    Ingest assets read files outside Dagster and have no input versions: they are re-read on every run."""
+    if asset not in INPUTS:
+        return {}
+    reading = Reading(instance, config, partition, overrides)
+    versions: dict[str, str] = {}
+    for spec in INPUTS[asset]:
+        versions.update(spec.versions(reading))
+    versions["code"] = CODE_VERSIONS[asset]
+    if content is not None and asset in CONTENT_ASSETS and reading.model is not None:
+        identity = content.identity(reading.model)
         if identity is not None:
             versions["model_content"] = identity.digest
     return versions
-
-
-def _input_versions(instance, config, asset, partition, overrides) -> dict[str, str]:
-    if asset == "rm_vocabulary_sweep":
-        model = config.models.get(partition)
-        sweep = json.dumps(model.vocabulary_sweep if model else None, sort_keys=True)
-        return {"model": model.fingerprint if model else "removed",
-                "sweep": hashlib.sha256(sweep.encode()).hexdigest()[:16],
-                "prompts": _latest_version(instance, "prompts", overrides=overrides)}
-    if asset == "rm_word_scores":
-        model = config.models.get(partition)
-        return {"model": model.fingerprint if model else "removed",
-                "prompts": _latest_version(instance, "prompts", overrides=overrides),
-                "corpus_words": _latest_version(instance, "corpus_words", overrides=overrides)}
-    if asset == "rm_rank_cells":
-        versions = {"prompts": _latest_version(instance, "prompts", overrides=overrides),
-                    "corpus_words": _latest_version(instance, "corpus_words", overrides=overrides)}
-        for model in config.reward_models():
-            versions[f"rm_word_scores[{model.model_id}]"] = _latest_version(instance, "rm_word_scores",
-                                                                            model.model_id)
-            versions[f"family[{model.model_id}]"] = model.family
-        return versions
-    if asset == "rm_mixed_model":
-        return {"rm_rank_cells": _latest_version(instance, "rm_rank_cells")}
-    if asset == "rm_family_tests":
-        return {"rm_rank_cells": _latest_version(instance, "rm_rank_cells"),
-                "analysis": analysis_fingerprint(config)}
-    if asset == "rm_report":
-        return {name: _latest_version(instance, name)
-                for name in ("rm_rank_cells", "rm_mixed_model", "rm_family_tests")}
-    if asset in LM_INPUTS:
-        return LM_INPUTS[asset](instance, config, partition, overrides)
-    return {}  # ingest assets read files outside Dagster: they are re-read on every run (cheap)
-
-
-# ---------------------------------------------------------------------------------- language models
-
-
-def implicit_rewards_fingerprint(config: RegistryConfig, *fields: str) -> str:
-    settings = {name: getattr(config.implicit_rewards, name) for name in fields}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:16]
-
-
-def _lm_next_token_inputs(instance, config, partition, overrides):
-    model = config.models.get(partition)
-    versions = {"model": model.fingerprint if model else "removed",
-                "prompts": _latest_version(instance, "prompts", overrides=overrides)}
-    if model is not None and model.source == "demo":  # a demo LM is trained on a corpus's words
-        versions["corpus_words"] = _latest_version(instance, "corpus_words", overrides=overrides)
-    return versions
-
-
-def _lm_word_inputs(instance, config, partition, overrides):
-    model = config.models.get(partition)
-    return {"model": model.fingerprint if model else "removed",
-            "lm_next_token_logprobs": _latest_version(instance, "lm_next_token_logprobs", partition),
-            "corpus_words": _latest_version(instance, "corpus_words", overrides=overrides),
-            "word_rule": config.implicit_rewards.word_rule}
-
-
-def _mwlr_pair_inputs(instance, config, partition, overrides):
-    models = config.pair_models().get(partition)
-    if models is None:
-        return {"pair": "removed"}
-    return {f"lm_next_token_logprobs[{m}]": _latest_version(instance, "lm_next_token_logprobs", m) for m in models}
-
-
-def _lm_rank_cells_inputs(instance, config, partition, overrides):
-    versions = {"prompts": _latest_version(instance, "prompts", overrides=overrides),
-                "corpus_words": _latest_version(instance, "corpus_words", overrides=overrides)}
-    for model in config.language_models():
-        versions[f"lm_word_logprobs[{model.model_id}]"] = _latest_version(instance, "lm_word_logprobs",
-                                                                          model.model_id)
-    return versions
-
-
-def _pairs_inputs(instance, config, partition, overrides):
-    return {f"mwlr_pair[{p}]": _latest_version(instance, "mwlr_pair", p) for p in config.pair_models()}
-
-
-LM_INPUTS = {
-    "lm_next_token_logprobs": _lm_next_token_inputs,
-    "lm_word_logprobs": _lm_word_inputs,
-    "mwlr_pair": _mwlr_pair_inputs,
-    "lm_rank_cells": _lm_rank_cells_inputs,
-    "lm_anova": lambda instance, config, partition, overrides: {
-        "lm_rank_cells": _latest_version(instance, "lm_rank_cells")},
-    "lm_posthoc": lambda instance, config, partition, overrides: {
-        "lm_rank_cells": _latest_version(instance, "lm_rank_cells"),
-        "pairs": ", ".join(config.pair_models()) or "none"},
-    "mwlr_tokens": lambda instance, config, partition, overrides: {
-        **_pairs_inputs(instance, config, partition, overrides),
-        "prompts": _latest_version(instance, "prompts", overrides=overrides),
-        "implicit_rewards": implicit_rewards_fingerprint(config, "top_n")},
-    "mwlr_words": lambda instance, config, partition, overrides: {
-        **_pairs_inputs(instance, config, partition, overrides),
-        "prompts": _latest_version(instance, "prompts", overrides=overrides),
-        "implicit_rewards": implicit_rewards_fingerprint(config, "words")},
-    "lm_report": lambda instance, config, partition, overrides: {
-        name: _latest_version(instance, name)
-        for name in ("lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words")},
-}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ Runs go to the project's Dagster instance (``<state_dir>/dagster``, SQLite), so 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import shutil
 import sys
@@ -46,54 +45,15 @@ def use_project_instance(config: RegistryConfig) -> Path:
 
 
 def prepare_instance(config: RegistryConfig):
-    """The project's instance, with the model partitions synced and the ``gpu`` pool limit set."""
+    """The project's instance, with the partition sets synced and the ``gpu`` pool limit set."""
     import dagster as dg
 
-    from orchestration.sensors import sync_model_partitions
+    from orchestration.partitions import sync_model_partitions
 
     use_project_instance(config)
     instance = dg.DagsterInstance.get()
     instance.event_log_storage.set_concurrency_slots("gpu", config.gpu_concurrency)
     return instance, sync_model_partitions(instance, config)
-
-
-def _failure_messages(result) -> list[str]:
-    """Readable reasons a run failed: the innermost error of each failed step and each failed check."""
-    messages = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error is not None and error.cause is not None:
-                error = error.cause
-            text = error.message.strip() if error is not None else "step failed"
-            messages.append(f"{event.step_key}: {text}")
-    for evaluation in result.get_asset_check_evaluations():
-        if not evaluation.passed:
-            messages.append(f"check {evaluation.check_name} failed: {evaluation.description}")
-    return messages
-
-
-def _execute(defs, job_name: str, instance, *, partition_key: str | None, verbose: bool,
-             asset_selection=None) -> bool:
-    run_config = {"loggers": {"console": {"config": {"log_level": "INFO" if verbose else "CRITICAL"}}}}
-    job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(instance=instance, partition_key=partition_key, run_config=run_config,
-                                    raise_on_error=False, asset_selection=asset_selection)
-    if not result.success:
-        for message in _failure_messages(result):
-            print(f"  error: {message}", file=sys.stderr)
-        print(f"  run {result.run_id} failed; see `valuebias ui` for its logs", file=sys.stderr)
-    return result.success
-
-
-STATISTICS_ASSETS = ("rm_rank_cells", "rm_mixed_model", "rm_family_tests", "rm_report")
-DOWNSTREAM = {"rm_rank_cells": STATISTICS_ASSETS[1:], "rm_mixed_model": ("rm_report",),
-              "rm_family_tests": ("rm_report",), "rm_report": ()}
-LM_ASSETS = ("lm_next_token_logprobs", "lm_word_logprobs")
-LM_STATISTICS_ASSETS = ("lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words", "lm_report")
-LM_DOWNSTREAM = {"lm_rank_cells": ("lm_anova", "lm_posthoc", "lm_report"), "lm_anova": ("lm_report",),
-                 "lm_posthoc": ("lm_report",), "mwlr_tokens": ("lm_report",), "mwlr_words": ("lm_report",),
-                 "lm_report": ()}
 
 
 def content_check(config: RegistryConfig, verify: bool):
@@ -104,165 +64,78 @@ def content_check(config: RegistryConfig, verify: bool):
     return ContentCheck(config, mode="verify" if verify else "cached")
 
 
-def registry_states(instance, config: RegistryConfig, content=None) -> list:
-    """The state of every asset partition the registry defines, in execution order. The input files
-    are re-read, so a changed word list shows as stale ingest and stale scores before any run."""
-    from assets.ingest import ingest_versions
-    from assets.versions import PartitionState, partition_state
+def registry_graph(config: RegistryConfig):
+    from orchestration.definitions import build_definitions
+    from orchestration.plan import RegistryGraph
 
-    state_of = functools.partial(partition_state, content=content or content_check(config, verify=False))
-    would_be = ingest_versions(config)
-    rows = []
-    for asset, version in would_be.items():
-        state = state_of(instance, config, asset)
-        if state.state != "missing" and state.data_version != version:
-            state = PartitionState(asset, None, "stale", "input file changed", state.run_id, state.data_version,
-                                   state.metadata)
-        rows.append(state)
-    rows += [state_of(instance, config, "rm_word_scores", m.model_id, would_be)
-             for m in config.reward_models()]
-    rows += [state_of(instance, config, "rm_vocabulary_sweep", m.model_id, would_be)
-             for m in config.reward_models() if m.vocabulary_sweep]
-    rows += [state_of(instance, config, asset, m.model_id, would_be)
-             for m in config.language_models() for asset in LM_ASSETS]
-    rows += [state_of(instance, config, "mwlr_pair", pair, would_be) for pair in config.pair_models()]
-    if config.reward_models():
-        rows += [state_of(instance, config, asset, overrides=would_be) for asset in STATISTICS_ASSETS]
-    if config.language_models():
-        rows += [state_of(instance, config, asset, overrides=would_be) for asset in LM_STATISTICS_ASSETS]
-    return rows
-
-
-def statistics_to_run(states: list, assets: tuple[str, ...] = STATISTICS_ASSETS,
-                      downstream: dict | None = None) -> list[str]:
-    """The stale or missing statistics assets plus everything downstream of them, in order."""
-    downstream = DOWNSTREAM if downstream is None else downstream
-    selected = set()
-    for state in states:
-        if state.asset in assets and state.state != "fresh":
-            selected.add(state.asset)
-            selected.update(downstream[state.asset])
-    return [asset for asset in assets if asset in selected]
+    return RegistryGraph(build_definitions(config.path))
 
 
 def cmd_run(args) -> int:
-    import dagster as dg
-
-    from assets.versions import latest_record, partition_state
-    from orchestration.definitions import build_definitions
+    from assets.versions import latest_record
+    from orchestration.jobs import ALL_JOBS
+    from orchestration.launch import JobRuns
+    from orchestration.plan import INGEST_JOB, errors, ready_work, registry_states
 
     config = load_config(_config_path(args.config))
-    defs = build_definitions(config.path)
     instance, (added, removed) = prepare_instance(config)
+    graph = registry_graph(config)
     content = content_check(config, args.verify)
-    errors: list[str] = []
     print(f"valuebias: config {config.path}")
     print(f"valuebias: storage {config.storage_uri}; Dagster instance {os.environ['DAGSTER_HOME']}")
     if added or removed:
         print(f"valuebias: model partitions added {added or '[]'}, removed {removed or '[]'}")
 
-    def step(label: str, job_name: str, **kwargs) -> bool:
-        print(f"{label} ...", flush=True)
-        started = time.perf_counter()
-        ok = _execute(defs, job_name, instance, verbose=args.verbose, **kwargs)
-        if ok:
-            print(f"{label} done in {time.perf_counter() - started:.1f} s", flush=True)
-        return ok
-
-    # Ingest is cheap and re-reads the files every time; unchanged content keeps its data version.
-    if not step("ingest_job", "ingest_job", partition_key=None):
-        return 1
-    def report_adopted(states: list) -> None:
-        """Says which partitions the step just run adopted instead of recomputing (an upgraded state)."""
-        for state in states:
-            record = latest_record(instance, state.asset, state.partition)
-            adopted = record.asset_materialization.metadata.get("adopted_from_run") if record else None
-            if adopted is not None and record.run_id != state.run_id:
-                print(f"  adopted {state.asset}[{state.partition}] as recorded by run {adopted.value} "
-                      "(inputs unchanged; now recorded with its content identity, nothing recomputed)")
-
-    def runnable(job_name: str, state) -> bool:
-        """False (and the error said) when an input of the partition cannot be read."""
-        if state.state == "error":
-            errors.append(f"{job_name}[{state.partition}]: {state.reason}")
-            print(f"{job_name}[{state.partition}] not run: {state.reason}", file=sys.stderr)
+    with JobRuns(instance) as runs:
+        def step(label: str, job_name: str, partition: str | None, assets: list[str] | None) -> bool:
+            print(f"{label} ...", flush=True)
+            started = time.perf_counter()
+            outcome = runs.execute(job_name, partition=partition, assets=assets, verbose=args.verbose)
+            if outcome.success:
+                print(f"{label} done in {time.perf_counter() - started:.1f} s", flush=True)
+                return True
+            for message in outcome.errors:
+                print(f"  error: {message}", file=sys.stderr)
+            print(f"  run {outcome.run_id} failed; see `valuebias ui` for its logs", file=sys.stderr)
             return False
-        return True
 
-    def run_stale_partitions(job_name: str, asset: str, partitions: list[str]) -> bool:
-        """Runs ``job_name`` for each partition of ``asset`` that is missing or stale (all with --all)."""
-        for partition in partitions:
-            state = partition_state(instance, config, asset, partition, content=content)
-            if not runnable(job_name, state):
-                continue
-            if state.state == "fresh" and not args.all:
-                print(f"{job_name}[{partition}] skipped: fresh (use --all to recompute)")
-                continue
-            reason = "" if args.all else f" ({state.state}{': ' + state.reason if state.reason else ''})"
-            if not step(f"{job_name}[{partition}]{reason}", job_name, partition_key=partition):
-                return False
-            report_adopted([state])
-        return True
-
-    if not run_stale_partitions("rm_scoring_job", "rm_word_scores", [m.model_id for m in config.reward_models()]):
-        return 1
-    if not run_stale_partitions("rm_sweep_job", "rm_vocabulary_sweep",
-                                [m.model_id for m in config.reward_models() if m.vocabulary_sweep]):
-        return 1
-    for model in config.language_models():
-        # Next-token log-probs first; word log-probs are rerun with them, or alone when only they are stale.
-        states = [partition_state(instance, config, asset, model.model_id, content=content) for asset in LM_ASSETS]
-        if not all(runnable("lm_scoring_job", state) for state in states):
-            continue
-        todo = list(LM_ASSETS) if args.all or states[0].state != "fresh" else \
-            [s.asset for s in states if s.state != "fresh"]
-        if not todo:
-            print(f"lm_scoring_job[{model.model_id}] skipped: fresh (use --all to recompute)")
-            continue
-        first = states[0] if states[0].state != "fresh" else states[1]
-        reason = "" if args.all else \
-            f" ({'' if first is states[0] else first.asset + ' '}{first.state}: {first.reason})"
-        if not step(f"lm_scoring_job[{model.model_id}]{reason}", "lm_scoring_job", partition_key=model.model_id,
-                    asset_selection=[dg.AssetKey(a) for a in todo]):
+        # Ingest is cheap and re-reads the files every time; unchanged content keeps its data version.
+        if not step(INGEST_JOB, INGEST_JOB, None, None):
             return 1
-        report_adopted([s for s in states if s.asset in todo])
-    if errors:
-        print(f"valuebias: {len(errors)} partition(s) could not be checked (above); their stored outputs and the "
-              "statistics are kept as they are. Fix the input, or remove the model from the registry, and run "
-              "again.", file=sys.stderr)
-        return 1
-    if not run_stale_partitions("mwlr_job", "mwlr_pair", list(config.pair_models())):
-        return 1
-    def run_statistics(job_name: str, assets: tuple[str, ...], downstream: dict, label: str) -> bool:
-        """Runs the stale statistics tables, those no other stale table feeds first: a table that
-        recomputes to the same data version leaves what reads it fresh. Missing tables run with everything
-        downstream of them in one go (a first run)."""
-        ran = False
-        for _ in assets:
-            states = {s.asset: s for s in registry_states(instance, config, content) if s.asset in assets}
-            if args.all:
-                todo = [] if ran else list(assets)
-            else:
-                waiting = {a for a in assets if states[a].state != "fresh"}
-                fed = set().union(*(downstream[a] for a in waiting))
-                todo = [a for a in assets if a in waiting and a not in fed]
-                if any(states[a].state == "missing" for a in todo):
-                    todo = statistics_to_run(list(states.values()), assets, downstream)
-            if not todo:
+        done: set[tuple[str, str | None]] = set()
+        rounds = 0
+        while True:
+            states = registry_states(graph, instance, config, content, reread_inputs=False)
+            work = [w for w in ready_work(graph, states, config, everything=args.all and rounds == 0)
+                    if w.job != INGEST_JOB]
+            work = [w for w in work if (w.job, w.partition, w.assets) not in done]
+            if not work:
                 break
-            if not step(f"{job_name}[{', '.join(todo)}]", job_name, partition_key=None,
-                        asset_selection=[dg.AssetKey(a) for a in todo]):
-                return False
-            ran = True
-        if not ran:
-            print(f"{job_name} skipped: every {label} table is fresh")
-        return True
-
-    if config.reward_models() and not run_statistics("rm_statistics_job", STATISTICS_ASSETS, DOWNSTREAM,
-                                                     "statistics"):
-        return 1
-    if config.language_models() and not run_statistics("lm_statistics_job", LM_STATISTICS_ASSETS, LM_DOWNSTREAM,
-                                                       "LM statistics"):
+            rounds += 1
+            for item in work:
+                before = {a: latest_record(instance, a, item.partition) for a in item.assets}
+                if not step(f"{item.label} ({item.reason})", item.job, item.partition, list(item.assets)):
+                    return 1
+                done.add((item.job, item.partition, item.assets))
+                for asset, record in before.items():
+                    report_adopted(instance, asset, item.partition, record)
+        ran = {(job, partition) for job, partition, _ in done}
+        for job in ALL_JOBS:
+            if job.name == INGEST_JOB:
+                continue
+            partitions = {s.partition for s in states if graph.job_of[s.asset] == job.name}
+            for partition in sorted(partitions, key=str):
+                if (job.name, partition) not in ran and partition is not None:
+                    print(f"{job.name}[{partition}] skipped: fresh (use --all to recompute)")
+            if None in partitions and (job.name, None) not in ran:
+                print(f"{job.name} skipped: every table is fresh")
+    failing = errors(states)
+    for state in failing:
+        print(f"{graph.job_of[state.asset]}[{state.partition}] not run: {state.reason}", file=sys.stderr)
+    if failing:
+        print(f"valuebias: {len(failing)} partition(s) could not be checked (above); their stored outputs and "
+              "what reads them are kept as they are. Fix the input, or remove the model from the registry, and "
+              "run again.", file=sys.stderr)
         return 1
     tables = (["rm_family_tests"] if config.reward_models() else []) + (["mwlr_tokens"] if config.pairs else [])
     hint = " or ".join(f"`valuebias table {t}`" for t in tables)
@@ -270,20 +143,33 @@ def cmd_run(args) -> int:
     return 0
 
 
+def report_adopted(instance, asset: str, partition: str | None, before) -> None:
+    """Says when the run just made adopted a partition's recorded outputs instead of recomputing them."""
+    from assets.versions import latest_record
+
+    record = latest_record(instance, asset, partition)
+    adopted = record.asset_materialization.metadata.get("adopted_from_run") if record else None
+    if adopted is not None and (before is None or record.run_id != before.run_id):
+        print(f"  adopted {asset}[{partition}] as recorded by run {adopted.value} "
+              "(inputs unchanged; now recorded with its content identity, nothing recomputed)")
+
+
 def cmd_status(args) -> int:
     import dagster as dg
     import polars as pl
 
+    from orchestration.plan import registry_states
     from valuebias.report import markdown_table
 
     config = load_config(_config_path(args.config))
     use_project_instance(config)
     instance = dg.DagsterInstance.get()
+    states = registry_states(registry_graph(config), instance, config, content_check(config, args.verify))
     rows = [{
         "asset": s.asset, "partition": s.partition or "", "state": s.state, "reason": s.reason,
         "last_run": s.run_id or "", "data_version": s.data_version or "",
         "sequences_scored": s.metadata.get("sequences_scored"), "sequences_reused": s.metadata.get("sequences_reused"),
-    } for s in registry_states(instance, config, content_check(config, args.verify))]
+    } for s in states]
     table = pl.DataFrame(rows, schema={"asset": pl.Utf8, "partition": pl.Utf8, "state": pl.Utf8, "reason": pl.Utf8,
                                        "last_run": pl.Utf8, "data_version": pl.Utf8,
                                        "sequences_scored": pl.Int64, "sequences_reused": pl.Int64})
@@ -332,13 +218,18 @@ def cmd_table(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    """``dagster dev``: the webserver and the daemon on the project's instance, so UI launches, backfills,
+    the sensor and the schedules run. Ctrl-C stops both."""
     config = load_config(_config_path(args.config))
     prepare_instance(config)
-    webserver = shutil.which("dagster-webserver") or str(Path(sys.executable).parent / "dagster-webserver")
-    print(f"valuebias: serving the Dagster UI on http://127.0.0.1:{args.port}", flush=True)
+    dagster = shutil.which("dagster") or str(Path(sys.executable).parent / "dagster")
+    print(f"valuebias: starting `dagster dev` (webserver and daemon) for {config.path}\n"
+          f"valuebias: Dagster instance {os.environ['DAGSTER_HOME']}\n"
+          f"valuebias: the UI will be at http://127.0.0.1:{args.port} (Ctrl-C stops the webserver and the daemon)",
+          flush=True)
     os.chdir(PROJECT_ROOT)
-    os.execv(webserver, [webserver, "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1",
-                         "-p", str(args.port)])
+    os.execv(dagster, [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1",
+                       "-p", str(args.port)])
     return 0  # not reached
 
 
@@ -383,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     table.add_argument("--config", help="registry config (default: valuebias.yaml)")
     table.set_defaults(func=cmd_table)
-    ui = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1")
+    ui = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1 with the daemon (dagster dev)")
     ui.add_argument("--config", help="registry config (default: valuebias.yaml)")
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)

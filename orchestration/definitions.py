@@ -1,8 +1,10 @@
 """The Dagster code location: assets, checks, partitions, jobs, sensors and resources, wired together.
 
-This is the only module that knows how things are wired. It reads the registry config named by the
-``VALUEBIAS_CONFIG`` environment variable (default: ``valuebias.yaml`` in the working directory, else the
-project's own). It imports neither torch nor great_expectations: both are loaded lazily by resources.
+This is the only module that knows how things are wired. ``defs`` is built from the registry config named
+by the ``VALUEBIAS_CONFIG`` environment variable (default: ``valuebias.yaml`` in the working directory,
+else the project's own) each time it is looked up (``workspace.yaml`` names the attribute), so one process
+that runs several registries (the CLI's in-process code location, tests) always loads the current one.
+It imports neither torch nor great_expectations: both are loaded lazily by resources.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import dagster as dg
 
 from assets import implicit, ingest, lm_scores, lm_statistics, rm_scores, rm_statistics
 from assets.checks import contract_checks
-from orchestration.automation import build_refresh_schedule, with_automation
+from orchestration.automation import build_refresh_schedules
 from orchestration.jobs import (ALL_JOBS, ingest_job, lm_scoring_job, lm_statistics_job, mwlr_job,  # noqa: F401
                                 rm_scoring_job, rm_statistics_job)
 from orchestration.sensors import model_partitions_sensor
@@ -49,14 +51,17 @@ def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     config_path = config_path or default_config_path()
     config = load_config(config_path)
     return dg.Definitions(
-        assets=with_automation(dg.load_assets_from_modules([ingest, rm_scores, rm_statistics, lm_scores, implicit,
-                                                            lm_statistics])),
+        assets=dg.load_assets_from_modules([ingest, rm_scores, rm_statistics, lm_scores, implicit, lm_statistics]),
         asset_checks=contract_checks,
         jobs=ALL_JOBS,
         sensors=[model_partitions_sensor],
-        schedules=[build_refresh_schedule(config.schedule_cron)],
+        schedules=build_refresh_schedules(config.schedule_cron),
         resources=build_resources(config_path),
     )
 
 
-defs = build_definitions()
+def __getattr__(name: str):
+    """``orchestration.definitions.defs``: the Definitions of the current ``$VALUEBIAS_CONFIG`` (PEP 562)."""
+    if name == "defs":
+        return build_definitions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

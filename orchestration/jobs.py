@@ -2,22 +2,26 @@
 
 import dagster as dg
 
-from orchestration.partitions import model_partitions, pair_partitions
+from orchestration.partitions import (language_model_partitions, pair_partitions, reward_model_partitions,
+                                      swept_reward_model_partitions)
 
 ingest_job = dg.define_asset_job(
     "ingest_job", selection=dg.AssetSelection.groups("ingest"),
     description="Reads prompts, corpora and the model registry, and checks them against their contracts.")
 rm_scoring_job = dg.define_asset_job(
-    "rm_scoring_job", selection=dg.AssetSelection.assets("rm_word_scores"), partitions_def=model_partitions,
+    "rm_scoring_job", selection=dg.AssetSelection.assets("rm_word_scores"),
+    partitions_def=reward_model_partitions,
     description="Scores one registered reward model (one partition per model).")
 rm_sweep_job = dg.define_asset_job(
-    "rm_sweep_job", selection=dg.AssetSelection.assets("rm_vocabulary_sweep"), partitions_def=model_partitions,
+    "rm_sweep_job", selection=dg.AssetSelection.assets("rm_vocabulary_sweep"),
+    partitions_def=swept_reward_model_partitions,
     description="The full-vocabulary sweep of one reward model whose entry switches it on.")
 rm_statistics_job = dg.define_asset_job(
     "rm_statistics_job", selection=dg.AssetSelection.groups("statistics", "report"),
     description="Figure-1 statistics and report from the stored scores of every registered reward model.")
 lm_scoring_job = dg.define_asset_job(
-    "lm_scoring_job", selection=dg.AssetSelection.groups("lm_scoring"), partitions_def=model_partitions,
+    "lm_scoring_job", selection=dg.AssetSelection.groups("lm_scoring"),
+    partitions_def=language_model_partitions,
     description="Next-token and word log-probs of one registered language model (one partition per model).")
 mwlr_job = dg.define_asset_job(
     "mwlr_job", selection=dg.AssetSelection.assets("mwlr_pair"), partitions_def=pair_partitions,

@@ -78,8 +78,29 @@ def random_models_entry(models: dict[str, tuple[str, Path]], dtype: dict[str, st
 def ingest_and_sync(config_path: Path, instance) -> None:
     """Runs ``ingest_job`` on ``instance`` (it must succeed) and adds the config's model and pair partitions."""
     from orchestration.definitions import build_definitions
-    from orchestration.sensors import sync_model_partitions
+    from orchestration.partitions import sync_model_partitions
     from valuebias.config import load_config
 
     assert build_definitions(config_path).resolve_job_def("ingest_job").execute_in_process(instance=instance).success
     sync_model_partitions(instance, load_config(config_path))
+
+
+def build_random_language_model(path: Path, *, architecture: str, seed: int) -> Path:
+    """A tiny untrained causal LM (random weights) with a chat template, saved offline at ``path``."""
+    from valuebias import tiny_models
+
+    texts = [tiny_models.render_chat(architecture, [{"role": "user", "content": text}], add_generation_prompt=True)
+             + w for text in PROMPTS.values() for w in AGENCY + COMMUNION]
+    tokenizer = tiny_models.train_tokenizer(texts, style=architecture, vocab_size=600)
+    model = tiny_models.build_tiny_model(tokenizer, architecture=architecture, head="causal_lm", hidden_size=32,
+                                         num_layers=1, seed=seed)
+    return tiny_models.save_pretrained(model, tokenizer, path)
+
+
+def language_models_entry(models: dict[str, tuple[str, str, Path]], dtype: dict[str, str] | None = None) -> str:
+    """The ``models:`` entries for {model id: (family, variant, local path)} of language models."""
+    dtype = dtype or {}
+    return "".join(
+        f"  {mid}:\n    kind: language_model\n    variant: {variant}\n    family: {family}\n"
+        f"    huggingface:\n      path: {path}\n" + (f"      dtype: {dtype[mid]}\n" if mid in dtype else "")
+        for mid, (family, variant, path) in models.items())

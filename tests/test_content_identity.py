@@ -285,7 +285,29 @@ def test_upgrading_adopts_the_recorded_scores(tmp_path, weights, cli):
     assert "adopted rm_word_scores[gemma-pub] as recorded by run" in out
     cache = tmp_path / "registry" / ".valuebias" / "data" / "score_cache" / "llama"
     assert len(list(cache.iterdir())) == 1  # the previous release's cache only: nothing was scored
-    assert versions() == old  # same data versions: the statistics' inputs did not change
+    new = versions()
+    # same data versions: the statistics' inputs did not change; only the report, whose code version is new
+    # (the plots are embedded since), was written anew
+    assert {k: v for k, v in new.items() if k[0] != "rm_report"} == {k: v for k, v in old.items()
+                                                                      if k[0] != "rm_report"}
+    assert "rm_statistics_job[rm_report] (stale: changed: code) done" in out
     assert stale(status_rows(cli, config)) == {}
+
+    # The previous release kept every model in one "models" partition set; the partitions recorded there
+    # count as materialized in the new "reward_models" set (the UI's partition status), nothing rescored.
+    import dagster as dg
+
+    from orchestration.cli import use_project_instance
+    from orchestration.partitions import REWARD_MODELS, reward_model_partitions
+    from valuebias.config import load_config
+
+    use_project_instance(load_config(config))
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_dynamic_partitions("models") == []
+        assert sorted(instance.get_dynamic_partitions(REWARD_MODELS)) == ["gemma-pub", "llama"]
+        statuses = instance.get_status_by_partition(dg.AssetKey("rm_word_scores"), ["llama", "gemma-pub"],
+                                                    reward_model_partitions)
+        assert {key: status.value for key, status in statuses.items()} == {"llama": "MATERIALIZED",
+                                                                           "gemma-pub": "MATERIALIZED"}
     again = cli("run", "--config", str(config))
     assert ran(again, "rm_scoring_job") == [] and "rm_statistics_job skipped" in again

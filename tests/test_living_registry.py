@@ -69,7 +69,7 @@ def test_only_what_changed_recomputes(tmp_path, model_dirs, cli):
     assert scored_models(third) == ["gemma-a"]
     # float32 is what "auto" meant on this CPU: identical scores, same data version, so the statistics
     # built from them are still fresh and do not recompute.
-    assert "rm_statistics_job skipped: every statistics table is fresh" in third
+    assert "rm_statistics_job skipped: every table is fresh" in third
 
     # Adding a model computes only it; removing one drops it from the statistics but keeps its scores.
     models["llama-b"] = model_dirs["llama-b"]

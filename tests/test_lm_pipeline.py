@@ -14,8 +14,8 @@ import pytest
 
 from assets.tables import lm_next_token_key, lm_word_logprobs_key, mwlr_key
 from orchestration.definitions import build_definitions, build_resources
-from orchestration.partitions import MODELS_PARTITION, PAIRS_PARTITION
-from orchestration.sensors import model_partitions_sensor, sync_model_partitions
+from orchestration.partitions import LANGUAGE_MODELS, PAIRS, REWARD_MODELS, sync_model_partitions
+from orchestration.sensors import model_partitions_sensor
 from resources.storage import Storage
 from tests.registry_fixtures import AGENCY, COMMUNION, PROMPTS, write_small_registry
 from valuebias.config import load_config
@@ -70,14 +70,14 @@ def test_lm_and_pair_partitions_materialize(tmp_path, state_dir):
         # The sensor would add a partition per model and per pair.
         tick = model_partitions_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         assert {(r.partitions_def_name, tuple(r.partition_keys)) for r in tick.dynamic_partitions_requests} == {
-            (MODELS_PARTITION, ("lm-llama-it", "lm-gemma-it")), (PAIRS_PARTITION, (FIRST_PAIR,))}
+            (LANGUAGE_MODELS, ("lm-llama-it", "lm-gemma-it")), (PAIRS, (FIRST_PAIR,))}
         sync_model_partitions(instance, config)
-        assert sorted(instance.get_dynamic_partitions(MODELS_PARTITION)) == ["lm-gemma-it", "lm-llama-it"]
-        assert instance.get_dynamic_partitions(PAIRS_PARTITION) == [FIRST_PAIR]
+        assert sorted(instance.get_dynamic_partitions(LANGUAGE_MODELS)) == ["lm-gemma-it", "lm-llama-it"]
+        assert instance.get_dynamic_partitions(PAIRS) == [FIRST_PAIR]
+        assert instance.get_dynamic_partitions(REWARD_MODELS) == []  # no partition that could only fail
 
         from assets.implicit import mwlr_pair
         from assets.lm_scores import lm_next_token_logprobs, lm_word_logprobs
-        from assets.rm_scores import rm_word_scores
 
         from resources.scoring_launcher import ScoringLauncher
 
@@ -88,18 +88,16 @@ def test_lm_and_pair_partitions_materialize(tmp_path, state_dir):
                                     instance=instance,
                                     resources={**resources, "scoring": ScoringLauncher(launcher=launcher)})
             assert result.success
-        # A reward-model asset asked for a language-model partition fails clearly, before any work.
-        wrong = dg.materialize([rm_word_scores], partition_key="lm-llama-it", instance=instance,
-                               resources=resources, raise_on_error=False)
-        assert not wrong.success
-        error = next(e for e in wrong.all_events if e.is_step_failure).step_failure_data.error
-        assert "is a language_model, not a reward model" in error.message
-        # Both models have log-probs now: the sensor requests the missing pair, and nothing else.
+        # Both models have log-probs now: the sensor requests the missing pair, and nothing else (the tables
+        # that read every pair wait for it).
         tick = model_partitions_sensor(dg.build_sensor_context(instance=instance, resources=resources))
         assert [(r.job_name, r.partition_key) for r in tick.run_requests] == [("mwlr_job", FIRST_PAIR)]
         assert dg.materialize([mwlr_pair], partition_key=FIRST_PAIR, instance=instance, resources=resources).success
         tick = model_partitions_sensor(dg.build_sensor_context(instance=instance, resources=resources))
-        assert not tick.run_requests and not tick.dynamic_partitions_requests
+        assert not tick.dynamic_partitions_requests
+        assert [(r.job_name, r.partition_key, tuple(k.to_user_string() for k in r.asset_selection))
+                for r in tick.run_requests] == [("lm_statistics_job", None, (
+                    "lm_rank_cells", "mwlr_tokens", "mwlr_words", "lm_anova", "lm_posthoc", "lm_report"))]
 
         storage = Storage(uri=config.storage_uri)
         logprobs = storage.read_parquet(lm_next_token_key("lm-llama-it"))
@@ -184,7 +182,7 @@ def test_run_shows_the_planted_preference_and_a_new_pair_recomputes_only_itself(
     assert ran(third, "mwlr_job") == [SECOND_PAIR]
     assert f"mwlr_job[{FIRST_PAIR}] skipped: fresh" in third
     # the tables that read the pairs first, then the report, whose inputs those changed
-    assert ran(third, "lm_statistics_job") == ["lm_posthoc, mwlr_tokens, mwlr_words", "lm_report"]
+    assert ran(third, "lm_statistics_job") == ["mwlr_tokens, mwlr_words, lm_posthoc", "lm_report"]
     assert set(csv_table(cli, "mwlr_tokens", config)["pair"]) == {FIRST_PAIR, SECOND_PAIR}
 
     instance = dg.DagsterInstance.from_config(str(state_dir / "dagster"))

@@ -7,8 +7,8 @@ import pytest
 
 from assets.tables import TABLE_KEYS, rm_word_scores_key
 from orchestration.definitions import build_definitions, build_resources
-from orchestration.partitions import MODELS_PARTITION
-from orchestration.sensors import sync_model_partitions
+from orchestration.partitions import REWARD_MODELS
+from orchestration.partitions import sync_model_partitions
 from resources.storage import Storage
 from tests.registry_fixtures import (AGENCY, COMMUNION, PROMPTS, build_random_reward_model, random_models_entry,
                                      write_small_registry)
@@ -34,7 +34,7 @@ def test_ingest_then_one_partition(tmp_path, instance):
 
     added, removed = sync_model_partitions(instance, config)
     assert sorted(added) == sorted(config.models) and removed == []
-    assert sorted(instance.get_dynamic_partitions(MODELS_PARTITION)) == sorted(config.models)
+    assert sorted(instance.get_dynamic_partitions(REWARD_MODELS)) == sorted(config.models)
 
     # Dagster-University idiom: materialize one asset for one partition with explicit resources.
     from assets.rm_scores import rm_word_scores

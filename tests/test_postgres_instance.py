@@ -175,8 +175,8 @@ def test_a_partition_materializes_on_postgres(tmp_path, postgres_server, postgre
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
     from orchestration.definitions import build_definitions
-    from orchestration.partitions import MODELS_PARTITION
-    from orchestration.sensors import sync_model_partitions
+    from orchestration.partitions import REWARD_MODELS
+    from orchestration.partitions import sync_model_partitions
     from tests.registry_fixtures import build_random_reward_model, random_models_entry, write_small_registry
     from valuebias.config import load_config
 
@@ -194,7 +194,7 @@ def test_a_partition_materializes_on_postgres(tmp_path, postgres_server, postgre
     assert ingest.success
     added, _ = sync_model_partitions(instance, load_config(config_path))
     assert sorted(added) == sorted(models)
-    assert sorted(instance.get_dynamic_partitions(MODELS_PARTITION)) == sorted(models)
+    assert sorted(instance.get_dynamic_partitions(REWARD_MODELS)) == sorted(models)
 
     scoring = defs.resolve_job_def("rm_scoring_job").execute_in_process(instance=instance, partition_key="rm-gemma")
     assert scoring.success

@@ -55,7 +55,7 @@ RUN_ONE_PARTITION = textwrap.dedent("""
     import json, sys
     import dagster as dg
     from orchestration.definitions import build_definitions, build_resources
-    from orchestration.sensors import sync_model_partitions
+    from orchestration.partitions import sync_model_partitions
     from valuebias.config import load_config
     from assets.rm_scores import rm_word_scores
 
@@ -94,7 +94,7 @@ def test_default_launcher_scores_in_a_pipes_subprocess(tmp_path):
 
     # the in-process launcher runs the same task: same table, same data version
     from orchestration.definitions import build_resources
-    from orchestration.sensors import sync_model_partitions
+    from orchestration.partitions import sync_model_partitions
     from assets.rm_scores import rm_word_scores
     from assets.tables import rm_word_scores_key
     from resources.scoring_launcher import ScoringLauncher

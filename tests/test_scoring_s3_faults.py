@@ -49,7 +49,7 @@ def _materialize(config_path, storage, instance, *, raise_on_error=True, launche
 def _ingest(config_path, storage, instance):
     from assets import ingest
     from orchestration.definitions import build_resources
-    from orchestration.sensors import sync_model_partitions
+    from orchestration.partitions import sync_model_partitions
     from valuebias.config import load_config
 
     resources = {**build_resources(config_path), "storage": storage}

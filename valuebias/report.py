@@ -176,3 +176,11 @@ def _box_with_points(ax, values, x: float, width: float, colour, rng, *, size: f
         median.set_color(colour)
     jitter = rng.uniform(-width * 0.3, width * 0.3, len(values))
     ax.scatter(x + jitter, values, s=size, color=colour, alpha=alpha, linewidths=0)
+
+
+def embedded_png(png: bytes, alt: str) -> str:
+    """A markdown image whose source is the PNG itself (a data URI), so the Dagster UI shows the plot in the
+    asset's metadata, not a path."""
+    import base64
+
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"

@@ -1,0 +1,107 @@
+"""Runs of ``valuebias run`` that the Dagster UI lists under their jobs.
+
+A run made by ``execute_in_process`` or ``dg.materialize`` carries no job origin: the UI's Jobs and
+Overview pages do not show it and re-execution warns. ``dagster job launch`` creates runs from the code
+location instead (``instance.create_run`` with the remote job's origin and snapshots) and hands them to
+the daemon; here the same run record is created from an in-process code location named like the one in
+``workspace.yaml`` and executed at once in this process (``execute_run``, in-process executor): no daemon
+needed, no process start-up per run, and the run is the one the UI would have launched.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE = PROJECT_ROOT / "workspace.yaml"
+
+
+def workspace_target() -> dict:
+    """The code location ``workspace.yaml`` declares (module, attribute, location name): read, not repeated."""
+    return yaml.safe_load(WORKSPACE.read_text())["load_from"][0]["python_module"]
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    success: bool
+    errors: list[str] = field(default_factory=list)
+
+
+class JobRuns:
+    """Creates and executes runs of the project's jobs against ``instance``; use as a context manager."""
+
+    def __init__(self, instance: dg.DagsterInstance):
+        from dagster._core.definitions.reconstruct import ReconstructableRepository
+        from dagster._core.remote_origin import InProcessCodeLocationOrigin
+        from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+        target = workspace_target()
+        self.instance = instance
+        origin = InProcessCodeLocationOrigin(
+            LoadableTargetOrigin(executable_path=sys.executable, module_name=target["module_name"],
+                                 attribute=target["attribute"], working_directory=str(PROJECT_ROOT)),
+            location_name=target["location_name"])
+        self.location = origin.create_location(instance)
+        self.repository = next(iter(self.location.get_repositories().values()))
+        self.reconstructable = ReconstructableRepository.for_module(
+            target["module_name"], target["attribute"], working_directory=str(PROJECT_ROOT))
+
+    def __enter__(self) -> "JobRuns":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.location.cleanup()
+
+    def execute(self, job_name: str, *, partition: str | None, assets: list[str] | None,
+                verbose: bool = False) -> RunOutcome:
+        """Creates the run (job origin, snapshots, partition tag, asset selection) and executes it here."""
+        from dagster._core.definitions.selector import JobSubsetSelector
+        from dagster._core.execution.api import execute_run
+
+        keys = [dg.AssetKey(a) for a in assets] if assets else None
+        selector = JobSubsetSelector(location_name=self.location.name, repository_name=self.repository.name,
+                                     job_name=job_name, op_selection=None, asset_selection=keys)
+        remote_job = self.location.get_job(selector)
+        run_config = {"execution": {"config": {"in_process": {}}},
+                      "loggers": {"console": {"config": {"log_level": "INFO" if verbose else "CRITICAL"}}}}
+        plan = self.location.get_execution_plan(remote_job, run_config, step_keys_to_execute=None, known_state=None,
+                                                instance=self.instance).execution_plan_snapshot
+        tags = {**remote_job.tags, **({"dagster/partition": partition} if partition else {})}
+        run = self.instance.create_run(
+            job_name=job_name, run_id=None, run_config=run_config, resolved_op_selection=None,
+            step_keys_to_execute=plan.step_keys_to_execute, op_selection=None, status=None, root_run_id=None,
+            parent_run_id=None, tags=tags, job_snapshot=remote_job.job_snapshot, execution_plan_snapshot=plan,
+            parent_job_snapshot=remote_job.parent_job_snapshot, remote_job_origin=remote_job.get_remote_origin(),
+            job_code_origin=remote_job.get_python_origin(), asset_selection=frozenset(keys) if keys else None,
+            asset_check_selection=None, asset_graph=self.repository.asset_graph)
+        result = execute_run(self.reconstructable.get_reconstructable_job(job_name), run, self.instance)
+        return RunOutcome(run.run_id, result.success, [] if result.success else failure_messages(self.instance,
+                                                                                                  run.run_id))
+
+
+def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """Readable reasons a run failed, from its event log: the innermost error of each failed step and each
+    failed check."""
+    messages = []
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None:
+            continue
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None and error.cause is not None:
+                error = error.cause
+            messages.append(f"{event.step_key}: {error.message.strip() if error is not None else 'step failed'}")
+        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if not evaluation.passed:
+                messages.append(f"check {evaluation.check_name} failed: {evaluation.description}")
+        elif event.event_type_value == "RUN_FAILURE" and not messages:
+            messages.append(entry.message or "run failed")
+    return messages

@@ -1,0 +1,148 @@
+"""What to run, walked from Dagster's asset graph: the state of every asset partition the registry
+defines, and the work that brings the missing and stale ones up to date.
+
+``valuebias run``, ``valuebias status``, ``model_partitions_sensor`` and ``registry_refresh_schedule`` all
+use these two functions, so none of them keeps its own list of assets, downstream maps or run order:
+
+- :func:`registry_states`: one :class:`~assets.versions.PartitionState` per asset partition, assets in
+  the graph's topological order, partitions as the config registers them (``orchestration.partitions``);
+- :func:`ready_work`: the runs to launch now: per job and partition, the non-fresh assets none of whose
+  upstream assets is itself missing, stale or failing. An asset that is only stale runs alone, and what
+  reads it runs afterwards only if its data version changed (a recomputed table that comes out the same
+  leaves its readers fresh); a missing one runs with everything that reads it in the same job.
+
+Which job materializes an asset is read from the jobs' own selections (``orchestration.jobs``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass
+
+import dagster as dg
+
+from assets.versions import ContentCheck, PartitionState, partition_state, upstream_partitions
+from orchestration.jobs import ALL_JOBS
+from orchestration.partitions import partition_keys
+from valuebias.config import RegistryConfig
+
+INGEST_JOB = "ingest_job"
+
+
+@dataclass(frozen=True)
+class Work:
+    """One run to launch: ``assets`` of ``job`` for ``partition`` (None: unpartitioned), and why."""
+
+    job: str
+    partition: str | None
+    assets: tuple[str, ...]
+    reason: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.job}[{self.partition}]" if self.partition else f"{self.job}[{', '.join(self.assets)}]"
+
+    def run_key(self, states: dict[tuple[str, str | None], PartitionState]) -> str:
+        """The same work for the same inputs is requested once (sensor and schedule run keys)."""
+        current = {a: states[(a, self.partition)].current for a in self.assets}
+        digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{self.job}:{self.partition or ''}:{','.join(self.assets)}:{digest}"
+
+    def run_request(self, states) -> dg.RunRequest:
+        return dg.RunRequest(job_name=self.job, partition_key=self.partition, run_key=self.run_key(states),
+                             asset_selection=[dg.AssetKey(a) for a in self.assets],
+                             tags={"valuebias/reason": self.reason[:200]})
+
+
+class RegistryGraph:
+    """The asset graph of a ``Definitions``: topological order, partitions, parents, and each asset's job."""
+
+    def __init__(self, defs: dg.Definitions):
+        graph = defs.resolve_asset_graph()
+        self.order = [key.to_user_string() for key in graph.toposorted_asset_keys]
+        self.partitions_def = {key.to_user_string(): graph.get(key).partitions_def for key in graph.get_all_asset_keys()}
+        self.parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
+                        for key in graph.get_all_asset_keys()}
+        self.job_of: dict[str, str] = {}
+        for job in ALL_JOBS:
+            for key in job.selection.resolve(graph):
+                self.job_of.setdefault(key.to_user_string(), job.name)
+        self.ingest_assets = [a for a in self.order if self.job_of.get(a) == INGEST_JOB]
+
+    def applies(self, asset: str, config: RegistryConfig) -> bool:
+        """Whether the registry has anything for ``asset``: an unpartitioned table computed from partitioned
+        ones needs at least one registered partition among them (no reward models: no Figure-1 tables)."""
+        partitioned = [a for a in self.ancestors(asset) if self.partitions_def[a] is not None]
+        return (self.partitions_def[asset] is not None or not partitioned
+                or any(partition_keys(config, self.partitions_def[a]) for a in partitioned))
+
+    @functools.cache
+    def ancestors(self, asset: str) -> frozenset[str]:
+        found = set(self.parents[asset])
+        for parent in self.parents[asset]:
+            found |= self.ancestors(parent)
+        return frozenset(found)
+
+
+def registry_states(graph: RegistryGraph, instance: dg.DagsterInstance, config: RegistryConfig,
+                    content: ContentCheck, *, reread_inputs: bool = True) -> list[PartitionState]:
+    """The state of every asset partition the registry defines, in the graph's order. With
+    ``reread_inputs`` the input files are read again, so an edited word list shows as stale ingest and
+    stale scores before any run (sensor ticks skip that: they compare with what was last ingested)."""
+    would_be = None
+    if reread_inputs:
+        from assets.ingest import ingest_versions
+
+        would_be = ingest_versions(config)
+    rows = []
+    for asset in graph.order:
+        if not graph.applies(asset, config):
+            continue
+        for key in partition_keys(config, graph.partitions_def[asset]):
+            state = partition_state(instance, config, asset, key, overrides=would_be, content=content)
+            if would_be and asset in would_be and state.state != "missing" and state.data_version != would_be[asset]:
+                state = PartitionState(asset, None, "stale", "input file changed", state.run_id, state.data_version,
+                                       state.metadata)
+            rows.append(state)
+    return rows
+
+
+def ready_work(graph: RegistryGraph, states: list[PartitionState], config: RegistryConfig, *,
+               everything: bool = False) -> list[Work]:
+    """The runs that can start now (see the module docstring), in the graph's order. An (asset, partition)
+    waits while anything it reads (``assets.versions.upstream_partitions``: a pair waits for its own two
+    models only) is missing, stale or failing, or waits itself. ``everything``: every partition of every
+    asset, one run per job and partition (``valuebias run --all``), in the graph's order."""
+    by_key = {(s.asset, s.partition): s for s in states}
+    waiting = {key for key, s in by_key.items() if everything or s.state != "fresh"}
+
+    @functools.cache
+    def dirty(key: tuple[str, str | None]) -> bool:
+        return key in waiting or any(dirty(up) for up in upstream_partitions(config, *key) if up in by_key)
+
+    groups: dict[tuple[str, str | None], list[str]] = {}
+    for asset, partition in [(s.asset, s.partition) for s in states if (s.asset, s.partition) in waiting]:
+        if by_key[(asset, partition)].state != "error":  # cannot run; what reads it waits
+            groups.setdefault((graph.job_of[asset], partition), []).append(asset)
+    work = []
+    for (job, partition), members in groups.items():
+        frontier = [a for a in members if not (graph.ancestors(a) & set(members))]
+        missing = any(by_key[(a, partition)].state == "missing" for a in frontier)
+        chosen = members if everything or missing else frontier
+        inputs = {up for a in chosen for up in upstream_partitions(config, a, partition)
+                  if up in by_key and up not in {(c, partition) for c in chosen}}
+        if not everything and any(dirty(up) for up in inputs):
+            continue  # an input is still missing, stale or failing: it runs first
+        first = by_key[(chosen[0], partition)]
+        reason = "recompute (--all)" if everything else f"{first.state}{': ' + first.reason if first.reason else ''}"
+        work.append(Work(job, partition, tuple(chosen), reason))
+    if everything:  # one pass in order: every job after the jobs it reads from
+        work.sort(key=lambda w: min(graph.order.index(a) for a in w.assets))
+    return work
+
+
+def errors(states: list[PartitionState]) -> list[PartitionState]:
+    """The partitions whose inputs cannot be read (a model folder or file that disappeared)."""
+    return [s for s in states if s.state == "error"]
