@@ -23,8 +23,9 @@ from tests.registry_fixtures import (AGENCY, COMMUNION, PROMPTS, build_random_re
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_RELEASE = ROOT.parent / "shared" / "paper_release"
-#: The last commit before content identities: the upgrade test builds its state folder with that code.
-PREVIOUS_RELEASE = "38c4c07"
+#: Earlier releases whose state folders the upgrade test builds with their own code: the last commit before
+#: content identities (and before the partition split), and the last before the partition split.
+BEFORE_CONTENT_IDENTITIES, BEFORE_PARTITION_SPLIT = "38c4c07", "b03cc1c"
 
 
 def status_rows(cli, config, *extra) -> dict[tuple[str, str], dict]:
@@ -243,22 +244,25 @@ def test_a_hub_id_is_the_commit_main_points_to(tmp_path, weights, cli, monkeypat
 # ------------------------------------------------------------------------------------------ upgrade
 
 
-def _previous_release(tmp_path: Path) -> Path:
-    """The code of the previous release, exported from this repository's history."""
+def _previous_release(tmp_path: Path, commit: str) -> Path:
+    """The code of an earlier release, exported from this repository's history."""
     target = tmp_path / "previous-release"
     target.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", PREVIOUS_RELEASE], capture_output=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True)
     if archive.returncode != 0:
-        pytest.skip(f"commit {PREVIOUS_RELEASE} is not in this clone's history ({archive.stderr.decode().strip()})")
+        pytest.skip(f"commit {commit} is not in this clone's history ({archive.stderr.decode().strip()})")
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
     return target
 
 
-def test_upgrading_adopts_the_recorded_scores(tmp_path, weights, cli):
-    """A state folder built by the previous release (no content identities, no code versions): the first
-    run after the upgrade adopts every scoring partition whose recorded inputs are unchanged instead of
-    rescoring it, says so, and leaves the data versions (hence the statistics' inputs) as they were."""
-    previous = _previous_release(tmp_path)
+@pytest.mark.parametrize("release", [BEFORE_CONTENT_IDENTITIES, BEFORE_PARTITION_SPLIT])
+def test_upgrading_adopts_the_recorded_scores(tmp_path, weights, cli, release):
+    """A state folder built by an earlier release. Before content identities (no content, no code
+    versions): the first run after the upgrade adopts every scoring partition whose recorded inputs are
+    unchanged instead of rescoring it and says so. Either way nothing is rescored, the data versions (hence
+    the statistics' inputs) stay as they were, and the partitions recorded in the old single ``models``
+    partition set count as materialized in the new sets."""
+    previous = _previous_release(tmp_path, release)
     published = tmp_path / "gemma-published.csv"
     words = AGENCY + COMMUNION
     published.write_text("response," + ",".join(PROMPTS) + "\n" + "".join(
@@ -279,10 +283,14 @@ def test_upgrading_adopts_the_recorded_scores(tmp_path, weights, cli):
 
     old = versions()
     rows = status_rows(cli, config)
-    assert rows[("rm_word_scores", "llama")]["reason"].startswith("recorded before content identities")
     out = cli("run", "--config", str(config))
-    assert "adopted rm_word_scores[llama] as recorded by run" in out
-    assert "adopted rm_word_scores[gemma-pub] as recorded by run" in out
+    if release == BEFORE_CONTENT_IDENTITIES:
+        assert rows[("rm_word_scores", "llama")]["reason"].startswith("recorded before content identities")
+        assert "adopted rm_word_scores[llama] as recorded by run" in out
+        assert "adopted rm_word_scores[gemma-pub] as recorded by run" in out
+    else:
+        assert rows[("rm_word_scores", "llama")]["state"] == "fresh"
+        assert ran(out, "rm_scoring_job") == [] and "adopted" not in out
     cache = tmp_path / "registry" / ".valuebias" / "data" / "score_cache" / "llama"
     assert len(list(cache.iterdir())) == 1  # the previous release's cache only: nothing was scored
     new = versions()
