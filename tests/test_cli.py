@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -64,6 +65,19 @@ def test_run_recovers_the_planted_preferences_and_is_idempotent(tmp_path):
     assert again == tests
     assert (tmp_path / ".valuebias" / "dagster" / "history" / "runs.db").exists()
     assert (tmp_path / ".valuebias" / "data" / "reports" / "figure1_small.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![Figure 1, small](figure1_small.png)" in (tmp_path / ".valuebias" / "data" / "reports"
+                                                     / "rm_report.md").read_text()
+    # A complete run leaves no partition missing, and each partition set holds only what can succeed.
+    code = ("import json, dagster as dg; from orchestration.definitions import build_definitions as b; "
+            "i = dg.DagsterInstance.get(); g = b().resolve_asset_graph(); "
+            "print(json.dumps({k.to_user_string(): [len(i.get_materialized_partitions(k)), "
+            "len(i.get_dynamic_partitions(g.get(k).partitions_def.name))] "
+            "for k in g.get_all_asset_keys() if g.get(k).partitions_def}))")
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path / ".valuebias" / "dagster"), VALUEBIAS_CONFIG=str(config))
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) == {"rm_word_scores": [4, 4], "rm_vocabulary_sweep": [0, 0],
+                               "lm_next_token_logprobs": [0, 0], "lm_word_logprobs": [0, 0], "mwlr_pair": [0, 0]}
 
 
 def test_run_stops_on_a_contract_failure_and_scores_nothing(tmp_path):
