@@ -121,3 +121,50 @@ def report_result(storage: Storage, key: str, text: str, plots: dict[str, bytes]
                   **{f"plot/{name}": dg.MetadataValue.path(storage.full_uri(f"reports/{name}")) for name in plots},
                   **metadata},
         data_version=dg.DataVersion(digest.hexdigest()[:16]))
+
+
+def output_keys(asset: str, partition: str | None) -> list[str]:
+    """Where each asset (partition) stores what it computed, the table whose content version is its data
+    version first."""
+    per_partition = {
+        "rm_word_scores": lambda p: [rm_word_scores_key(p)],
+        "rm_vocabulary_sweep": lambda p: [rm_vocabulary_sweep_key(p), rm_sweep_tokens_key(p)],
+        "lm_next_token_logprobs": lambda p: [lm_next_token_key(p)],
+        "lm_word_logprobs": lambda p: [lm_word_logprobs_key(p)],
+        "mwlr_pair": lambda p: [mwlr_key(p)],
+    }
+    if asset in per_partition:
+        return per_partition[asset](partition)
+    if asset in TABLE_KEYS:
+        return [TABLE_KEYS[asset]]
+    return {"rm_report": ["reports/rm_report.md"], "lm_report": ["reports/lm_report.md"]}.get(asset, [])
+
+
+#: Tables too large to render as text for their version (a vocabulary per prompt).
+LARGE_TABLES = ("lm_next_token_logprobs", "mwlr_pair")
+
+
+def stored_output_problem(storage: Storage, asset: str, partition: str | None, metadata: dict,
+                          data_version: str | None, *, verify: bool = False) -> str | None:
+    """What is wrong with the stored output of a recorded materialization, or None. Cheap: every output is
+    present, and the main table's parquet footer is readable with the recorded row count (a deleted or
+    truncated file). With ``verify``: its content version also equals the recorded data version (a file
+    altered in place)."""
+    keys = output_keys(asset, partition)
+    for key in keys:
+        if not storage.exists(key):
+            return f"stored output missing: {storage.full_uri(key)}"
+    if not keys or not keys[0].endswith(".parquet"):
+        return None
+    main = keys[0]
+    rows = storage.parquet_rows(main)
+    if rows is None:
+        return f"stored output unreadable (truncated or overwritten?): {storage.full_uri(main)}"
+    recorded = metadata.get("dagster/row_count")
+    if recorded is not None and rows != int(recorded):
+        return f"stored output has {rows} rows, {recorded} were recorded: {storage.full_uri(main)}"
+    if verify and data_version is not None:
+        version_of = large_table_version if asset in LARGE_TABLES else content_version
+        if version_of(storage.read_parquet(main)) != data_version:
+            return f"stored output altered since it was recorded: {storage.full_uri(main)}"
+    return None

@@ -40,7 +40,8 @@ def ready_requests(instance: dg.DagsterInstance, defs: dg.Definitions, config: R
     from orchestration.plan import RegistryGraph, ready_work, registry_states
 
     graph = RegistryGraph(defs)
-    states = registry_states(graph, instance, config, tick_content_check(config), reread_inputs=reread_inputs)
+    states = registry_states(graph, instance, config, tick_content_check(config), reread_inputs=reread_inputs,
+                             check_outputs=reread_inputs)  # sensor ticks (every 30 s) leave storage alone
     by_key = {(s.asset, s.partition): s for s in states}
     return [work.run_request(by_key) for work in ready_work(graph, states, config)]
 

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from orchestration.state import project_instance, run_lock, use_project_instance  # noqa: F401 (re-exported)
 from valuebias.config import RegistryConfig, load_config
 from valuebias.errors import InputError
 
@@ -32,26 +33,11 @@ def _config_path(arg: str | None) -> Path:
     return Path(arg).expanduser().resolve() if arg else default_config_path()
 
 
-def use_project_instance(config: RegistryConfig) -> Path:
-    """Points Dagster at ``<state_dir>/dagster`` (created with telemetry off) and at this config."""
-    home = Path(config.state_dir) / "dagster"
-    home.mkdir(parents=True, exist_ok=True)
-    settings = home / "dagster.yaml"
-    if not settings.exists():
-        settings.write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(home)
-    os.environ["VALUEBIAS_CONFIG"] = str(config.path)
-    return home
-
-
 def prepare_instance(config: RegistryConfig):
     """The project's instance, with the partition sets synced and the ``gpu`` pool limit set."""
-    import dagster as dg
-
     from orchestration.partitions import sync_model_partitions
 
-    use_project_instance(config)
-    instance = dg.DagsterInstance.get()
+    instance = project_instance(config)
     instance.event_log_storage.set_concurrency_slots("gpu", config.gpu_concurrency)
     return instance, sync_model_partitions(instance, config)
 
@@ -72,12 +58,20 @@ def registry_graph(config: RegistryConfig):
 
 
 def cmd_run(args) -> int:
+    config = load_config(_config_path(args.config))
+    # one `valuebias run` per state folder at a time: a second one waits (saying for whom), then finds
+    # the work done and skips it
+    with run_lock(config, lambda message: print(f"valuebias: {message}", flush=True)):
+        return run_registry(args, config)
+
+
+def run_registry(args, config: RegistryConfig) -> int:
+    """``valuebias run`` with the state folder's run lock held."""
     from assets.versions import latest_record
     from orchestration.jobs import ALL_JOBS
     from orchestration.launch import JobRuns
     from orchestration.plan import INGEST_JOB, errors, ready_work, registry_states
 
-    config = load_config(_config_path(args.config))
     instance, (added, removed) = prepare_instance(config)
     graph = registry_graph(config)
     content = content_check(config, args.verify)
@@ -155,15 +149,13 @@ def report_adopted(instance, asset: str, partition: str | None, before) -> None:
 
 
 def cmd_status(args) -> int:
-    import dagster as dg
     import polars as pl
 
     from orchestration.plan import registry_states
     from valuebias.report import markdown_table
 
     config = load_config(_config_path(args.config))
-    use_project_instance(config)
-    instance = dg.DagsterInstance.get()
+    instance = project_instance(config)
     states = registry_states(registry_graph(config), instance, config, content_check(config, args.verify))
     rows = [{
         "asset": s.asset, "partition": s.partition or "", "state": s.state, "reason": s.reason,

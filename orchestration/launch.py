@@ -72,7 +72,9 @@ class JobRuns:
                       "loggers": {"console": {"config": {"log_level": "INFO" if verbose else "CRITICAL"}}}}
         plan = self.location.get_execution_plan(remote_job, run_config, step_keys_to_execute=None, known_state=None,
                                                 instance=self.instance).execution_plan_snapshot
-        tags = {**remote_job.tags, **({"dagster/partition": partition} if partition else {})}
+        from orchestration.state import run_tags
+
+        tags = {**remote_job.tags, **run_tags(), **({"dagster/partition": partition} if partition else {})}
         run = self.instance.create_run(
             job_name=job_name, run_id=None, run_config=run_config, resolved_op_selection=None,
             step_keys_to_execute=plan.step_keys_to_execute, op_selection=None, status=None, root_run_id=None,

@@ -87,10 +87,17 @@ class RegistryGraph:
 
 
 def registry_states(graph: RegistryGraph, instance: dg.DagsterInstance, config: RegistryConfig,
-                    content: ContentCheck, *, reread_inputs: bool = True) -> list[PartitionState]:
+                    content: ContentCheck, *, reread_inputs: bool = True,
+                    check_outputs: bool = True) -> list[PartitionState]:
     """The state of every asset partition the registry defines, in the graph's order. With
     ``reread_inputs`` the input files are read again, so an edited word list shows as stale ingest and
-    stale scores before any run (sensor ticks skip that: they compare with what was last ingested)."""
+    stale scores before any run (sensor ticks skip that: they compare with what was last ingested). With
+    ``check_outputs`` a fresh partition whose stored output is missing, truncated or (when ``content``
+    verifies) altered is stale, naming the file (``assets.tables.stored_output_problem``)."""
+    from assets.tables import stored_output_problem
+    from resources.storage import Storage
+
+    storage = Storage(uri=config.storage_uri)
     would_be = None
     if reread_inputs:
         from assets.ingest import ingest_versions
@@ -105,6 +112,12 @@ def registry_states(graph: RegistryGraph, instance: dg.DagsterInstance, config: 
             if would_be and asset in would_be and state.state != "missing" and state.data_version != would_be[asset]:
                 state = PartitionState(asset, None, "stale", "input file changed", state.run_id, state.data_version,
                                        state.metadata)
+            elif check_outputs and state.state == "fresh":
+                problem = stored_output_problem(storage, asset, key, state.metadata, state.data_version,
+                                                verify=content.mode == "verify")
+                if problem:
+                    state = PartitionState(asset, key, "stale", problem, state.run_id, state.data_version,
+                                           state.metadata, state.current)
             rows.append(state)
     return rows
 

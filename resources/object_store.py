@@ -533,6 +533,26 @@ class ObjectStore:
         """The parquet table at ``key``; FileNotFoundError naming the full URI when it is absent."""
         return pl.read_parquet(io.BytesIO(self.read_bytes(key)))
 
+    def parquet_rows(self, key: str) -> int | None:
+        """The row count in the footer of the parquet file at ``key`` (reads the footer only), or None when
+        the object is not a readable parquet file (truncated, overwritten with something else)."""
+        import pyarrow.parquet as pq
+
+        _check_key(key)
+        try:
+            if self._is_local():
+                return pq.read_metadata(self._local_root() / key).num_rows
+
+            def footer(fs, path):
+                with fs.open(path, "rb") as handle:
+                    return pq.read_metadata(handle).num_rows
+
+            return self._call("read", key, footer)
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, StorageError):
+                raise
+            return None
+
     def exists(self, key: str) -> bool:
         """Whether an object (a file, not a directory) is stored at ``key``. An unreachable store is a
         StorageError, not False."""

@@ -96,8 +96,13 @@ class ScoringLauncher(dg.ConfigurableResource):
 
     def score(self, context: dg.AssetExecutionContext, config: RegistryConfig, task: str, model: ModelConfig,
               storage_spec: dict, inputs: dict[str, str], outputs: dict[str, str]) -> tuple[dict[str, Any], str]:
-        """:meth:`task_spec` then :meth:`run`: what a scoring asset calls."""
-        return self.run(context, config, self.task_spec(config, task, model, storage_spec, inputs, outputs))
+        """:meth:`task_spec` then :meth:`run`: what a scoring asset calls. One process computes a partition at
+        a time: a second run of it (another ``valuebias run``, a run launched from the UI) waits, saying for
+        whom, then finds the first one's scores in the score cache."""
+        from resources.locks import partition_lock
+
+        with partition_lock(config.state_dir, task, context.partition_key, context.log.info):
+            return self.run(context, config, self.task_spec(config, task, model, storage_spec, inputs, outputs))
 
     def identify(self, context: dg.AssetExecutionContext, config: RegistryConfig, model: ModelConfig,
                  storage_spec: dict) -> dict[str, Any]:

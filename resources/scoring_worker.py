@@ -63,19 +63,37 @@ def throttled_progress(log: Log, label: str, unit: str, every_seconds: float = 1
 
 class StorageScoreCache:
     """The score cache of one model in product storage: one parquet chunk per scored prompt, each
-    written atomically, so a killed partition keeps every finished chunk and never a partial one."""
+    written atomically, so a killed partition keeps every finished chunk and never a partial one. A chunk
+    is named after its content version (``<prompt>-<version>.parquet``) and checked against it when read:
+    a chunk that is unreadable or altered is discarded with a warning naming it, and only its sequences
+    are scored again."""
 
-    def __init__(self, store: ObjectStore, prefix: str):
-        self.store, self.prefix = store, prefix
+    def __init__(self, store: ObjectStore, prefix: str, warn: Log | None = None):
+        self.store, self.prefix, self.warn = store, prefix, warn or (lambda message: None)
 
     def read(self) -> pl.DataFrame:
         from valuebias.score_partition import empty_cache
 
-        keys = [k for k in self.store.list(self.prefix) if k.endswith(".parquet")]
-        return pl.concat([self.store.read_parquet(k) for k in keys]) if keys else empty_cache()
+        chunks = []
+        for key in (k for k in self.store.list(self.prefix) if k.endswith(".parquet")):
+            problem, chunk = None, None
+            try:
+                chunk = self.store.read_parquet(key)
+            except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+                problem = f"unreadable ({type(exc).__name__})"
+            expected = key.rsplit("-", 1)[-1].removesuffix(".parquet")
+            if chunk is not None and len(expected) == 16 and content_version(chunk) != expected:
+                problem = "its content does not match the checksum in its name"
+            if problem:
+                self.warn(f"score cache chunk {self.store.full_uri(key)} is {problem}: discarded, its sequences "
+                          "are scored again")
+                self.store.delete(key)
+                continue
+            chunks.append(chunk)
+        return pl.concat(chunks) if chunks else empty_cache()
 
     def write_chunk(self, name: str, chunk: pl.DataFrame) -> None:
-        self.store.write_parquet(f"{self.prefix}{name}.parquet", chunk)
+        self.store.write_parquet(f"{self.prefix}{name}-{content_version(chunk)}.parquet", chunk)
 
 
 def import_published_scores(model_id: str, files: dict[str, str], base_dir: str, prompts: pl.DataFrame,
@@ -132,7 +150,7 @@ def rm_word_scores(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFra
     return score_reward_model(
         model_id, model["source"], model["settings"], prompts=prompts, corpus_words=words,
         demo_dir=Path(spec["demo_dir"]), batch_size=int(spec["batch_size"]), device=spec.get("device"),
-        cache=lambda key: StorageScoreCache(store, f"score_cache/{model_id}/{key}/"),
+        cache=lambda key: StorageScoreCache(store, f"score_cache/{model_id}/{key}/", warn=log),
         progress=throttled_progress(log, model_id, "sequences scored"), digest_cache=spec.get("digest_cache"))
 
 

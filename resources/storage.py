@@ -72,6 +72,10 @@ class Storage(dg.ConfigurableResource):
         """Whether an object (a file, not a directory) is stored at ``key``."""
         return self.store().exists(key)
 
+    def parquet_rows(self, key: str) -> int | None:
+        """The row count of the parquet file at ``key`` from its footer; None when it is not readable."""
+        return self.store().parquet_rows(key)
+
     def delete(self, key: str) -> None:
         """Removes ``key``; a key that is already absent is not an error."""
         self.store().delete(key)

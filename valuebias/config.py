@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,14 @@ from typing import Any
 import yaml
 
 from valuebias.errors import InputError
+from valuebias.safe_yaml import NoAliasLoader
 
 DEFAULT_CONFIG_NAME = "valuebias.yaml"
+#: Model ids are partition keys, file names and Kubernetes label values: one pattern, checked here (and by
+#: the ``model_registry`` data contract, whose regex must stay equal to it).
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+#: A registry config larger than this is refused before it is parsed.
+MAX_CONFIG_BYTES = 1 << 20
 MODEL_KINDS = ("reward_model", "language_model")
 LM_VARIANTS = ("instruction_tuned", "pretrained")
 WORD_RULES = ("single_token", "full_sequence")
@@ -148,8 +155,8 @@ class RegistryConfig:
 # YAML with line numbers: every mapping key remembers the line it was written on.
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that records the line of every mapping key and rejects duplicate keys."""
+class _LineLoader(NoAliasLoader):
+    """SafeLoader that records the line of every mapping key and rejects duplicate keys and aliases."""
 
     def __init__(self, stream, source: str):
         super().__init__(stream)
@@ -285,7 +292,12 @@ def load_config(path: str | Path) -> RegistryConfig:
     path = Path(path).expanduser().resolve()
     source = str(path)
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise InputError(f"the config file is {path.stat().st_size} bytes; a registry config is at most "
+                             f"{MAX_CONFIG_BYTES} bytes", source=source)
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text (byte {exc.start})", source=source) from None
     except OSError as exc:
         raise InputError(f"cannot read config file: {exc.strerror or exc}", source=source) from exc
     data, lines = _load_yaml_with_lines(text, source)
@@ -392,8 +404,9 @@ def _read_corpus(r: _Reader, cid: str, entry: Any, base: Path) -> CorpusConfig:
 
 def _read_model(r: _Reader, mid: str, entry: Any, base: Path, corpora: dict[str, CorpusConfig]) -> ModelConfig:
     p = ("models", mid)
-    if not mid.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise r.error(p, "model ids may contain only letters, digits, '-', '_' and '.'")
+    if not re.fullmatch(MODEL_ID_PATTERN, mid):
+        raise r.error(p, f"model id {mid!r} does not match {MODEL_ID_PATTERN}: ASCII letters and digits, then "
+                         "also '.', '_' or '-', at most 100 characters (it is a partition key and a file name)")
     e = r.mapping(entry, p, MODEL_KEYS)
     kind = r.string(e.get("kind"), p + ("kind",), choices=MODEL_KINDS)
     family = r.string(e.get("family"), p + ("family",))

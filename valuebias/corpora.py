@@ -29,14 +29,13 @@ source, the row (CSV: 1-based data row, the header not counted; dic: line number
 from __future__ import annotations
 
 import bisect
-import csv
-import io
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import polars as pl
 
 from valuebias.errors import InputError
+from valuebias.text_input import csv_rows
 from valuebias.wordlist import wildcard_stem
 
 FORMATS = ("csv", "dicx", "dic")
@@ -149,10 +148,7 @@ def _decode(data: bytes, source: str) -> str:
 
 def _read_csv_rows(text: str, source: str, word_column: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and (data row number, cells) of a CSV; blank lines are skipped but keep their number."""
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as err:
-        raise InputError(f"not a readable CSV: {err}", source=source, field=word_column) from err
+    rows = csv_rows(text, source, word_column)
     if not rows or not any(cell.strip() for cell in rows[0]):
         raise InputError("empty corpus: no header", source=source, field=word_column)
     header = [name.strip() for name in rows[0]]

@@ -17,6 +17,8 @@ import polars as pl
 import yaml
 
 from valuebias.errors import InputError
+from valuebias.text_input import csv_rows
+from valuebias.safe_yaml import NoAliasLoader
 
 COLUMNS = ["prompt", "text", "adjective", "superlative", "style", "framing"]
 
@@ -127,10 +129,9 @@ def _decode(data: bytes, source: str) -> str:
         raise InputError(f"not UTF-8 text (byte {err.start})", source=source, row=line, field="text") from err
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses duplicate mapping keys (plain safe_load silently keeps the last one)."""
-
-    source = ""
+class _UniqueKeyLoader(NoAliasLoader):
+    """A SafeLoader that refuses duplicate mapping keys (plain safe_load silently keeps the last one) and
+    aliases."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -172,10 +173,7 @@ def _read_yaml(text: str, source: str) -> list[tuple[int, object, object]]:
 
 def _read_csv(text: str, source: str) -> list[tuple[int, object, object]]:
     """(data row, id, text) for each row of a CSV with columns prompt,text (other columns are ignored)."""
-    try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
-    except csv.Error as err:
-        raise InputError(f"not a readable CSV: {err}", source=source, field="prompt") from err
+    rows = csv_rows(text, source, "prompt")
     if not rows:
         raise InputError("empty prompt table: no header", source=source, field="prompt")
     header = [name.strip() for name in rows[0]]

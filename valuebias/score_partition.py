@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -52,7 +51,7 @@ class ScoreCache(Protocol):
 
     def read(self) -> pl.DataFrame: ...
 
-    def write_chunk(self, name: str, chunk: pl.DataFrame) -> None: ...
+    def write_chunk(self, prompt_id: str, chunk: pl.DataFrame) -> None: ...
 
 
 def empty_cache() -> pl.DataFrame:
@@ -120,7 +119,7 @@ def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, 
                                   "score": [new[w] for w, k in zip(words, keys) if w in new]},
                                  schema={"key": pl.Utf8, "score": pl.Float64})
             if cache is not None:
-                cache.write_chunk(f"{prompt_id}-{uuid.uuid4().hex[:8]}", chunk)
+                cache.write_chunk(prompt_id, chunk)
             known.update(zip(chunk["key"].to_list(), chunk["score"].to_list()))
             scored += len(missing)
         rows.append(pl.DataFrame({"prompt": prompt_id, "word": words, "score": [known[k] for k in keys]},

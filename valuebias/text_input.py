@@ -1,0 +1,25 @@
+"""Reading CSV text that a user hands ValueBias: every error names the file, the line and the field."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from valuebias.errors import InputError
+
+
+def csv_rows(text: str, source: str, field: str) -> list[list[str]]:
+    """All rows of a CSV text. A malformed file (a field over the csv module's limit, an unterminated
+    quote, a NUL) is an ``InputError`` naming ``source``, the file line where reading stopped and ``field``."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []
+    try:
+        for row in reader:
+            rows.append(row)
+    except csv.Error as err:
+        reason = str(err)
+        if "field larger than field limit" in reason:
+            reason = f"a field longer than {csv.field_size_limit()} characters (is this really a CSV word list?)"
+        raise InputError(f"not a readable CSV: {reason}", source=source, row=max(reader.line_num, 1),
+                         field=field) from None
+    return rows
