@@ -12,12 +12,13 @@ models changed (``valuebias status`` / ``valuebias run``, and the partition sens
 import dagster as dg
 import polars as pl
 
-from assets.tables import (TABLE_KEYS, large_table_version, lm_next_token_key, mwlr_key, table_result,
+from assets.tables import (TABLE_KEYS, contract_spec, large_table_version, lm_next_token_key, mwlr_key, table_result,
                            write_table)
 from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
 from orchestration.partitions import pair_partitions
 from resources.registry import Registry
 from resources.storage import Storage
+from resources.validation import ContractValidator
 from valuebias.config import RegistryConfig
 from valuebias.implicit_rewards import mwlr, top_bottom_tokens, word_mwlr
 
@@ -85,8 +86,9 @@ def _with_pair(table: pl.DataFrame, pair: str, models: tuple[str, str], framing:
 
 
 @dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=reads("mwlr_tokens"),
-           code_version=CODE_VERSIONS["mwlr_tokens"])
-def mwlr_tokens(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
+           code_version=CODE_VERSIONS["mwlr_tokens"], check_specs=[contract_spec("mwlr_tokens")])
+def mwlr_tokens(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+                validator: ContractValidator) -> dg.MaterializeResult:
     """Table 1 for every pair and prompt: the ``implicit_rewards.top_n`` token strings with the highest
     MWLR (rank 1..N, favoured by model a) and the lowest (rank -1..-N, favoured by model b). Rows are
     ordered by pair, positive prompts first, prompt, then from most favoured by a to most favoured by b."""
@@ -106,16 +108,17 @@ def mwlr_tokens(context: dg.AssetExecutionContext, registry: Registry, storage: 
                        pl.col("rank"), maintain_order=True))
     else:
         table = pl.DataFrame(schema=schema)
-    uri, version = write_table(storage, TABLE_KEYS["mwlr_tokens"], table)
+    uri, version, check = write_table(storage, validator, "mwlr_tokens", table)
     note = f"top and bottom {n} strings per pair and prompt" if parts else "no pairs configured"
     return table_result(table, uri, version, {"top_n": n, "pairs": len(parts), "note": note,
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)},
-                        preview_rows=2 * n)
+                        preview_rows=2 * n, check=check)
 
 
 @dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=reads("mwlr_words"),
-           code_version=CODE_VERSIONS["mwlr_words"])
-def mwlr_words(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
+           code_version=CODE_VERSIONS["mwlr_words"], check_specs=[contract_spec("mwlr_words")])
+def mwlr_words(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+               validator: ContractValidator) -> dg.MaterializeResult:
     """Figure 3's data: per pair and prompt, the MWLR of each ``implicit_rewards.words`` word, averaged over
     its case and leading-space variants present in both vocabularies (``freedom``, ``Freedom``,
     ``FREEDOM``, `` freedom``, ...). A word none of whose variants both models have gets no row."""
@@ -134,9 +137,10 @@ def mwlr_words(context: dg.AssetExecutionContext, registry: Registry, storage: S
     schema = {"pair": pl.Utf8, "model_a": pl.Utf8, "model_b": pl.Utf8, "prompt": pl.Utf8, "framing": pl.Utf8,
               "word": pl.Utf8, "mwlr": pl.Float64, "n_variants": pl.UInt32, "variants": pl.Utf8}
     table = pl.concat(parts).sort("pair", "word", "prompt") if parts else pl.DataFrame(schema=schema)
-    uri, version = write_table(storage, TABLE_KEYS["mwlr_words"], table)
+    uri, version, check = write_table(storage, validator, "mwlr_words", table)
     note = "no pairs configured" if not parts else (
         "words with no variant in both vocabularies: " + "; ".join(f"{p}: {', '.join(w)}" for p, w in missing.items())
         if missing else "every word found in every pair")
     return table_result(table, uri, version, {"words": ", ".join(words), "note": note,
-                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=20)
+                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=20,
+                   check=check)

@@ -2,17 +2,19 @@
 
 Parsing errors (missing file, wrong format, unknown category, duplicate prompt id, ...) raise an
 ``InputError`` naming the file, row and field before anything is written. The stored tables are then
-checked against their data contracts by blocking asset checks (``assets/checks.py``).
+checked against their data contracts before they are stored (``assets.tables.write_table``: validate, then
+publish; the result is each asset's blocking ``<table>_contract`` check).
 """
 
 
 import dagster as dg
 import polars as pl
 
-from assets.tables import TABLE_KEYS, content_version, table_result, write_table
+from assets.tables import TABLE_KEYS, contract_spec, content_version, table_result, write_table
 from assets.versions import CODE_VERSIONS
 from resources.registry import Registry
 from resources.storage import Storage, read_input_uri
+from resources.validation import ContractValidator
 from valuebias.config import RegistryConfig
 from valuebias.corpora import read_corpus
 from valuebias.prompts import read_prompts
@@ -60,40 +62,43 @@ def ingest_versions(config: RegistryConfig) -> dict[str, str]:
             "model_registry": content_version(build_model_registry(config))}
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["prompts"])
-def prompts(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["prompts"],
+          check_specs=[contract_spec("prompts")])
+def prompts(registry: Registry, storage: Storage, validator: ContractValidator) -> dg.MaterializeResult:
     """The prompt table (prompt id, text, adjective, superlative, style, framing), METHOD.md section 1."""
     config = registry.load()
     table = build_prompts(config)
-    uri, version = write_table(storage, TABLE_KEYS["prompts"], table)
+    uri, version, check = write_table(storage, validator, "prompts", table)
     framing = table.group_by("framing").len().sort("framing")
     return table_result(table, uri, version, {
         "source": config.prompts_uri,
         "prompts_by_framing": {row["framing"]: row["len"] for row in framing.to_dicts()},
-    })
+    }, check=check)
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["corpus_words"])
-def corpus_words(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["corpus_words"],
+          check_specs=[contract_spec("corpus_words")])
+def corpus_words(registry: Registry, storage: Storage, validator: ContractValidator) -> dg.MaterializeResult:
     """Every corpus as (corpus, word, category) rows: lowercased, trimmed, duplicates removed,
     ``*`` wildcards expanded against one fixed English word list (METHOD.md section 2)."""
     table, per_corpus, description = build_corpus_words(registry.load())
-    uri, version = write_table(storage, TABLE_KEYS["corpus_words"], table)
+    uri, version, check = write_table(storage, validator, "corpus_words", table)
     metadata = {f"corpus/{cid}": dg.MetadataValue.json(_jsonable(stats)) for cid, stats in per_corpus.items()}
     metadata["words_per_corpus"] = {cid: int(s.get("words", 0)) for cid, s in per_corpus.items()}
     if description is not None:
         metadata["wildcard_wordlist"] = dg.MetadataValue.json(description)
-    return table_result(table, uri, version, metadata)
+    return table_result(table, uri, version, metadata, check=check)
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["model_registry"])
-def model_registry(registry: Registry, storage: Storage) -> dg.MaterializeResult:
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["model_registry"],
+          check_specs=[contract_spec("model_registry")])
+def model_registry(registry: Registry, storage: Storage, validator: ContractValidator) -> dg.MaterializeResult:
     """The registered models: id, kind, family, source and a fingerprint of the whole entry.
     The partitions of the scoring assets are these model ids."""
     config = registry.load()
     table = build_model_registry(config)
-    uri, version = write_table(storage, TABLE_KEYS["model_registry"], table)
-    return table_result(table, uri, version, {"config": str(config.path)}, preview_rows=50)
+    uri, version, check = write_table(storage, validator, "model_registry", table)
+    return table_result(table, uri, version, {"config": str(config.path)}, preview_rows=50, check=check)
 
 
 def _jsonable(value):

@@ -7,10 +7,11 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from assets.tables import TABLE_KEYS, lm_word_logprobs_key, report_result, table_result, write_table
+from assets.tables import TABLE_KEYS, contract_spec, lm_word_logprobs_key, report_result, table_result, write_table
 from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
 from resources.registry import Registry
 from resources.storage import Storage
+from resources.validation import ContractValidator
 from valuebias.config import RegistryConfig
 from valuebias.lm_statistics import common_words, lm_anova as fit_anova, lm_posthoc as welch_posthoc
 from valuebias.lm_statistics import lm_rank_cells as median_rank_cells
@@ -43,8 +44,9 @@ def load_word_logprobs(config: RegistryConfig, storage: Storage) -> pl.DataFrame
 
 @dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"},
           deps=reads("lm_rank_cells"),
-           code_version=CODE_VERSIONS["lm_rank_cells"])
-def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
+           code_version=CODE_VERSIONS["lm_rank_cells"], check_specs=[contract_spec("lm_rank_cells")])
+def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+                  validator: ContractValidator) -> dg.MaterializeResult:
     """Median rank per (corpus, prompt, category, model): within each (model, prompt), the words every
     language model kept are ranked by descending log-prob (ties averaged, 1 = best), and the median is
     taken per category. ``valence`` is the prompt's framing."""
@@ -70,14 +72,15 @@ def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
         notes[corpus_id] = (f"{len(cells)} cells from {len(present)} models, {len(shared)} words every model kept"
                             + (f"; left out (kept no word): {', '.join(absent)}" if absent else ""))
     table = pl.concat(parts).cast(RANK_CELL_SCHEMA) if parts else pl.DataFrame(schema=RANK_CELL_SCHEMA)
-    uri, version = write_table(storage, TABLE_KEYS["lm_rank_cells"], table)
+    uri, version, check = write_table(storage, validator, "lm_rank_cells", table)
     return table_result(table, uri, version, {"cells_per_corpus": notes,
-                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)})
+                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
 
 
 @dg.asset(group_name="lm_statistics", kinds={"statsmodels", "parquet"}, deps=reads("lm_anova"),
-           code_version=CODE_VERSIONS["lm_anova"])
-def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
+           code_version=CODE_VERSIONS["lm_anova"], check_specs=[contract_spec("lm_anova")])
+def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+             validator: ContractValidator) -> dg.MaterializeResult:
     """Type-II three-way ANOVA per corpus: median_rank ~ category * valence * model (F, df, p per term)."""
     versions = current_input_versions(context.instance, registry.load(), "lm_anova")
     cells = storage.read_parquet(TABLE_KEYS["lm_rank_cells"])
@@ -102,14 +105,16 @@ def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Sto
             notes[corpus_id] = "fitted"
         parts.append(fit.with_columns(pl.lit(corpus_id).alias("corpus")).select(list(ANOVA_SCHEMA)))
     table = pl.concat(parts) if parts else pl.DataFrame(schema=ANOVA_SCHEMA)
-    uri, version = write_table(storage, TABLE_KEYS["lm_anova"], table)
+    uri, version, check = write_table(storage, validator, "lm_anova", table)
     return table_result(table, uri, version, {"fit": notes or {"all": "no rank cells"},
-                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40)
+                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40,
+                   check=check)
 
 
 @dg.asset(group_name="lm_statistics", kinds={"scipy", "parquet"}, deps=reads("lm_posthoc"),
-           code_version=CODE_VERSIONS["lm_posthoc"])
-def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
+           code_version=CODE_VERSIONS["lm_posthoc"], check_specs=[contract_spec("lm_posthoc")])
+def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+               validator: ContractValidator) -> dg.MaterializeResult:
     """Per corpus and configured pair, Welch's t-test of the two models' median-rank cells in every
     category x valence panel, Benjamini-Hochberg adjusted over the pair's panels (``p_bh``)."""
     config = registry.load()
@@ -139,9 +144,10 @@ def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: S
     if not config.pairs:
         notes["all"] = "no pairs configured: the post-hoc tests compare the models of each pair"
     table = pl.concat(parts).cast(POSTHOC_SCHEMA) if parts else pl.DataFrame(schema=POSTHOC_SCHEMA)
-    uri, version = write_table(storage, TABLE_KEYS["lm_posthoc"], table)
+    uri, version, check = write_table(storage, validator, "lm_posthoc", table)
     return table_result(table, uri, version, {"tests": notes or {"all": "no rank cells"},
-                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40)
+                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40,
+                   check=check)
 
 
 @dg.asset(group_name="lm_statistics", kinds={"matplotlib", "markdown"},

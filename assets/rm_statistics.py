@@ -4,10 +4,11 @@
 import dagster as dg
 import polars as pl
 
-from assets.tables import TABLE_KEYS, report_result, rm_word_scores_key, table_result, write_table
+from assets.tables import TABLE_KEYS, contract_spec, report_result, rm_word_scores_key, table_result, write_table
 from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
 from resources.registry import Registry
 from resources.storage import Storage
+from resources.validation import ContractValidator
 from valuebias.config import RegistryConfig
 from valuebias.report import figure1_png, markdown_table
 from valuebias.statistics import (default_family_pair, family_tests, fit_mixed_model, median_rank_cells,
@@ -37,8 +38,9 @@ def load_reward_model_scores(config: RegistryConfig, storage: Storage) -> pl.Dat
 
 @dg.asset(group_name="statistics", kinds={"polars", "parquet"},
           deps=reads("rm_rank_cells"),
-           code_version=CODE_VERSIONS["rm_rank_cells"])
-def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
+           code_version=CODE_VERSIONS["rm_rank_cells"], check_specs=[contract_spec("rm_rank_cells")])
+def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+                  validator: ContractValidator) -> dg.MaterializeResult:
     """Median rank per (corpus, model, category, prompt): words ranked by descending score within each
     (model, prompt), ties averaged, 1 = best (steps 1-3)."""
     config = registry.load()
@@ -62,14 +64,15 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
     if not parts:
         raise dg.Failure("no corpus has scores from any reward model")
     table = pl.concat(parts)
-    uri, version = write_table(storage, TABLE_KEYS["rm_rank_cells"], table)
+    uri, version, check = write_table(storage, validator, "rm_rank_cells", table)
     return table_result(table, uri, version, {"cells_per_corpus": per_corpus,
-                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)})
+                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
 
 
 @dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=reads("rm_mixed_model"),
-           code_version=CODE_VERSIONS["rm_mixed_model"])
-def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
+           code_version=CODE_VERSIONS["rm_mixed_model"], check_specs=[contract_spec("rm_mixed_model")])
+def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+                   validator: ContractValidator) -> dg.MaterializeResult:
     """Linear mixed model per corpus, REML: median_rank ~ family * category * framing + (1 | model) (step 4)."""
     versions = current_input_versions(context.instance, registry.load(), "rm_mixed_model")
     cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
@@ -87,14 +90,15 @@ def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storag
     table = pl.concat(parts) if parts else pl.DataFrame(
         schema={"corpus": pl.Utf8, "term": pl.Utf8, "coef": pl.Float64, "se": pl.Float64, "z": pl.Float64,
                 "p": pl.Float64})
-    uri, version = write_table(storage, TABLE_KEYS["rm_mixed_model"], table)
+    uri, version, check = write_table(storage, validator, "rm_mixed_model", table)
     return table_result(table, uri, version, {"fit": notes, INPUT_VERSIONS: dg.MetadataValue.json(versions)},
-                        preview_rows=40)
+                        preview_rows=40, check=check)
 
 
 @dg.asset(group_name="statistics", kinds={"scipy", "parquet"}, deps=reads("rm_family_tests"),
-           code_version=CODE_VERSIONS["rm_family_tests"])
-def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
+           code_version=CODE_VERSIONS["rm_family_tests"], check_specs=[contract_spec("rm_family_tests")])
+def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+                    validator: ContractValidator) -> dg.MaterializeResult:
     """Per panel (category x framing): permutation Welch t-test of the median ranks, family A vs B,
     Bonferroni-corrected over the panels of the corpus (step 5)."""
     config = registry.load()
@@ -107,10 +111,10 @@ def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, stora
                              seed=config.analysis.seed)
         parts.append(tests.with_columns(pl.lit(corpus_id).alias("corpus")).select("corpus", *tests.columns))
     table = pl.concat(parts)
-    uri, version = write_table(storage, TABLE_KEYS["rm_family_tests"], table)
+    uri, version, check = write_table(storage, validator, "rm_family_tests", table)
     return table_result(table, uri, version, {
         "families": f"{family_a} vs {family_b}", "permutations": config.analysis.permutations,
-        "seed": config.analysis.seed, INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40)
+        "seed": config.analysis.seed, INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40, check=check)
 
 
 @dg.asset(group_name="report", kinds={"matplotlib", "markdown"},

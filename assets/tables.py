@@ -53,14 +53,29 @@ def mwlr_key(pair: str) -> str:
     return f"mwlr/{pair}.parquet"
 
 
-def write_table(storage: Storage, key: str, df: pl.DataFrame) -> tuple[str, str]:
-    """Writes ``df`` atomically to ``key``; returns (uri, content version)."""
-    uri = storage.write_parquet(key, df)
-    return uri, content_version(df)
+def contract_spec(table: str) -> dg.AssetCheckSpec:
+    """The blocking data-contract check of a table asset: ``data_contracts/<table>.yaml``, validated with
+    Great Expectations by the asset itself before the table is stored (``write_table``)."""
+    return dg.AssetCheckSpec(f"{table}_contract", asset=table, blocking=True,
+                             description=f"The table meets data_contracts/{table}.yaml (Great Expectations); "
+                                         "checked before it replaces the stored one.")
+
+
+def write_table(storage: Storage, validator, table: str, df: pl.DataFrame) -> tuple[str, str, dg.AssetCheckResult]:
+    """Validate, then publish: ``df`` is checked against its contract first; a table that breaks it fails
+    the step, naming the rule and the rows, and the stored table stays as it was. A valid one is written
+    atomically to its key. Returns (uri, content version, the passed check's result)."""
+    report = validator.validate(df, table)
+    if not report.success:
+        raise dg.Failure(f"check {table}_contract failed: the new {table} table breaks its data contract and was "
+                         f"not stored (the stored one is kept): {report.summary()}", metadata=report.to_metadata())
+    uri = storage.write_parquet(TABLE_KEYS[table], df)
+    return uri, content_version(df), dg.AssetCheckResult(check_name=f"{table}_contract", passed=True,
+                                                         metadata=report.to_metadata())
 
 
 def table_result(df: pl.DataFrame, uri: str, version: str, metadata: dict | None = None,
-                 preview_rows: int = 10) -> dg.MaterializeResult:
+                 preview_rows: int = 10, check: dg.AssetCheckResult | None = None) -> dg.MaterializeResult:
     """The MaterializeResult every table asset returns: location, size, preview and data version."""
     from valuebias.report import markdown_table
 
@@ -71,7 +86,8 @@ def table_result(df: pl.DataFrame, uri: str, version: str, metadata: dict | None
         "preview": dg.MetadataValue.md(markdown_table(df.head(preview_rows))),
     }
     meta.update(metadata or {})
-    return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version))
+    return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version),
+                                check_results=[check] if check is not None else None)
 
 
 def stored_table_result(uri: str, version: str, rows: int, metadata: dict) -> dg.MaterializeResult:
@@ -100,7 +116,8 @@ def promote_validated(storage: Storage, validator, staged: str, final: str, cont
     return table
 
 
-def report_result(storage: Storage, key: str, text: str, plots: dict[str, bytes], metadata: dict) -> dg.MaterializeResult:
+def report_result(storage: Storage, key: str, text: str, plots: dict[str, bytes],
+                  metadata: dict) -> dg.MaterializeResult:
     """A markdown report: stored at ``key`` with its plots beside it (``reports/<name>.png``, linked by
     name), and shown in the Dagster UI with every plot embedded in the markdown itself (a data URI), so
     the UI shows the figures, not paths. The data version covers the text and the plots' bytes."""

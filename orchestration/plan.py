@@ -62,9 +62,10 @@ class RegistryGraph:
     def __init__(self, defs: dg.Definitions):
         graph = defs.resolve_asset_graph()
         self.order = [key.to_user_string() for key in graph.toposorted_asset_keys]
-        self.partitions_def = {key.to_user_string(): graph.get(key).partitions_def for key in graph.get_all_asset_keys()}
+        keys = graph.get_all_asset_keys()
+        self.partitions_def = {key.to_user_string(): graph.get(key).partitions_def for key in keys}
         self.parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
-                        for key in graph.get_all_asset_keys()}
+                        for key in keys}
         self.job_of: dict[str, str] = {}
         for job in ALL_JOBS:
             for key in job.selection.resolve(graph):

@@ -79,22 +79,33 @@ def test_a_bad_word_list_fails_before_anything_is_written(tmp_path, instance):
     assert not storage.exists(TABLE_KEYS["corpus_words"])
 
 
-def test_a_failed_contract_blocks_downstream_in_the_same_run(tmp_path, instance):
+def test_a_table_that_breaks_its_contract_never_replaces_the_stored_one(tmp_path, instance):
+    """Validate, then publish: a prompt file with an id the contract refuses fails its step with the rule
+    and the value named; the stored prompt table is the good one from before, and downstream never ran."""
+    from assets import ingest
+    from assets.rm_statistics import rm_rank_cells
+
+    config_path = write_small_registry(tmp_path)
+    selection = ["prompts", "corpus_words", "model_registry", "rm_rank_cells"]
+    assets = [*dg.load_assets_from_modules([ingest]), rm_rank_cells]
+    assert dg.materialize(assets, instance=instance, resources=build_resources(config_path),
+                          selection=selection[:3]).success
+    storage = Storage(uri=load_config(config_path).storage_uri)
+    good = storage.read_parquet(TABLE_KEYS["prompts"])
+
     # "best_ever_1" parses (the adjective is known) but breaks the prompts contract's id pattern.
     bad = dict(PROMPTS)
     bad["best_ever_1"] = bad.pop("best_ever_one")
-    config_path = write_small_registry(tmp_path, prompts=bad)
-    from assets import ingest
-    from assets.checks import contract_checks
-    from assets.rm_statistics import rm_rank_cells
-
-    result = dg.materialize([*dg.load_assets_from_modules([ingest]), rm_rank_cells, *contract_checks],
-                            instance=instance, resources=build_resources(config_path), raise_on_error=False,
-                            selection=["prompts", "corpus_words", "model_registry", "rm_rank_cells"])
+    write_small_registry(tmp_path, prompts=bad)
+    result = dg.materialize(assets, instance=instance, resources=build_resources(config_path), raise_on_error=False,
+                            selection=selection)
     assert not result.success
-    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert not evaluations["prompts_contract"].passed
-    assert evaluations["corpus_words_contract"].passed
-    assert "best_ever_1" in str({k: v.value for k, v in evaluations["prompts_contract"].metadata.items()})
+    failure = next(e for e in result.all_events if e.is_step_failure and e.step_key == "prompts")
+    message = failure.step_failure_data.error.message
+    assert "check prompts_contract failed" in message and "was not stored (the stored one is kept)" in message
+    assert "best_ever_1" in message
+    assert storage.read_parquet(TABLE_KEYS["prompts"]).equals(good)
+    evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations == {"corpus_words_contract": True, "model_registry_contract": True}
     started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
     assert "prompts" in started and "rm_rank_cells" not in started  # blocked, never ran
