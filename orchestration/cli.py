@@ -72,11 +72,17 @@ def run_registry(args, config: RegistryConfig) -> int:
     from orchestration.launch import JobRuns
     from orchestration.plan import INGEST_JOB, errors, ready_work, registry_states
 
+    from orchestration.state import remove_finished_staging
+    from resources.storage import Storage
+
     instance, (added, removed) = prepare_instance(config)
     graph = registry_graph(config)
     content = content_check(config, args.verify)
     print(f"valuebias: config {config.path}")
     print(f"valuebias: storage {config.storage_uri}; Dagster instance {os.environ['DAGSTER_HOME']}")
+    staged = remove_finished_staging(Storage(uri=config.storage_uri), instance)
+    if staged:
+        print(f"valuebias: removed {staged} staged file(s) left by runs that did not finish publishing")
     if added or removed:
         print(f"valuebias: model partitions added {added or '[]'}, removed {removed or '[]'}")
 
@@ -176,13 +182,14 @@ def load_table(config: RegistryConfig, name: str):
     from resources.storage import Storage
 
     storage = Storage(uri=config.storage_uri)
+    run_first = f"run `valuebias run --config {config.path}` first"
     if name == "rm_sweep_tokens":
         keys = [rm_sweep_tokens_key(m.model_id) for m in config.reward_models() if m.vocabulary_sweep]
         if not keys:
             raise FileNotFoundError(f"no model in {config.path} has a vocabulary_sweep")
         missing = [k for k in keys if not storage.exists(k)]
         if missing:
-            raise FileNotFoundError(f"no stored sweep at {storage.full_uri(missing[0])}: run `valuebias run` first")
+            raise FileNotFoundError(f"no stored sweep at {storage.full_uri(missing[0])}: {run_first}")
         return pl.concat([storage.read_parquet(k) for k in keys])
     if name in ("rm_word_scores", "lm_word_logprobs"):
         keys = [rm_word_scores_key(m.model_id) for m in config.reward_models()] if name == "rm_word_scores" else \
@@ -192,11 +199,11 @@ def load_table(config: RegistryConfig, name: str):
             raise FileNotFoundError(f"no {kind} models are registered in {config.path}")
         missing = [k for k in keys if not storage.exists(k)]
         if missing:
-            raise FileNotFoundError(f"no stored scores at {storage.full_uri(missing[0])}: run `valuebias run` first")
+            raise FileNotFoundError(f"no stored scores at {storage.full_uri(missing[0])}: {run_first}")
         return pl.concat([storage.read_parquet(k) for k in keys])
     key = TABLE_KEYS[name]
     if not storage.exists(key):
-        raise FileNotFoundError(f"table {name} is not stored yet at {storage.full_uri(key)}: run `valuebias run` first")
+        raise FileNotFoundError(f"table {name} is not stored yet at {storage.full_uri(key)}: {run_first}")
     return storage.read_parquet(key)
 
 

@@ -89,3 +89,20 @@ def run_lock(config: RegistryConfig, say: Callable[[str], None]):
 
     return exclusive(Path(config.state_dir) / "locks" / "run.lock",
                      f"another `valuebias run` on {config.state_dir}", say)
+
+
+def remove_finished_staging(storage, instance) -> int:
+    """Removes the tables staged under ``staging/<run id>/`` by runs that are over (a run killed or failed
+    between staging and publishing leaves them); tables of runs still in progress are kept. Returns how
+    many files were removed."""
+    by_run: dict[str, list[str]] = {}
+    for key in storage.list("staging/"):
+        by_run.setdefault(key.split("/")[1], []).append(key)
+    removed = 0
+    for run_id, keys in by_run.items():
+        run = instance.get_run_by_id(run_id)
+        if run is None or run.is_finished:
+            for key in keys:
+                storage.delete(key)
+            removed += len(keys)
+    return removed

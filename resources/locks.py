@@ -31,13 +31,20 @@ def exclusive(lock_path: Path, what: str, say: Callable[[str], None]):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        say(f"waiting for {what} ({_holder(info)})")
+        holder = _holder(info)
+        for _ in range(40):  # the holder writes who it is just after it takes the lock
+            if holder != "holder unknown":
+                break
+            time.sleep(0.05)
+            holder = _holder(info)
+        say(f"waiting for {what} ({holder})")
         lock.acquire()
     try:
         info.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                     "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
         yield
     finally:
+        info.unlink(missing_ok=True)
         lock.release()
 
 

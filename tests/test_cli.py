@@ -80,13 +80,14 @@ def test_run_recovers_the_planted_preferences_and_is_idempotent(tmp_path):
                                "lm_next_token_logprobs": [0, 0], "lm_word_logprobs": [0, 0], "mwlr_pair": [0, 0]}
 
 
-def test_run_stops_on_a_contract_failure_and_scores_nothing(tmp_path):
+def test_run_stops_on_a_bad_prompt_file_and_scores_nothing(tmp_path):
     bad = dict(PROMPTS)
     bad["best_ever_1"] = bad.pop("best_ever_one")
     config = write_small_registry(tmp_path, prompts=bad)
     proc = valuebias("run", "--config", str(config), check=False)
     assert proc.returncode == 1
-    assert "prompts_contract failed" in proc.stderr and "best_ever_1" in proc.stderr
+    # the ids come last in write_small_registry's prompts.csv: header on line 1, best_ever_1 on line 7
+    assert f"{tmp_path / 'prompts.csv'}: row 7, field 'prompt': prompt id 'best_ever_1' does not match" in proc.stderr
     assert not (tmp_path / ".valuebias" / "data" / "rm_word_scores").exists()
 
 
@@ -101,7 +102,7 @@ def test_bad_config_is_reported_with_file_row_and_field(tmp_path):
 def test_table_before_run_says_what_to_do(tmp_path):
     config = write_small_registry(tmp_path)
     proc = valuebias("table", "rm_family_tests", "--config", str(config), check=False)
-    assert proc.returncode == 2 and "run `valuebias run` first" in proc.stderr
+    assert proc.returncode == 2 and f"run `valuebias run --config {config}` first" in proc.stderr
 
 
 @pytest.mark.skipif(not PAPER.exists(), reason=f"paper release data not found at {PAPER}")

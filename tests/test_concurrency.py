@@ -59,15 +59,15 @@ def models(tmp_path_factory):
 
 
 def test_commands_started_together_on_a_new_state_folder(tmp_path, models):
-    """8 `status` and 2 `run` released at once by a barrier on a new state folder: every command succeeds,
+    """20 `status` and 2 `run` released at once by a barrier on a new state folder: every command succeeds,
     each Dagster database has one migration head, every partition is materialized once (the second run
     waited for the first, naming it, then skipped the work), and the tables equal a single-process run's."""
     config = write_small_registry(tmp_path / "shared", models=random_models_entry(models))
-    commands = [["status", "--config", str(config)]] * 8 + [["run", "--config", str(config)]] * 2
+    commands = [["status", "--config", str(config)]] * 20 + [["run", "--config", str(config)]] * 2
     results = start_together(tmp_path, commands)
     for result in results:
         assert result.returncode == 0, result.stderr
-    runs = [r.stdout for r in results[8:]]
+    runs = [r.stdout for r in results[20:]]
     waited = [out for out in runs if "valuebias: waiting for another `valuebias run`" in out]
     assert len(waited) == 1 and "(pid " in waited[0]
     assert "rm_scoring_job[llama-a] skipped: fresh" in waited[0]

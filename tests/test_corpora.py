@@ -118,14 +118,14 @@ def test_allowed_categories():
     assert corpus.table.height == 2
     err = raises(b"Category,word\nAgency,power\nAgncy,will\n", source="c.csv", format="csv", word_column="word",
                  category_column="Category", categories=["Agency", "Communion"])
-    assert_names(err, source="c.csv", row=2, field="Category")
+    assert_names(err, source="c.csv", row=3, field="Category")
     assert "Agncy" in str(err)
 
 
 def test_allowed_categories_after_foundation_rule():
     data = b"DicTerm,Care_Virtue,Honor_Vice\ncare,X,\nshame,,X\n"
     err = raises(data, source="m.dicx", format="dicx", category_rule="foundation", categories=["Care"])
-    assert_names(err, source="m.dicx", row=2, field="Honor_Vice")
+    assert_names(err, source="m.dicx", row=3, field="Honor_Vice")
     assert "'Honor'" in str(err)
 
 
@@ -163,13 +163,13 @@ def test_wildcards_drop():
 
 def test_wildcards_error():
     err = raises(WILDCARD_DIC, source="w.dicx", format="dicx", wildcards="error")
-    assert_names(err, source="w.dicx", row=1, field="DicTerm")
+    assert_names(err, source="w.dicx", row=2, field="DicTerm")
     assert "accept*" in str(err)
 
 
 def test_wildcards_expand_needs_word_list():
     err = raises(WILDCARD_DIC, source="w.dicx", format="dicx")
-    assert_names(err, source="w.dicx", row=1, field="DicTerm")
+    assert_names(err, source="w.dicx", row=2, field="DicTerm")
     assert "wildcard_words" in str(err)
     # without wildcards no word list is needed
     assert read_corpus(b"DicTerm,A\nx,X\n", source="p.dicx", format="dicx").table.height == 1
@@ -179,7 +179,7 @@ def test_wildcards_expand_needs_word_list():
 def test_unsupported_wildcard(word):
     data = f"DicTerm,A\nfine,X\n{word},X\n".encode()
     err = raises(data, source="u.dicx", format="dicx", wildcard_words=WORDS)
-    assert_names(err, source="u.dicx", row=2, field="DicTerm")
+    assert_names(err, source="u.dicx", row=3, field="DicTerm")
 
 
 def test_dic_wildcard_row_is_line_number():
@@ -206,7 +206,7 @@ def test_not_utf8():
 
 def test_ragged_csv_row():
     err = raises(b"DicTerm,A,B\nok,X,\nbad,X\n", source="r.csv", format="csv")
-    assert_names(err, source="r.csv", row=2, field="DicTerm")
+    assert_names(err, source="r.csv", row=3, field="DicTerm")
 
 
 def test_dic_given_as_csv_reports_missing_column():
@@ -225,21 +225,21 @@ def test_missing_columns_lists_existing_ones():
 
 def test_empty_word_cell():
     err = raises(b"DicTerm,A\nok,X\n  ,X\n", source="e.csv", format="csv")
-    assert_names(err, source="e.csv", row=2, field="DicTerm")
+    assert_names(err, source="e.csv", row=3, field="DicTerm")
     err = raises(b"Category,word\nAgency,\n", source="e.csv", format="csv", word_column="word",
                  category_column="Category")
-    assert_names(err, source="e.csv", row=1, field="word")
+    assert_names(err, source="e.csv", row=2, field="word")
 
 
 def test_empty_category_cell_in_long_csv():
     err = raises(b"Category,word\nAgency,power\n,love\n", source="e.csv", format="csv", word_column="word",
                  category_column="Category")
-    assert_names(err, source="e.csv", row=2, field="Category")
+    assert_names(err, source="e.csv", row=3, field="Category")
 
 
 def test_bad_wide_cell():
     err = raises(b"DicTerm,Agency,Communion\nable,X,\nkind,,0.5\n", source="w.dicx", format="dicx")
-    assert_names(err, source="w.dicx", row=2, field="Communion")
+    assert_names(err, source="w.dicx", row=3, field="Communion")
     assert "0.5" in str(err)
 
 

@@ -59,9 +59,21 @@ def test_model_ids_follow_one_pattern(tmp_path, model_id):
     assert MODEL_ID_PATTERN in str(err.value)
 
 
-def test_the_registry_contract_checks_the_same_id_pattern():
+def test_the_contracts_check_the_same_id_patterns_as_the_parsers():
+    from valuebias.prompts import PROMPT_ID_PATTERN
+
     contract = yaml.safe_load((PROJECT / "data_contracts" / "model_registry.yaml").read_text())
     assert contract["columns"]["model"]["regex"] == MODEL_ID_PATTERN
+    contract = yaml.safe_load((PROJECT / "data_contracts" / "prompts.yaml").read_text())
+    assert contract["columns"]["prompt"]["regex"] == PROMPT_ID_PATTERN
+
+
+def test_a_bad_prompt_id_names_the_file_line():
+    """Line 4 of the file: the quoted text before it spans two lines."""
+    data = b'prompt,text\nbest_ever_one,"What is\nthe best?"\nbest_ever_1,x\n'
+    with pytest.raises(InputError) as err:
+        read_prompts(data, source="prompts.csv")
+    assert (err.value.row, err.value.field) == (4, "prompt") and "'best_ever_1' does not match" in str(err.value)
 
 
 def test_an_oversized_or_non_utf8_config_is_refused(tmp_path):

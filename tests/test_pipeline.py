@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 import pytest
 
@@ -73,15 +75,19 @@ def test_a_bad_word_list_fails_before_anything_is_written(tmp_path, instance):
     error = failure.step_failure_data.error
     while error.cause is not None:
         error = error.cause
-    assert "words.csv" in error.message and "row 4" in error.message and "'category'" in error.message
+    assert "words.csv" in error.message and "row 5" in error.message and "'category'" in error.message
     assert "Agncy" in error.message
     storage = Storage(uri=load_config(config_path).storage_uri)
     assert not storage.exists(TABLE_KEYS["corpus_words"])
 
 
 def test_a_table_that_breaks_its_contract_never_replaces_the_stored_one(tmp_path, instance):
-    """Validate, then publish: a prompt file with an id the contract refuses fails its step with the rule
-    and the value named; the stored prompt table is the good one from before, and downstream never ran."""
+    """Validate, then publish: a prompt table that breaks its contract (here a stricter copy of it, which
+    refuses an id the parser lets through) fails its step with the rule and the value named; the stored
+    prompt table is the good one from before, and downstream never ran."""
+    import shutil
+
+    from resources.validation import ContractValidator
     from assets import ingest
     from assets.rm_statistics import rm_rank_cells
 
@@ -93,17 +99,18 @@ def test_a_table_that_breaks_its_contract_never_replaces_the_stored_one(tmp_path
     storage = Storage(uri=load_config(config_path).storage_uri)
     good = storage.read_parquet(TABLE_KEYS["prompts"])
 
-    # "best_ever_1" parses (the adjective is known) but breaks the prompts contract's id pattern.
-    bad = dict(PROMPTS)
-    bad["best_ever_1"] = bad.pop("best_ever_one")
-    write_small_registry(tmp_path, prompts=bad)
-    result = dg.materialize(assets, instance=instance, resources=build_resources(config_path), raise_on_error=False,
+    contracts = tmp_path / "contracts"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data_contracts", contracts)
+    strict = (contracts / "prompts.yaml").read_text().replace("'^[a-z]+_[a-z]+_[a-z]+$'", "'^[a-z]+_[a-z]+_one$'")
+    (contracts / "prompts.yaml").write_text(strict)
+    resources = {**build_resources(config_path), "validator": ContractValidator(contracts_dir=str(contracts))}
+    result = dg.materialize(assets, instance=instance, resources=resources, raise_on_error=False,
                             selection=selection)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure and e.step_key == "prompts")
     message = failure.step_failure_data.error.message
     assert "check prompts_contract failed" in message and "was not stored (the stored one is kept)" in message
-    assert "best_ever_1" in message
+    assert "greatest_world_single" in message
     assert storage.read_parquet(TABLE_KEYS["prompts"]).equals(good)
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert evaluations == {"corpus_words_contract": True, "model_registry_contract": True}

@@ -129,13 +129,13 @@ def test_duplicate_csv_id():
     data = b"prompt,text\nbest_ever_one,a\nworst_ever_one,b\nbest_ever_one,c\n"
     with pytest.raises(InputError) as info:
         read_prompts(data, source="dup.csv")
-    assert_names(info.value, source="dup.csv", row=3, field="prompt")
+    assert_names(info.value, source="dup.csv", row=4, field="prompt")
 
 
 @pytest.mark.parametrize("data,source,row", [
     (b'best_ever_one: "a"\nbest_ever_two: ""\n', "t.yaml", 2),
     (b'best_ever_one: "a"\nbest_ever_two:\n', "t.yaml", 2),
-    (b"prompt,text\nbest_ever_one,a\nbest_ever_two,   \n", "t.csv", 2),
+    (b"prompt,text\nbest_ever_one,a\nbest_ever_two,   \n", "t.csv", 3),  # file lines: the header is line 1
 ])
 def test_empty_text(data, source, row):
     with pytest.raises(InputError) as info:
@@ -155,7 +155,7 @@ def test_id_needs_three_parts(prompt_id):
     data = f"prompt,text\nworst_ever_one,a\n{prompt_id},b\n".encode()
     with pytest.raises(InputError) as info:
         read_prompts(data, source="ids.csv")
-    assert_names(info.value, source="ids.csv", row=2, field="prompt")
+    assert_names(info.value, source="ids.csv", row=3, field="prompt")
     assert "three" in str(info.value)
 
 
@@ -171,14 +171,14 @@ def test_unknown_adjective_lists_known_ones():
 def test_missing_csv_column_lists_existing_ones():
     with pytest.raises(InputError) as info:
         read_prompts(b"id,text\nbest_ever_one,a\n", source="cols.csv")
-    assert_names(info.value, source="cols.csv", row=0, field="prompt")
+    assert_names(info.value, source="cols.csv", row=1, field="prompt")
     assert "'id'" in str(info.value)
 
 
 def test_ragged_csv_row():
     with pytest.raises(InputError) as info:
         read_prompts(b"prompt,text\nbest_ever_one,a\nbest_ever_two,b,c\n", source="r.csv")
-    assert_names(info.value, source="r.csv", row=2, field="prompt")
+    assert_names(info.value, source="r.csv", row=3, field="prompt")
 
 
 @pytest.mark.parametrize("data,source", [

@@ -327,7 +327,7 @@ def test_family_tests_rejects_an_absent_family():
 def test_default_family_pair():
     assert default_family_pair(FAMILIES) == ("gemma", "llama")
     assert default_family_pair(["llama", "gemma", "llama"]) == ("gemma", "llama")
-    with pytest.raises(ValueError, match="set family_a and family_b"):
+    with pytest.raises(ValueError, match=r"name them in the config, e\.g\. `analysis: \{families: \[gemma, llama\]\}`"):
         default_family_pair(["gemma", "llama", "qwen"])
     with pytest.raises(ValueError, match="exactly two"):
         default_family_pair(["gemma"])

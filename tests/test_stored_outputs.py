@@ -101,3 +101,11 @@ def test_a_damaged_cache_chunk_is_discarded_and_only_its_sequences_rescored(tmp_
 
     for chunk in chunks[:2]:
         assert content_version(pl.read_parquet(chunk)) == chunk.stem.rsplit("-", 1)[1]
+
+    # a run killed between staging and publishing leaves staging/<run id>/: the next run removes it
+    leftover = data / "staging" / "0b3f6c2e-dead-4bad-8000-000000000000" / "rm_word_scores" / "llama-a.parquet"
+    leftover.parent.mkdir(parents=True)
+    original.write_parquet(leftover)
+    out = cli("run", "--config", str(config))
+    assert "valuebias: removed 1 staged file(s) left by runs that did not finish publishing" in out
+    assert not leftover.exists()

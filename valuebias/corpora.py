@@ -147,13 +147,13 @@ def _decode(data: bytes, source: str) -> str:
 
 
 def _read_csv_rows(text: str, source: str, word_column: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and (data row number, cells) of a CSV; blank lines are skipped but keep their number."""
+    """Header and (file line, cells) of a CSV; blank lines are skipped but keep their number."""
     rows = csv_rows(text, source, word_column)
-    if not rows or not any(cell.strip() for cell in rows[0]):
+    if not rows or not any(cell.strip() for cell in rows[0][1]):
         raise InputError("empty corpus: no header", source=source, field=word_column)
-    header = [name.strip() for name in rows[0]]
+    header = [name.strip() for name in rows[0][1]]
     body = []
-    for number, cells in enumerate(rows[1:], start=1):
+    for number, cells in rows[1:]:
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) != len(header):

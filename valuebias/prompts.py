@@ -11,14 +11,19 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import io
+import re
 from pathlib import PurePosixPath
 
 import polars as pl
 import yaml
 
 from valuebias.errors import InputError
-from valuebias.text_input import csv_rows
 from valuebias.safe_yaml import NoAliasLoader
+from valuebias.text_input import csv_rows
+
+#: Prompt ids: adjective_superlative_style, lowercase letters. Checked while parsing (naming the file line)
+#: and by the ``prompts`` data contract, whose regex must stay equal to it.
+PROMPT_ID_PATTERN = r"^[a-z]+_[a-z]+_[a-z]+$"
 
 COLUMNS = ["prompt", "text", "adjective", "superlative", "style", "framing"]
 
@@ -176,14 +181,14 @@ def _read_csv(text: str, source: str) -> list[tuple[int, object, object]]:
     rows = csv_rows(text, source, "prompt")
     if not rows:
         raise InputError("empty prompt table: no header", source=source, field="prompt")
-    header = [name.strip() for name in rows[0]]
+    header = [name.strip() for name in rows[0][1]]
     missing = [name for name in ("prompt", "text") if name not in header]
     if missing:
         raise InputError(f"missing column(s) {missing}; the file has columns {header}", source=source,
-                         row=0, field=missing[0])
+                         row=rows[0][0], field=missing[0])
     i_prompt, i_text = header.index("prompt"), header.index("text")
     records = []
-    for row_number, row in enumerate(rows[1:], start=1):
+    for row_number, row in rows[1:]:
         if not row:
             continue  # blank line
         if len(row) != len(header):
@@ -228,6 +233,9 @@ def _check_id(prompt_id: object, *, source: str, row: int) -> str:
     if len(parts) != 3 or not all(parts):
         raise InputError(f"prompt id {prompt_id!r} must have three '_'-separated parts: "
                          "adjective_superlative_style", source=source, row=row, field="prompt")
+    if not re.fullmatch(PROMPT_ID_PATTERN, prompt_id):
+        raise InputError(f"prompt id {prompt_id!r} does not match {PROMPT_ID_PATTERN}: three '_'-separated parts "
+                         "of lowercase letters, e.g. best_ever_one", source=source, row=row, field="prompt")
     return prompt_id
 
 

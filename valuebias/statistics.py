@@ -236,7 +236,8 @@ def family_tests(cells: pl.DataFrame, family_a: str, family_b: str, *, n_resampl
     require_columns(cells, ["family", "category", "framing", "median_rank"], "cells")
     require_no_nulls(cells, ["family", "category", "framing", "median_rank"], "cells")
     if family_a == family_b:
-        raise ValueError(f"family_a and family_b are both {family_a!r}; choose two different families")
+        raise ValueError(f"both compared families are {family_a!r}; list two different ones in the config's "
+                         "`analysis.families`")
     present = set(cells["family"].unique().to_list())
     for name in (family_a, family_b):
         if name not in present:
@@ -283,5 +284,5 @@ def default_family_pair(families: pl.DataFrame | Iterable[str]) -> tuple[str, st
     distinct = sorted(set(names))
     if len(distinct) != 2:
         raise ValueError(f"found {len(distinct)} families {distinct}; the family comparison needs "
-                         "exactly two: set family_a and family_b explicitly")
+                         "exactly two: name them in the config, e.g. `analysis: {families: [gemma, llama]}`")
     return distinct[0], distinct[1]

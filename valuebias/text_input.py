@@ -8,14 +8,18 @@ import io
 from valuebias.errors import InputError
 
 
-def csv_rows(text: str, source: str, field: str) -> list[list[str]]:
-    """All rows of a CSV text. A malformed file (a field over the csv module's limit, an unterminated
-    quote, a NUL) is an ``InputError`` naming ``source``, the file line where reading stopped and ``field``."""
+def csv_rows(text: str, source: str, field: str) -> list[tuple[int, list[str]]]:
+    """(file line where the row starts, cells) for every row of a CSV text, so that errors name the line a
+    person sees in an editor (a quoted field may span lines; blank lines count). A malformed file (a field
+    over the csv module's limit, an unterminated quote, a NUL) is an ``InputError`` naming ``source``, the
+    file line where reading stopped and ``field``."""
     reader = csv.reader(io.StringIO(text, newline=""))
     rows = []
     try:
+        start = 1
         for row in reader:
-            rows.append(row)
+            rows.append((start, row))
+            start = reader.line_num + 1
     except csv.Error as err:
         reason = str(err)
         if "field larger than field limit" in reason:
