@@ -63,7 +63,9 @@ def rm_vocabulary_sweep(context: dg.AssetExecutionContext, registry: Registry, s
     the top and bottom ``top_n`` strings per prompt."""
     config, model, input_versions = partition_model(context, registry, "rm_vocabulary_sweep", "reward_model")
     if model.vocabulary_sweep is None:
-        raise dg.Failure(f"model '{model.model_id}' has no vocabulary_sweep in {config.path}: switch it on there")
+        raise dg.Failure(f"model '{model.model_id}' has no vocabulary_sweep in {config.path}: add "
+                         f"`vocabulary_sweep: {{prompts: [best_ever_one], top_n: 20}}` to models.{model.model_id} "
+                         "there to switch it on")
     final, final_extremes = rm_vocabulary_sweep_key(model.model_id), rm_sweep_tokens_key(model.model_id)
     adopted = adopt_recorded_outputs(context, "rm_vocabulary_sweep", model, input_versions, storage=storage,
                                      scoring=scoring, config=config, outputs=[final, final_extremes],

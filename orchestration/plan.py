@@ -1,7 +1,7 @@
 """What to run, walked from Dagster's asset graph: the state of every asset partition the registry
 defines, and the work that brings the missing and stale ones up to date.
 
-``valuebias run``, ``valuebias status``, ``model_partitions_sensor`` and ``registry_refresh_schedule`` all
+``valuebias run``, ``valuebias status``, ``model_partitions_sensor`` and the ``<job>_refresh`` schedules all
 use these two functions, so none of them keeps its own list of assets, downstream maps or run order:
 
 - :func:`registry_states`: one :class:`~assets.versions.PartitionState` per asset partition, assets in
