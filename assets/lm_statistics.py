@@ -7,7 +7,8 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from assets.tables import TABLE_KEYS, contract_spec, lm_word_logprobs_key, report_result, table_result, write_table
+from assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, lm_word_logprobs_key, report_result,
+                           table_result, write_table)
 from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
 from resources.registry import Registry
 from resources.storage import Storage
@@ -188,5 +189,5 @@ def lm_report(context: dg.AssetExecutionContext, registry: Registry, storage: St
                                                                pl.len().alias("prompts"))
                  .sort("pair", "word", "framing"))
         sections += ["### Mean word MWLR per pair and framing", markdown_table(means)]
-    return report_result(storage, "reports/lm_report.md", "\n\n".join(sections) + "\n", plots,
+    return report_result(storage, REPORT_KEYS["lm_report"], "\n\n".join(sections) + "\n", plots,
                          {INPUT_VERSIONS: dg.MetadataValue.json(versions)})

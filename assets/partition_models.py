@@ -49,7 +49,7 @@ def record_scoring(metadata: dict, model: ModelConfig, asset: str, input_version
         "content_kind": content.get("kind"),
         "content_digest": content.get("digest"),
         "resolved_revision": (content.get("parts") or {}).get("commit"),
-        "file_sha256": {k: v for k, v in (content.get("parts") or {}).items() if content.get("kind") != "hub"},
+        "file_sha256": {} if content.get("kind") == "hub" else dict(content.get("parts") or {}),
         **{key: plain(metadata.get(key)) for key in ("dtype", "device", "engine", "torch", "transformers",
                                                      "chat_template_sha256", "launcher")},
         "prompts_version": input_versions.get("prompts"),

@@ -4,7 +4,8 @@
 import dagster as dg
 import polars as pl
 
-from assets.tables import TABLE_KEYS, contract_spec, report_result, rm_word_scores_key, table_result, write_table
+from assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, report_result, rm_word_scores_key, table_result,
+                           write_table)
 from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
 from resources.registry import Registry
 from resources.storage import Storage
@@ -140,5 +141,5 @@ def rm_report(context: dg.AssetExecutionContext, registry: Registry, storage: St
             "### rm_family_tests", markdown_table(tests.filter(pl.col("corpus") == corpus_id).drop("corpus")),
             "### rm_mixed_model", markdown_table(mixed.filter(pl.col("corpus") == corpus_id).drop("corpus")),
         ]
-    return report_result(storage, "reports/rm_report.md", "\n\n".join(sections) + "\n", plots,
+    return report_result(storage, REPORT_KEYS["rm_report"], "\n\n".join(sections) + "\n", plots,
                          {INPUT_VERSIONS: dg.MetadataValue.json(versions)})

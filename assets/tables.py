@@ -118,20 +118,18 @@ def promote_validated(storage: Storage, validator, staged: str, final: str, cont
 
 def report_result(storage: Storage, key: str, text: str, plots: dict[str, bytes],
                   metadata: dict) -> dg.MaterializeResult:
-    """A markdown report: stored at ``key`` with its plots beside it (``reports/<name>.png``, linked by
-    name), and shown in the Dagster UI with every plot embedded in the markdown itself (a data URI), so
-    the UI shows the figures, not paths. The data version covers the text and the plots' bytes."""
+    """A markdown report: stored at ``key`` with its plots beside it (``reports/<name>``, linked by name as
+    ``![...](<name>)``), and shown in the Dagster UI with every plot embedded in the markdown itself (a data
+    URI), so the UI shows the figures, not paths. The data version covers the text and the plots' bytes."""
     import hashlib
 
-    from valuebias.report import embedded_png
+    from valuebias.report import png_data_uri
 
     uri = storage.write_bytes(key, text.encode())
     shown = text
-    for name, png in plots.items():
-        link = next(line for line in text.splitlines() if line.endswith(f"]({name})"))
-        shown = shown.replace(link, embedded_png(png, link[2:link.index("](")]), 1)
     digest = hashlib.sha256(text.encode())
     for name in sorted(plots):
+        shown = shown.replace(f"]({name})", f"]({png_data_uri(plots[name])})")
         digest.update(hashlib.sha256(plots[name]).digest())
     return dg.MaterializeResult(
         metadata={"report": dg.MetadataValue.md(shown), "uri": dg.MetadataValue.path(uri),
@@ -140,21 +138,26 @@ def report_result(storage: Storage, key: str, text: str, plots: dict[str, bytes]
         data_version=dg.DataVersion(digest.hexdigest()[:16]))
 
 
+#: Where each report is stored (its plots lie beside it under ``reports/``).
+REPORT_KEYS = {"rm_report": "reports/rm_report.md", "lm_report": "reports/lm_report.md"}
+#: Where each partitioned asset stores one partition, the table whose content version is its data
+#: version first.
+PARTITION_OUTPUTS = {
+    "rm_word_scores": lambda p: [rm_word_scores_key(p)],
+    "rm_vocabulary_sweep": lambda p: [rm_vocabulary_sweep_key(p), rm_sweep_tokens_key(p)],
+    "lm_next_token_logprobs": lambda p: [lm_next_token_key(p)],
+    "lm_word_logprobs": lambda p: [lm_word_logprobs_key(p)],
+    "mwlr_pair": lambda p: [mwlr_key(p)],
+}
+
+
 def output_keys(asset: str, partition: str | None) -> list[str]:
-    """Where each asset (partition) stores what it computed, the table whose content version is its data
+    """Where an asset (partition) stores what it computed, the table whose content version is its data
     version first."""
-    per_partition = {
-        "rm_word_scores": lambda p: [rm_word_scores_key(p)],
-        "rm_vocabulary_sweep": lambda p: [rm_vocabulary_sweep_key(p), rm_sweep_tokens_key(p)],
-        "lm_next_token_logprobs": lambda p: [lm_next_token_key(p)],
-        "lm_word_logprobs": lambda p: [lm_word_logprobs_key(p)],
-        "mwlr_pair": lambda p: [mwlr_key(p)],
-    }
-    if asset in per_partition:
-        return per_partition[asset](partition)
-    if asset in TABLE_KEYS:
-        return [TABLE_KEYS[asset]]
-    return {"rm_report": ["reports/rm_report.md"], "lm_report": ["reports/lm_report.md"]}.get(asset, [])
+    if asset in PARTITION_OUTPUTS:
+        return PARTITION_OUTPUTS[asset](partition)
+    key = TABLE_KEYS.get(asset) or REPORT_KEYS.get(asset)
+    return [key] if key else []
 
 
 #: Tables too large to render as text for their version (a vocabulary per prompt).

@@ -52,13 +52,16 @@ class ContentCheck:
     config: RegistryConfig
     mode: str = "cached"
     _known: dict = field(default_factory=dict)
+    _digests: DigestCache | None = None
 
     def identity(self, model: ModelConfig) -> ContentIdentity | None:
         if model.model_id not in self._known:
             from resources.object_store import read_input_uri
 
+            if self._digests is None:  # one digest cache (one read of its file) for every model
+                self._digests = DigestCache(self.config.digest_cache_path)
             self._known[model.model_id] = model_content(
-                model.model_id, model.source, model.settings, cache=DigestCache(self.config.digest_cache_path),
+                model.model_id, model.source, model.settings, cache=self._digests,
                 read=lambda uri: read_input_uri(uri, base_dir=self.config.base_dir), mode=self.mode)
         return self._known[model.model_id]
 
@@ -141,10 +144,19 @@ class Reading:
 
 
 @dataclass(frozen=True)
-class Table:
-    """An unpartitioned stored table (``prompts``, ``rm_rank_cells``); ``only_if`` limits it to some models."""
+class _StoredInput:
+    """An input that is another asset: drawn in the asset graph as a dependency on it."""
 
     asset: str
+
+    def dep(self) -> dg.AssetDep:
+        return dg.AssetDep(self.asset)
+
+
+@dataclass(frozen=True)
+class Table(_StoredInput):
+    """An unpartitioned stored table (``prompts``, ``rm_rank_cells``); ``only_if`` limits it to some models."""
+
     only_if: Callable[[ModelConfig | None], bool] | None = None
 
     def versions(self, r: Reading) -> dict[str, str]:
@@ -155,15 +167,10 @@ class Table:
     def upstream(self, config: RegistryConfig, partition: str | None) -> list[tuple[str, str | None]]:
         return [(self.asset, None)]
 
-    def dep(self) -> dg.AssetDep:
-        return dg.AssetDep(self.asset)
-
 
 @dataclass(frozen=True)
-class SamePartition:
+class SamePartition(_StoredInput):
     """The same partition of another asset with the same partition set."""
-
-    asset: str
 
     def versions(self, r: Reading) -> dict[str, str]:
         return {self.asset: r.version(self.asset, r.partition)}
@@ -171,16 +178,12 @@ class SamePartition:
     def upstream(self, config: RegistryConfig, partition: str | None) -> list[tuple[str, str | None]]:
         return [(self.asset, partition)]
 
-    def dep(self) -> dg.AssetDep:
-        return dg.AssetDep(self.asset)
-
 
 @dataclass(frozen=True)
-class Partitions:
+class Partitions(_StoredInput):
     """Some partitions of a partitioned asset: ``keys(config, partition)`` says which (every registered
     reward model; a pair's two models). Recorded as ``asset[key]``."""
 
-    asset: str
     keys: Callable[[RegistryConfig, str | None], list[str]]
 
     def versions(self, r: Reading) -> dict[str, str]:
@@ -210,20 +213,15 @@ class Setting:
 
 
 @dataclass(frozen=True)
-class Lineage:
-    """Drawn in the asset graph, not versioned (``model_registry``: its rows are the models' entries, which
-    ``model`` versions more precisely)."""
-
-    asset: str
+class Lineage(_StoredInput):
+    """Drawn in the asset graph, not versioned and never waited for (``model_registry``: its rows are the
+    models' entries, which ``model`` versions more precisely)."""
 
     def versions(self, r: Reading) -> dict[str, str]:
         return {}
 
     def upstream(self, config: RegistryConfig, partition: str | None) -> list[tuple[str, str | None]]:
-        return []  # not read for what the asset computes: never makes it wait
-
-    def dep(self) -> dg.AssetDep:
-        return dg.AssetDep(self.asset)
+        return []
 
 
 def _entry(config: RegistryConfig, partition: str | None) -> dict[str, str]:
@@ -314,12 +312,6 @@ class PartitionState:
     data_version: str | None
     metadata: dict
     current: dict = field(default_factory=dict)  # the input versions it would read now
-
-    @property
-    def adoptable(self) -> bool:
-        """Recorded by a version of ValueBias without content identities and code versions, with every
-        input it did record unchanged: the next run adopts its outputs instead of recomputing them."""
-        return self.state == "stale" and self.reason.startswith(ADOPT_REASON)
 
 
 ADOPT_REASON = "recorded before content identities"

@@ -23,24 +23,19 @@ mapping expresses (see ``assets/versions.py``).
 import dagster as dg
 
 from assets.versions import ContentCheck
-
 from resources.registry import Registry
 from valuebias.config import RegistryConfig
 
 
-def tick_content_check(config: RegistryConfig) -> ContentCheck:
-    """How a sensor or schedule tick sees model content: by stat only, never hashing weights."""
-    return ContentCheck(config, mode="stat")
-
-
-def ready_requests(instance: dg.DagsterInstance, defs: dg.Definitions, config: RegistryConfig, *,
-                   reread_inputs: bool) -> list[dg.RunRequest]:
-    """A run request (with a run key: the same work for the same inputs is requested once) for every run
-    that can start now (``orchestration.plan.ready_work``)."""
+def ready_requests(context, config: RegistryConfig, *, reread_inputs: bool) -> list[dg.RunRequest]:
+    """For a sensor or schedule tick: a run request (with a run key: the same work for the same inputs is
+    requested once) for every run that can start now (``orchestration.plan.ready_work``). Ticks see model
+    content by stat only, never hashing weights."""
     from orchestration.plan import RegistryGraph, ready_work, registry_states
 
-    graph = RegistryGraph(defs)
-    states = registry_states(graph, instance, config, tick_content_check(config), reread_inputs=reread_inputs,
+    graph = RegistryGraph(context.repository_def.asset_graph)
+    states = registry_states(graph, context.instance, config, ContentCheck(config, mode="stat"),
+                             reread_inputs=reread_inputs,
                              check_outputs=reread_inputs)  # sensor ticks (every 30 s) leave storage alone
     by_key = {(s.asset, s.partition): s for s in states}
     return [work.run_request(by_key) for work in ready_work(graph, states, config)]
@@ -57,11 +52,8 @@ def build_refresh_schedules(cron: str) -> list[dg.ScheduleDefinition]:
                                  f"{job_name} whose inputs are up to date (model_partitions_sensor carries on "
                                  "from there).")
         def schedule(context: dg.ScheduleEvaluationContext, registry: Registry):
-            from orchestration.definitions import build_definitions
-
-            config = registry.load()
-            requests = [r for r in ready_requests(context.instance, build_definitions(config.path), config,
-                                                  reread_inputs=True) if r.job_name == job_name]
+            requests = [r for r in ready_requests(context, registry.load(), reread_inputs=True)
+                        if r.job_name == job_name]
             return requests or dg.SkipReason(f"nothing of {job_name} is missing or stale with fresh inputs")
 
         return schedule

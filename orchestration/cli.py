@@ -54,7 +54,7 @@ def registry_graph(config: RegistryConfig):
     from orchestration.definitions import build_definitions
     from orchestration.plan import RegistryGraph
 
-    return RegistryGraph(build_definitions(config.path))
+    return RegistryGraph(build_definitions(config.path).resolve_asset_graph())
 
 
 def cmd_run(args) -> int:
@@ -67,7 +67,6 @@ def cmd_run(args) -> int:
 
 def run_registry(args, config: RegistryConfig) -> int:
     """``valuebias run`` with the state folder's run lock held."""
-    from assets.versions import latest_record
     from orchestration.jobs import ALL_JOBS
     from orchestration.launch import JobRuns
     from orchestration.plan import INGEST_JOB, errors, ready_work, registry_states
@@ -93,6 +92,8 @@ def run_registry(args, config: RegistryConfig) -> int:
             outcome = runs.execute(job_name, partition=partition, assets=assets, verbose=args.verbose)
             if outcome.success:
                 print(f"{label} done in {time.perf_counter() - started:.1f} s", flush=True)
+                for asset in assets or ():
+                    report_adopted(instance, asset, partition, outcome.run_id)
                 return True
             for message in outcome.errors:
                 print(f"  error: {message}", file=sys.stderr)
@@ -113,12 +114,9 @@ def run_registry(args, config: RegistryConfig) -> int:
                 break
             rounds += 1
             for item in work:
-                before = {a: latest_record(instance, a, item.partition) for a in item.assets}
                 if not step(f"{item.label} ({item.reason})", item.job, item.partition, list(item.assets)):
                     return 1
                 done.add((item.job, item.partition, item.assets))
-                for asset, record in before.items():
-                    report_adopted(instance, asset, item.partition, record)
         ran = {(job, partition) for job, partition, _ in done}
         for job in ALL_JOBS:
             if job.name == INGEST_JOB:
@@ -143,13 +141,13 @@ def run_registry(args, config: RegistryConfig) -> int:
     return 0
 
 
-def report_adopted(instance, asset: str, partition: str | None, before) -> None:
-    """Says when the run just made adopted a partition's recorded outputs instead of recomputing them."""
+def report_adopted(instance, asset: str, partition: str | None, run_id: str) -> None:
+    """Says when run ``run_id`` adopted a partition's recorded outputs instead of recomputing them."""
     from assets.versions import latest_record
 
     record = latest_record(instance, asset, partition)
     adopted = record.asset_materialization.metadata.get("adopted_from_run") if record else None
-    if adopted is not None and (before is None or record.run_id != before.run_id):
+    if adopted is not None and record.run_id == run_id:
         print(f"  adopted {asset}[{partition}] as recorded by run {adopted.value} "
               "(inputs unchanged; now recorded with its content identity, nothing recomputed)")
 

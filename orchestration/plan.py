@@ -57,10 +57,11 @@ class Work:
 
 
 class RegistryGraph:
-    """The asset graph of a ``Definitions``: topological order, partitions, parents, and each asset's job."""
+    """Dagster's asset graph as the plan reads it: topological order, partitions, parents, and each asset's
+    job. Built from ``Definitions.resolve_asset_graph()`` (the CLI) or a tick context's
+    ``repository_def.asset_graph`` (sensor, schedules: nothing is rebuilt on a tick)."""
 
-    def __init__(self, defs: dg.Definitions):
-        graph = defs.resolve_asset_graph()
+    def __init__(self, graph):
         self.order = [key.to_user_string() for key in graph.toposorted_asset_keys]
         keys = graph.get_all_asset_keys()
         self.partitions_def = {key.to_user_string(): graph.get(key).partitions_def for key in keys}
@@ -70,7 +71,6 @@ class RegistryGraph:
         for job in ALL_JOBS:
             for key in job.selection.resolve(graph):
                 self.job_of.setdefault(key.to_user_string(), job.name)
-        self.ingest_assets = [a for a in self.order if self.job_of.get(a) == INGEST_JOB]
 
     def applies(self, asset: str, config: RegistryConfig) -> bool:
         """Whether the registry has anything for ``asset``: an unpartitioned table computed from partitioned

@@ -14,8 +14,6 @@ from resources.registry import Registry
                        "runs that are ready: missing or changed models (entry or content), their pairs, then "
                        "the statistics.")
 def model_partitions_sensor(context: dg.SensorEvaluationContext, registry: Registry) -> dg.SensorResult:
-    from orchestration.definitions import build_definitions
-
     config = registry.load()
     partition_requests, added = [], set()
     for name in PARTITION_KEYS:
@@ -27,7 +25,7 @@ def model_partitions_sensor(context: dg.SensorEvaluationContext, registry: Regis
             partition_requests.append(dg.DeleteDynamicPartitionsRequest(name, gone))
     if partition_requests:  # runs for new partitions are requested on the next tick, once they exist
         return dg.SensorResult(dynamic_partitions_requests=partition_requests)
-    runs = ready_requests(context.instance, build_definitions(config.path), config, reread_inputs=False)
+    runs = ready_requests(context, config, reread_inputs=False)
     if not runs:
         return dg.SensorResult(skip_reason="partitions match the config and every partition is fresh")
     return dg.SensorResult(run_requests=runs)

@@ -92,8 +92,8 @@ class StorageScoreCache:
             chunks.append(chunk)
         return pl.concat(chunks) if chunks else empty_cache()
 
-    def write_chunk(self, name: str, chunk: pl.DataFrame) -> None:
-        self.store.write_parquet(f"{self.prefix}{name}-{content_version(chunk)}.parquet", chunk)
+    def write_chunk(self, prompt_id: str, chunk: pl.DataFrame) -> None:
+        self.store.write_parquet(f"{self.prefix}{prompt_id}-{content_version(chunk)}.parquet", chunk)
 
 
 def import_published_scores(model_id: str, files: dict[str, str], base_dir: str, prompts: pl.DataFrame,

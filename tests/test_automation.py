@@ -26,7 +26,9 @@ def weights(tmp_path_factory):
 
 
 def sensor_tick(instance, config):
-    return model_partitions_sensor(dg.build_sensor_context(instance=instance, resources=build_resources(config)))
+    return model_partitions_sensor(dg.build_sensor_context(
+        instance=instance, resources=build_resources(config),
+        repository_def=build_definitions(config).get_repository_def()))
 
 
 def requested(requests) -> set[tuple[str, str | None, tuple[str, ...]]]:

@@ -25,7 +25,7 @@ def test_jobs_partitions_sensors_and_schedules():
                               None),
     }
     # every asset is materialized by exactly one job, and every asset has a code version
-    registry = RegistryGraph(defs)
+    registry = RegistryGraph(graph)
     assert sorted(registry.job_of) == sorted(registry.order)
     from assets.versions import CODE_VERSIONS
 

@@ -68,7 +68,8 @@ def test_lm_and_pair_partitions_materialize(tmp_path, state_dir):
         defs = build_definitions(config_path)
         assert defs.resolve_job_def("ingest_job").execute_in_process(instance=instance).success
         # The sensor would add a partition per model and per pair.
-        tick = model_partitions_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        tick = model_partitions_sensor(dg.build_sensor_context(
+            instance=instance, resources=resources, repository_def=defs.get_repository_def()))
         assert {(r.partitions_def_name, tuple(r.partition_keys)) for r in tick.dynamic_partitions_requests} == {
             (LANGUAGE_MODELS, ("lm-llama-it", "lm-gemma-it")), (PAIRS, (FIRST_PAIR,))}
         sync_model_partitions(instance, config)
@@ -90,10 +91,12 @@ def test_lm_and_pair_partitions_materialize(tmp_path, state_dir):
             assert result.success
         # Both models have log-probs now: the sensor requests the missing pair, and nothing else (the tables
         # that read every pair wait for it).
-        tick = model_partitions_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        tick = model_partitions_sensor(dg.build_sensor_context(
+            instance=instance, resources=resources, repository_def=defs.get_repository_def()))
         assert [(r.job_name, r.partition_key) for r in tick.run_requests] == [("mwlr_job", FIRST_PAIR)]
         assert dg.materialize([mwlr_pair], partition_key=FIRST_PAIR, instance=instance, resources=resources).success
-        tick = model_partitions_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        tick = model_partitions_sensor(dg.build_sensor_context(
+            instance=instance, resources=resources, repository_def=defs.get_repository_def()))
         assert not tick.dynamic_partitions_requests
         assert [(r.job_name, r.partition_key, tuple(k.to_user_string() for k in r.asset_selection))
                 for r in tick.run_requests] == [("lm_statistics_job", None, (

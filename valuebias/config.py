@@ -292,8 +292,9 @@ def load_config(path: str | Path) -> RegistryConfig:
     path = Path(path).expanduser().resolve()
     source = str(path)
     try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise InputError(f"the config file is {path.stat().st_size} bytes; a registry config is at most "
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise InputError(f"the config file is {size} bytes; a registry config is at most "
                              f"{MAX_CONFIG_BYTES} bytes", source=source)
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:

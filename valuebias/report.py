@@ -178,9 +178,8 @@ def _box_with_points(ax, values, x: float, width: float, colour, rng, *, size: f
     ax.scatter(x + jitter, values, s=size, color=colour, alpha=alpha, linewidths=0)
 
 
-def embedded_png(png: bytes, alt: str) -> str:
-    """A markdown image whose source is the PNG itself (a data URI), so the Dagster UI shows the plot in the
-    asset's metadata, not a path."""
+def png_data_uri(png: bytes) -> str:
+    """A PNG as a data URI, so that a markdown image shows the plot itself in the Dagster UI, not a path."""
     import base64
 
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}"

@@ -59,7 +59,9 @@ class HuggingFaceSource:
 
     @property
     def is_local(self) -> bool:
-        return Path(self.path).expanduser().exists() or self.path.startswith(("/", ".", "~"))
+        from valuebias.model_content import is_local_path
+
+        return is_local_path(self.path)
 
 
 @dataclass
