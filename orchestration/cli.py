@@ -4,6 +4,7 @@
     valuebias status [--format markdown|csv] [--config PATH] [--verify]
     valuebias table NAME [--format markdown|csv] [--config PATH]
     valuebias ui    [--config PATH] [--port 3000]
+    valuebias pod MODEL_ID [--asset NAME] [--config PATH]
 
 Runs go to the project's Dagster instance (``<state_dir>/dagster``, SQLite), so the UI shows them.
 """
@@ -22,6 +23,7 @@ from valuebias.config import RegistryConfig, load_config
 from valuebias.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_HELP = "registry config (default: $VALUEBIAS_CONFIG, else ./valuebias.yaml, else the project's own)"
 TABLE_NAMES = ("prompts", "corpus_words", "model_registry", "rm_word_scores", "rm_sweep_tokens", "rm_rank_cells",
                "rm_mixed_model", "rm_family_tests", "lm_word_logprobs", "lm_rank_cells", "lm_anova", "lm_posthoc",
                "mwlr_tokens", "mwlr_words")
@@ -184,7 +186,9 @@ def load_table(config: RegistryConfig, name: str):
     if name == "rm_sweep_tokens":
         keys = [rm_sweep_tokens_key(m.model_id) for m in config.reward_models() if m.vocabulary_sweep]
         if not keys:
-            raise FileNotFoundError(f"no model in {config.path} has a vocabulary_sweep")
+            raise FileNotFoundError(f"no model in {config.path} has a vocabulary_sweep: add `vocabulary_sweep: "
+                                    "{prompts: [best_ever_one], top_n: 20}` to a reward model under models.<id>, "
+                                    f"then `valuebias run --config {config.path}`")
         missing = [k for k in keys if not storage.exists(k)]
         if missing:
             raise FileNotFoundError(f"no stored sweep at {storage.full_uri(missing[0])}: {run_first}")
@@ -253,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="valuebias", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize every asset and partition in-process")
-    run.add_argument("--config", help="registry config (default: valuebias.yaml)")
+    run.add_argument("--config", help=CONFIG_HELP)
     run.add_argument("--verbose", action="store_true", help="show Dagster's INFO logs")
     run.add_argument("--all", action="store_true", help="recompute fresh partitions too")
     run.add_argument("--verify", action="store_true",
@@ -262,24 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     status = sub.add_parser("status", help="one row per asset partition: fresh, stale (and why) or missing")
     status.add_argument("--format", choices=("markdown", "csv"), default="markdown")
-    status.add_argument("--config", help="registry config (default: valuebias.yaml)")
+    status.add_argument("--config", help=CONFIG_HELP)
     status.add_argument("--verify", action="store_true",
                         help="recompute the full digest of every local model file instead of trusting cached ones")
     status.set_defaults(func=cmd_status)
     table = sub.add_parser("table", help="print a stored table")
     table.add_argument("name", choices=TABLE_NAMES)
     table.add_argument("--format", choices=("markdown", "csv"), default="markdown")
-    table.add_argument("--config", help="registry config (default: valuebias.yaml)")
+    table.add_argument("--config", help=CONFIG_HELP)
     table.set_defaults(func=cmd_table)
     ui = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1 with the daemon (dagster dev)")
-    ui.add_argument("--config", help="registry config (default: valuebias.yaml)")
+    ui.add_argument("--config", help=CONFIG_HELP)
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)
     pod = sub.add_parser("pod", help="print the Kubernetes pod that would score one model (scoring.kubernetes)")
     pod.add_argument("model", help="model id (a partition of the scoring assets)")
     pod.add_argument("--asset", choices=("rm_word_scores", "rm_vocabulary_sweep", "lm_next_token_logprobs",
                                          "lm_word_logprobs"), help="default: the model's first scoring asset")
-    pod.add_argument("--config", help="registry config (default: valuebias.yaml)")
+    pod.add_argument("--config", help=CONFIG_HELP)
     pod.set_defaults(func=cmd_pod)
     return parser
 

@@ -60,7 +60,7 @@ def scoring_pod_spec(k8s: KubernetesScoringConfig) -> dict[str, Any]:
     if k8s.node_selector:
         spec["nodeSelector"] = dict(k8s.node_selector)
     if k8s.tolerations:
-        spec["tolerations"] = [dict(t) for t in k8s.tolerations]
+        spec["tolerations"] = [t.model_dump(exclude_none=True) for t in k8s.tolerations]
     if k8s.service_account:
         spec["serviceAccountName"] = k8s.service_account
     return spec

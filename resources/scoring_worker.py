@@ -161,7 +161,8 @@ def rm_vocabulary_sweep(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.Da
 
     model = spec["model"]
     if model["source"] == "published":
-        raise InputError("a published model has no weights to sweep", source=f"models.{model['model_id']}",
+        raise InputError("a published model has no weights to sweep: remove its vocabulary_sweep, or register the "
+                         "model with a huggingface source", source=f"models.{model['model_id']}",
                          field="vocabulary_sweep")
     _set_threads(spec)
     prompts, words = _inputs(spec, store)

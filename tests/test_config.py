@@ -172,3 +172,101 @@ def test_vocabulary_sweep_defaults_and_errors(tmp_path):
     with pytest.raises(InputError, match=r"row 5, field 'models.m1.vocabulary_sweep.top_n'"):
         load_config(write(tmp_path, "  m1: {kind: reward_model, family: llama, huggingface: {path: a/b},"
                                     " vocabulary_sweep: {top_n: 0}}\n"))
+
+
+@pytest.mark.parametrize("models, extra, row, field, text", [
+    ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b}}\n", "scoring: {batch_size: '64'}\n", 6,
+     "scoring.batch_size", "expected an integer, got '64'"),
+    ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b, dtype: fp8}}\n", "", 5,
+     "models.m1.huggingface.dtype", "'fp8' is not one of: auto, float32, bfloat16, float16"),
+    ("  m1: {kind: reward_model, family: [llama], huggingface: {path: a/b}}\n", "", 5, "models.m1.family",
+     "expected text, got a list"),
+    ("  m1:\n    kind: reward_model\n    family: llama\n    huggingface:\n", "", 8, "models.m1.huggingface",
+     "expected a mapping (key: value), got nothing"),
+    ("  'm1/../x': {kind: reward_model, family: llama, huggingface: {path: a/b}}\n", "", 5, "models.m1/../x",
+     "does not match"),
+    ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b}}\n",
+     "corpora:\n", 6, "corpora", "duplicate key"),
+    ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b}}\n", "schedule: {cron: daily}\n", 6,
+     "schedule.cron", "not a 5-field cron expression"),
+    ("  m1: {kind: reward_model, family: llama, demo: {architecture: llama, preferred_category: A, "
+     "train_corpus: mfd2}}\n", "", 5, "models.m1.demo.train_corpus", "unknown corpus 'mfd2' (corpora: big2)"),
+])
+def test_typed_config_errors_say_what_was_expected(tmp_path, models, extra, row, field, text):
+    assert_config_error(tmp_path, models, extra, row, field, text)
+
+
+def test_corpus_ids_follow_the_id_pattern(tmp_path):
+    path = tmp_path / "valuebias.yaml"
+    path.write_text(BASE.replace("big2:", "'../big2':") + "  m1: {kind: reward_model, family: llama, "
+                                                           "huggingface: {path: a/b}}\n")
+    with pytest.raises(InputError, match=r"row 3, field 'corpora.../big2': id '../big2' does not match"):
+        load_config(path)
+
+
+def test_several_problems_show_the_first_by_line_and_count_the_rest(tmp_path):
+    path = write(tmp_path, "  m1: {kind: reward_model, family: llama, huggingface: {path: a/b, dtype: fp8}}\n",
+                 "scoring: {threads: -1}\nconcurrency: {gpu: 0}\n")
+    with pytest.raises(InputError) as err:
+        load_config(path)
+    assert "row 5, field 'models.m1.huggingface.dtype'" in str(err.value)
+    assert str(err.value).endswith("(and 2 more problems in this file)")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the config file is empty"),
+    ("# only a comment\n", "the config file is empty"),
+    ("- prompts\n- models\n", "expected a mapping of keys (prompts, corpora, models, ...), got a list"),
+])
+def test_an_empty_or_non_mapping_config(tmp_path, text, message):
+    path = tmp_path / "valuebias.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_every_config_key_is_documented_in_the_readme():
+    """The typed models declare the keys; the README's Configuration table documents each one."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from valuebias.config import ConfigFile
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    key_cells = [line.split("|")[1].strip().strip("`") for line in section.splitlines() if line.startswith("| `")]
+
+    def block(annotation):
+        for arg in (annotation, *typing.get_args(annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+            if typing.get_origin(arg) is dict:
+                return block(typing.get_args(arg)[1])
+        return None
+
+    def leaves(model, prefix):
+        for name, info in model.model_fields.items():
+            inner = block(info.annotation)
+            path = f"{prefix}{name}"
+            if typing.get_origin(info.annotation) is dict and inner is not None:
+                path += ".<id>"
+            if inner is None or name in ("published", "tolerations"):  # each documented as one key
+                yield path
+            else:
+                yield from leaves(inner, path + ".")
+
+    def documented(path):
+        parent, _, leaf = path.rpartition(".")
+        return any(cell == path or cell.startswith(f"{path}.") or
+                   (cell.startswith(f"{parent}.{{") and leaf in cell.split("{", 1)[1]) for cell in key_cells)
+
+    undocumented = [path for path in leaves(ConfigFile, "") if not documented(path)]
+    assert not undocumented, f"config keys missing from README.md 'Configuration': {undocumented}"
+
+
+def test_an_empty_value_takes_the_default(tmp_path):
+    config = load_config(write(tmp_path, LMS, "pairs:\nanalysis:\nimplicit_rewards: {words: }\nscoring:\n"))
+    assert config.pairs == () and config.analysis.permutations == 10000
+    assert config.implicit_rewards.words == ("freedom", "love") and config.scoring_batch_size == 64

@@ -211,16 +211,16 @@ def test_ragged_csv_row():
 
 def test_dic_given_as_csv_reports_missing_column():
     err = raises(b"%\n1\tAgency\n%\nable\t1\n", source="b.dic", format="csv")
-    assert_names(err, source="b.dic", row=0, field="DicTerm")
+    assert_names(err, source="b.dic", row=1, field="DicTerm")  # the header line
 
 
 def test_missing_columns_lists_existing_ones():
     err = raises(b"Category,token\nAgency,power\n", source="n.csv", format="csv", word_column="token_decoded",
                  category_column="Category")
-    assert_names(err, source="n.csv", row=0, field="token_decoded")
+    assert_names(err, source="n.csv", row=1, field="token_decoded")
     assert "'Category'" in str(err) and "'token'" in str(err)
     err = raises(b"DicTerm,Agency\nable,X\n", source="w.csv", format="csv", category_columns=["Communion"])
-    assert_names(err, source="w.csv", row=0, field="Communion")
+    assert_names(err, source="w.csv", row=1, field="Communion")
 
 
 def test_empty_word_cell():
@@ -280,6 +280,64 @@ def test_dic_unknown_category_names_line_and_word():
     err = raises(b"%\n1\tAgency\n2\tCommunion\n%\nable\t1\nkind\t2\t7\n", source="b.dic", format="dic")
     assert_names(err, source="b.dic", row=6, field="category")
     assert "'kind'" in str(err) and "'7'" in str(err)
+
+
+# The row of every error is the line an editor shows: header, blank lines, `%` lines and the lines of a
+# quoted multi-line field count; CRLF is one line end; a BOM is no line. Real files, read back as ingest does.
+
+def read_file(path: Path, **kwargs) -> InputError:
+    from resources.storage import read_input_uri
+
+    return raises(read_input_uri(str(path)), source=str(path), **kwargs)
+
+
+def test_dic_error_names_the_file_line_after_bom_crlf_and_blank_lines(tmp_path):
+    path = tmp_path / "liwc.dic"
+    lines = ["%", "1\tAgency", "", "2\tCommunion", "%", "", "able\t1", "", "kind\t2\t7", "warm\t2"]
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    err = read_file(path, format="dic")
+    assert_names(err, source=str(path), row=9, field="category")  # `kind 2 7` is line 9
+    assert "'7'" in str(err) and "'kind'" in str(err)
+
+
+def test_dic_lines_end_only_at_newlines(tmp_path):
+    # a form feed or U+2028 inside a line is not a line end (str.splitlines would count one)
+    path = tmp_path / "odd.dic"
+    path.write_bytes("%\r1\tAgency\r%\rable\f\t1\rfree\u2028dom\t1\rkind\t9\r".encode())
+    err = read_file(path, format="dic")
+    assert_names(err, source=str(path), row=6, field="category")
+
+
+def test_dicx_bad_cell_names_the_file_line(tmp_path):
+    path = tmp_path / "big2.dicx"
+    path.write_bytes(b"\xef\xbb\xbfDicTerm,Agency,Communion\r\n\r\nable,X,\r\n\r\n\r\nkind,,maybe\r\n")
+    err = read_file(path, format="dicx")
+    assert_names(err, source=str(path), row=6, field="Communion")
+    assert "'maybe'" in str(err)
+
+
+def test_csv_error_after_a_quoted_multiline_field_names_the_file_line(tmp_path):
+    path = tmp_path / "words.csv"
+    path.write_bytes(b'word,category\n"two\nline\nword",Agency\n\nlove,Communion\npower,Agncy\n')
+    err = read_file(path, format="csv", word_column="word", category_column="category",
+                    categories=["Agency", "Communion"])
+    assert_names(err, source=str(path), row=7, field="category")  # line 1 header, 2-4 the quoted field
+    assert "'Agncy'" in str(err)
+
+
+def test_csv_missing_column_names_the_header_line(tmp_path):
+    path = tmp_path / "words.csv"
+    path.write_bytes(b"\xef\xbb\xbfterm,category\r\nlove,Communion\r\n")
+    err = read_file(path, format="csv", word_column="word", category_column="category")
+    assert_names(err, source=str(path), row=1, field="word")
+
+
+def test_binary_and_non_utf8_lines_count_crlf_and_cr_once(tmp_path):
+    path = tmp_path / "bad.dic"
+    path.write_bytes(b"%\r\n1\tA\r%\r\n\r\ncaf\xe9\t1\r\n")
+    assert_names(read_file(path, format="dic"), source=str(path), row=5, field="file")
+    path.write_bytes(b"DicTerm,A\r\nok,X\r\r\n\x00\n")
+    assert_names(read_file(path, format="dicx"), source=str(path), row=4, field="file")
 
 
 @pytest.mark.parametrize("option,value", [("format", "xlsx"), ("category_rule", "stem"), ("wildcards", "keep")])

@@ -124,3 +124,33 @@ def test_bad_inputs_are_refused(tmp_path):
                                 prompts=PROMPTS)
     assert err.value.field == "architecture"
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kind", ["reward_model", "language_model"])
+def test_a_bad_demo_recipe_names_its_config_entry(tmp_path, kind):
+    """A demo block the config cannot check (the categories are known only once the corpus is read)
+    fails naming the config key, models.<id>.demo.<key>, not an internal name."""
+    from valuebias.lm_partition import resolve_language_model
+    from valuebias.score_partition import resolve_model_path
+
+    prompts = pl.DataFrame({"prompt": ["best_ever_one"], "text": [PROMPTS[0][0]], "framing": ["positive"]})
+    words = pl.DataFrame({"corpus": ["big2", "big2", "solo"], "word": ["power", "love", "alone"],
+                          "category": ["Agency", "Communion", "Agency"]})
+    settings = {"architecture": "llama", "preferred_category": "Agncy", "train_corpus": "big2", "seed": 0,
+                "hidden_size": 16, "num_layers": 1, "train_steps": 1}
+
+    def resolve(**changes):
+        args = ("demo-x", "demo", {**settings, **changes})
+        kwargs = {"demo_dir": tmp_path, "prompts": prompts, "corpus_words": words}
+        if kind == "reward_model":
+            return resolve_model_path(*args, **kwargs)
+        return resolve_language_model(*args, "pretrained", **kwargs)
+
+    with pytest.raises(InputError) as err:
+        resolve()
+    assert (err.value.source, err.value.field) == ("models.demo-x.demo", "preferred_category")
+    assert "'Agncy'" in str(err.value) and "['Agency', 'Communion']" in str(err.value)
+    with pytest.raises(InputError) as err:
+        resolve(preferred_category="Agency", train_corpus="solo")
+    assert err.value.source == "models.demo-x.demo" and "train_corpus" in str(err.value)
+    assert not (tmp_path / "demo-x").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from valuebias.config import MODEL_ID_PATTERN, load_config
+from valuebias.config import ID_PATTERN, load_config
 from valuebias.corpora import read_corpus
 from valuebias.errors import InputError
 from valuebias.prompts import read_prompts
@@ -56,14 +56,14 @@ def test_model_ids_follow_one_pattern(tmp_path, model_id):
     with pytest.raises(InputError) as err:
         load_config(path)
     assert err.value.row == 5 and err.value.field == f"models.{model_id}"
-    assert MODEL_ID_PATTERN in str(err.value)
+    assert ID_PATTERN in str(err.value)
 
 
 def test_the_contracts_check_the_same_id_patterns_as_the_parsers():
     from valuebias.prompts import PROMPT_ID_PATTERN
 
     contract = yaml.safe_load((PROJECT / "data_contracts" / "model_registry.yaml").read_text())
-    assert contract["columns"]["model"]["regex"] == MODEL_ID_PATTERN
+    assert contract["columns"]["model"]["regex"] == ID_PATTERN
     contract = yaml.safe_load((PROJECT / "data_contracts" / "prompts.yaml").read_text())
     assert contract["columns"]["prompt"]["regex"] == PROMPT_ID_PATTERN
 

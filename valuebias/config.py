@@ -1,29 +1,38 @@
 """The registry configuration: one YAML file (``valuebias.yaml`` by default) describing what to audit.
 
-Every key is documented in the README ("Configuration"). Loading is strict: an unknown key, a missing
-required key or a value of the wrong kind is an ``InputError`` naming the file, the line and the key
-path (for example ``valuebias.yaml: row 14, field 'models.demo-llama-1.huggingface.revison'``).
-Relative paths in the file are resolved against the file's own folder.
+The file's shape is declared once, as typed pydantic models (``ConfigFile`` and the blocks below it):
+keys, types, choices, bounds and defaults. Every key is documented in the README ("Configuration").
+Loading is strict: an unknown key, a missing required key or a value of the wrong kind is an
+``InputError`` naming the file, the line and the key path (for example
+``valuebias.yaml: row 14, field 'models.demo-llama-1.huggingface.revison'``). Rules that relate one key
+to another (a language model needs a variant, a pair names two registered language models, ...) are
+checked after the types, with the same kind of error. Relative paths in the file are resolved against
+the file's own folder. The validated file becomes a ``RegistryConfig``, the object the rest of the
+product reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from valuebias.errors import InputError
 from valuebias.safe_yaml import NoAliasLoader
 
 DEFAULT_CONFIG_NAME = "valuebias.yaml"
-#: Model ids are partition keys, file names and Kubernetes label values: one pattern, checked here (and by
-#: the ``model_registry`` data contract, whose regex must stay equal to it).
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+#: Model and corpus ids are partition keys, file names and Kubernetes label values: one pattern, checked
+#: here (and by the ``model_registry`` data contract, whose regex must stay equal to it).
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+ID_RULE = "ASCII letters and digits, then also '.', '_' or '-', at most 100 characters"
 #: A registry config larger than this is refused before it is parsed.
 MAX_CONFIG_BYTES = 1 << 20
 MODEL_KINDS = ("reward_model", "language_model")
@@ -38,19 +47,189 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: Where scoring partitions run: a Dagster Pipes subprocess on this machine (default), a Kubernetes pod
 #: through Dagster Pipes, or inside the Dagster step itself (tests and debugging).
 SCORING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
+SWEEP_PROMPTS = ("greatest_ever_one", "best_ever_one", "worst_ever_one")
+#: Demo models train this many steps unless the entry says otherwise (a demo LM stops once converged,
+#: typically after 50-110 full-batch steps).
+DEMO_TRAIN_STEPS = {"reward_model": 300, "language_model": 600}
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+Count = Annotated[StrictInt, Field(ge=1)]
+Natural = Annotated[StrictInt, Field(ge=0)]
 
 
-@dataclass(frozen=True)
-class CorpusConfig:
-    corpus_id: str
+# --------------------------------------------------------------------------------------------------
+# The file, as typed models. Text fields also take YAML numbers (a revision such as 1234 is read as an
+# int by YAML); integers and booleans are strict (no "5" for 5, no "yes please" for true).
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    #: A key written with an empty value (``pairs:``) takes its default, as if it were left out.
+    empty_means_default: ClassVar[bool] = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_empty_values(cls, data: Any) -> Any:
+        if not cls.empty_means_default or not isinstance(data, dict):
+            return data
+        return {key: value for key, value in data.items()
+                if not (value is None and key in cls.model_fields and not cls.model_fields[key].is_required())}
+
+
+class PromptsBlock(_Block):
     uri: str
-    format: str
+
+
+class WordlistBlock(_Block):
+    size: Count = 50000
+
+
+class Toleration(_Block):
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
+    tolerationSeconds: StrictInt | None = None  # noqa: N815 (the PodSpec's own spelling)
+
+
+class KubernetesScoringConfig(_Block):
+    """The pod a scoring partition runs in when ``scoring.launcher`` is ``kubernetes``."""
+
+    image: str
+    namespace: str | None = None  # None: the namespace Dagster runs in (or "default")
+    gpus: Natural = 1  # nvidia.com/gpu requested and limited
+    memory: str | None = None  # e.g. "64Gi": requested and limited
+    cpu: str | None = None  # e.g. "8": requested
+    node_selector: dict[str, str] = {}
+    tolerations: tuple[Toleration, ...] = ()
+    service_account: str | None = None
+    secret_env: tuple[str, ...] = ()  # Kubernetes Secrets whose keys become environment variables
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+
+class ScoringBlock(_Block):
+    batch_size: Count = 64
+    threads: Natural = 0  # CPU threads for torch; 0 = torch's default
+    launcher: Literal[SCORING_LAUNCHERS] = "subprocess"
+    kubernetes: KubernetesScoringConfig | None = None
+
+
+class CorpusBlock(_Block):
+    uri: str
+    format: Literal[CORPUS_FORMATS]
     word_column: str | None = None
     category_column: str | None = None
     category_columns: tuple[str, ...] | None = None
-    category_rule: str = "identity"
+    category_rule: Literal[CATEGORY_RULES] = "identity"
     categories: tuple[str, ...] | None = None
-    wildcards: str = "expand"
+    wildcards: Literal[WILDCARD_MODES] = "expand"
+
+
+class HuggingFaceBlock(_Block):
+    path: str
+    revision: str | None = None
+    dtype: Literal[DTYPES] = "auto"
+    score: Literal[SCORE_READERS] | None = None  # reward models only; default logits[0]
+    trust_remote_code: StrictBool = False
+    allow_pickle: StrictBool = False
+
+
+class DemoBlock(_Block):
+    architecture: Literal["llama", "gemma"]
+    preferred_category: str
+    train_corpus: str | None = None  # default: the first corpus
+    seed: Natural = 0
+    hidden_size: Count = 64
+    num_layers: Count = 2
+    train_steps: Count | None = None  # default: DEMO_TRAIN_STEPS of the model's kind
+
+
+class SweepBlock(_Block):
+    prompts: tuple[str, ...] | None = None  # default (or empty): SWEEP_PROMPTS
+    top_n: Count = 20
+
+
+class ModelBlock(_Block):
+    empty_means_default = False  # ``huggingface:`` with nothing under it is an error naming that key
+    kind: Literal[MODEL_KINDS]
+    family: str
+    variant: Literal[LM_VARIANTS] | None = None
+    display_name: str | None = None
+    vocabulary_sweep: SweepBlock | None = None
+    huggingface: HuggingFaceBlock | None = None
+    published: dict[str, str] | None = None
+    demo: DemoBlock | None = None
+
+
+class AnalysisConfig(_Block):
+    families: tuple[str, str] | None = None  # (family_a, family_b); default: the two families, alphabetical
+    permutations: Count = 10000
+    seed: Natural = 0
+
+    @field_validator("families", mode="before")
+    @classmethod
+    def _two_different(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, list) or len(value) != 2 or value[0] == value[1]):
+            raise ValueError("give exactly two different families, e.g. [gemma, llama]")
+        return value
+
+
+class ImplicitRewardsConfig(_Block):
+    """The language-model tables: Table-1 size, Figure-3 words, and the rule that gives words a log-prob."""
+
+    top_n: Count = 15
+    words: tuple[str, ...] = ("freedom", "love")
+    word_rule: Literal[WORD_RULES] = "single_token"  # or full_sequence (also multi-token words, scored whole)
+
+    @field_validator("words")
+    @classmethod
+    def _single_words(cls, words: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = [w.strip().lower() for w in words]
+        if not cleaned or any(not w or " " in w for w in cleaned):
+            raise ValueError("give one or more single words, e.g. [freedom, love]")
+        return tuple(dict.fromkeys(cleaned))
+
+
+class ScheduleBlock(_Block):
+    cron: str = "0 2 * * *"
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, cron: str) -> str:
+        if len(cron.split()) != 5:
+            raise ValueError(f"'{cron}' is not a 5-field cron expression (e.g. '0 2 * * *': every day at 02:00)")
+        return cron
+
+
+class ConcurrencyBlock(_Block):
+    gpu: Count = 1
+
+
+class ConfigFile(_Block):
+    """Everything a registry config file may say."""
+
+    state_dir: str = ".valuebias"
+    storage: str | None = None  # default: <state_dir>/data
+    prompts: PromptsBlock
+    wordlist: WordlistBlock = WordlistBlock()
+    corpora: dict[Id, CorpusBlock] = Field(min_length=1)
+    models: dict[Id, ModelBlock] = Field(min_length=1)
+    pairs: tuple[tuple[str, ...], ...] = ()  # [model_a, model_b] language-model pairs
+    analysis: AnalysisConfig = AnalysisConfig()
+    implicit_rewards: ImplicitRewardsConfig = ImplicitRewardsConfig()
+    scoring: ScoringBlock = ScoringBlock()
+    schedule: ScheduleBlock = ScheduleBlock()
+    concurrency: ConcurrencyBlock = ConcurrencyBlock()
+
+
+# --------------------------------------------------------------------------------------------------
+# What the rest of the product reads.
+
+
+class CorpusConfig(CorpusBlock):
+    """One corpus, as read by ingestion: its block with its id and the uri resolved."""
+
+    corpus_id: Id
 
 
 @dataclass(frozen=True)
@@ -75,38 +254,6 @@ class ModelConfig:
         return hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class AnalysisConfig:
-    families: tuple[str, str] | None = None  # (family_a, family_b); default: the two families, alphabetical
-    permutations: int = 10000
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ImplicitRewardsConfig:
-    """The language-model tables: Table-1 size, Figure-3 words, and the rule that gives words a log-prob."""
-
-    top_n: int = 15
-    words: tuple[str, ...] = ("freedom", "love")
-    word_rule: str = "single_token"  # or full_sequence (single-token words, plus multi-token words scored whole)
-
-
-@dataclass(frozen=True)
-class KubernetesScoringConfig:
-    """The pod a scoring partition runs in when ``scoring.launcher`` is ``kubernetes``."""
-
-    image: str
-    namespace: str | None = None  # None: the namespace Dagster runs in (or "default")
-    gpus: int = 1  # nvidia.com/gpu requested and limited
-    memory: str | None = None  # e.g. "64Gi": requested and limited
-    cpu: str | None = None  # e.g. "8": requested
-    node_selector: tuple[tuple[str, str], ...] = ()
-    tolerations: tuple[dict[str, Any], ...] = ()
-    service_account: str | None = None
-    secret_env: tuple[str, ...] = ()  # Kubernetes Secrets whose keys become environment variables
-    image_pull_policy: str = "IfNotPresent"
-
-
 def pair_id(model_a: str, model_b: str) -> str:
     """The partition key of a language-model pair."""
     return f"{model_a}__vs__{model_b}"
@@ -124,11 +271,11 @@ class RegistryConfig:
     corpora: dict[str, CorpusConfig]
     models: dict[str, ModelConfig]
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    schedule_cron: str = "0 2 * * *"
-    gpu_concurrency: int = 1
+    schedule_cron: str = ScheduleBlock().cron
+    gpu_concurrency: int = ConcurrencyBlock().gpu
     pairs: tuple[tuple[str, str], ...] = ()  # (model_a, model_b) language-model pairs
     implicit_rewards: ImplicitRewardsConfig = field(default_factory=ImplicitRewardsConfig)
-    scoring_launcher: str = "subprocess"
+    scoring_launcher: str = ScoringBlock().launcher
     kubernetes: KubernetesScoringConfig | None = None
 
     @property
@@ -152,7 +299,7 @@ class RegistryConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# YAML with line numbers: every mapping key remembers the line it was written on.
+# YAML with line numbers: every mapping key and list item remembers the line it was written on.
 
 
 class _LineLoader(NoAliasLoader):
@@ -161,13 +308,13 @@ class _LineLoader(NoAliasLoader):
     def __init__(self, stream, source: str):
         super().__init__(stream)
         self.source = source
-        self.lines: dict[tuple[str, ...], int] = {}
+        self.lines: dict[tuple, int] = {}
 
     def construct_document(self, node):
         self._record(node, ())
         return super().construct_document(node)
 
-    def _record(self, node, path: tuple[str, ...]) -> None:
+    def _record(self, node, path: tuple) -> None:
         if isinstance(node, yaml.MappingNode):
             seen: set[str] = set()
             for key_node, value_node in node.value:
@@ -175,7 +322,7 @@ class _LineLoader(NoAliasLoader):
                 line = key_node.start_mark.line + 1
                 if key in seen:
                     raise InputError("duplicate key", source=self.source, row=line,
-                                     field=".".join(path + (key,)))
+                                     field=_field_name(path + (key,)))
                 seen.add(key)
                 self.lines[path + (key,)] = line
                 self._record(value_node, path + (key,))
@@ -193,7 +340,7 @@ def _field_name(path: tuple) -> str | None:
     return text or None
 
 
-def _load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, ...], int]]:
+def _load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
     loader = _LineLoader(text, source)
     try:
         data = loader.get_single_data()
@@ -206,14 +353,14 @@ def _load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple[str, 
     return data, loader.lines
 
 
-class _Reader:
-    """Walks the parsed YAML and raises InputErrors that name the file, line and key path."""
+class _Located:
+    """Turns a key path of the file into an InputError naming the file, the line and the key."""
 
-    def __init__(self, source: str, lines: dict[tuple[str, ...], int]):
+    def __init__(self, source: str, lines: dict[tuple, int]):
         self.source = source
         self.lines = lines
 
-    def error(self, path: tuple[str, ...], message: str) -> InputError:
+    def error(self, path: tuple, message: str) -> InputError:
         row = None
         for depth in range(len(path), 0, -1):  # nearest enclosing key that has a line
             row = self.lines.get(path[:depth])
@@ -221,63 +368,75 @@ class _Reader:
                 break
         return InputError(message, source=self.source, row=row, field=_field_name(path))
 
-    def mapping(self, value: Any, path: tuple[str, ...], known: tuple[str, ...] | None = None) -> dict:
-        if value is None:
-            value = {}
-        if not isinstance(value, dict):
-            raise self.error(path, f"expected a mapping, got {type(value).__name__}")
-        if known is not None:
-            for key in value:
-                if key not in known:
-                    raise self.error(path + (str(key),),
-                                     f"unknown key '{key}' (known keys: {', '.join(known)})")
-        return value
-
-    def string(self, value: Any, path: tuple[str, ...], *, required: bool = True,
-               choices: tuple[str, ...] | None = None) -> str | None:
-        if value is None:
-            if required:
-                raise self.error(path, "required key is missing")
-            return None
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise self.error(path, f"expected a string, got {type(value).__name__}")
-        value = str(value)
-        if choices is not None and value not in choices:
-            raise self.error(path, f"'{value}' is not one of: {', '.join(choices)}")
-        return value
-
-    def integer(self, value: Any, path: tuple[str, ...], default: int, minimum: int = 1) -> int:
-        if value is None:
-            return default
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise self.error(path, f"expected an integer >= {minimum}, got {value!r}")
-        return value
-
-    def boolean(self, value: Any, path: tuple[str, ...], default: bool = False) -> bool:
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise self.error(path, f"expected true or false, got {value!r}")
-        return value
-
-    def string_list(self, value: Any, path: tuple[str, ...]) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.error(path, "expected a list of strings")
-        return tuple(value)
+    def from_validation(self, err: ValidationError) -> InputError:
+        """The first problem in file order, in the file's own words; the count of the others."""
+        problems = []
+        for problem in err.errors():
+            path = tuple(part for part in problem["loc"] if part != "[key]")
+            problems.append((self.error(path, _explain(problem, path)), path))
+        problems.sort(key=lambda p: (p[0].row is None, p[0].row or 0))
+        first, path = problems[0]
+        if len(problems) > 1:
+            more = len(problems) - 1
+            first = self.error(path, f"{first.message} (and {more} more problem{'s' if more > 1 else ''} "
+                                     "in this file)")
+        return first
 
 
-TOP_KEYS = ("state_dir", "storage", "prompts", "wordlist", "corpora", "models", "pairs", "analysis",
-            "implicit_rewards", "scoring", "schedule", "concurrency")
-CORPUS_KEYS = ("uri", "format", "word_column", "category_column", "category_columns", "category_rule",
-               "categories", "wildcards")
-MODEL_KEYS = ("kind", "family", "variant", "display_name", "vocabulary_sweep") + MODEL_SOURCES
-SWEEP_PROMPTS = ("greatest_ever_one", "best_ever_one", "worst_ever_one")
-HF_KEYS = ("path", "revision", "dtype", "score", "trust_remote_code", "allow_pickle")
-IMPLICIT_KEYS = ("top_n", "words", "word_rule")
-DEMO_KEYS = ("architecture", "preferred_category", "train_corpus", "seed", "hidden_size", "num_layers",
-             "train_steps")
+def _explain(problem: dict, path: tuple) -> str:
+    """One pydantic error as a sentence about the YAML the user wrote."""
+    kind, value, ctx = problem["type"], problem.get("input"), problem.get("ctx") or {}
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "extra_forbidden":
+        return f"unknown key '{path[-1]}' (known keys: {', '.join(_declared_at(path[:-1]).model_fields)})"
+    if kind == "literal_error":
+        return f"'{value}' is not one of: {', '.join(typing.get_args(_declared_at(path)))}"
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == ID_PATTERN:
+        return (f"id {value!r} does not match {ID_PATTERN}: {ID_RULE} (it is a partition key and a file "
+                "name)")
+    if kind == "greater_than_equal":
+        return f"expected an integer >= {ctx['ge']}, got {_shown(value)}"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}, got {_shown(value)}"
+    if kind == "too_short" and isinstance(value, dict):
+        return "give at least one entry"
+    if kind == "value_error":
+        return str(ctx.get("error", problem["msg"]))
+    return problem["msg"]
+
+
+#: pydantic's error type -> what the key expects, in YAML's words.
+_EXPECTED = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+             "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "text",
+             "model_type": "a mapping (key: value)", "model_attributes_type": "a mapping (key: value)",
+             "dict_type": "a mapping (key: value)", "list_type": "a list", "tuple_type": "a list"}
+
+
+def _shown(value: Any) -> str:
+    """A value as the user wrote it in YAML."""
+    if value is None:
+        return "nothing (an empty value)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return {dict: "a mapping", list: "a list"}.get(type(value), repr(value))
+
+
+def _declared_at(path: tuple) -> Any:
+    """The type ``ConfigFile`` declares at ``path``: a block's model class (its keys) or a Literal (its choices)."""
+    node: Any = ConfigFile
+    for part in path:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            node = node.model_fields[part].annotation
+        else:  # a dict or tuple annotation: step into its values
+            node = typing.get_args(node)[-1]
+        while typing.get_origin(node) in (typing.Union, types.UnionType, Annotated):  # X | None, Annotated
+            node = next(arg for arg in typing.get_args(node) if arg is not type(None))
+    return node
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading: read, parse, validate the types, then the rules between keys.
 
 
 def resolve_uri(uri: str, base_dir: Path) -> str:
@@ -302,188 +461,90 @@ def load_config(path: str | Path) -> RegistryConfig:
     except OSError as exc:
         raise InputError(f"cannot read config file: {exc.strerror or exc}", source=source) from exc
     data, lines = _load_yaml_with_lines(text, source)
-    r = _Reader(source, lines)
-    top = r.mapping(data, (), TOP_KEYS)
+    at = _Located(source, lines)
+    if data is None:
+        raise InputError("the config file is empty; see README.md ('Configuration') for the keys", source=source)
+    if not isinstance(data, dict):
+        raise at.error((), f"expected a mapping of keys (prompts, corpora, models, ...), got {_shown(data)}")
+    try:
+        file = ConfigFile.model_validate(data)
+    except ValidationError as err:
+        raise at.from_validation(err) from None
+    return _registry(file, path, at)
+
+
+def _registry(file: ConfigFile, path: Path, at: _Located) -> RegistryConfig:
     base = path.parent
-
-    state_dir = Path(resolve_uri(r.string(top.get("state_dir"), ("state_dir",), required=False)
-                                 or ".valuebias", base))
-    storage = r.string(top.get("storage"), ("storage",), required=False)
-    storage_uri = resolve_uri(storage, base) if storage else str(state_dir / "data")
-
-    prompts = r.mapping(top.get("prompts"), ("prompts",), ("uri",))
-    prompts_uri = resolve_uri(r.string(prompts.get("uri"), ("prompts", "uri")), base)
-
-    wordlist = r.mapping(top.get("wordlist"), ("wordlist",), ("size",))
-    wordlist_size = r.integer(wordlist.get("size"), ("wordlist", "size"), default=50000)
-
-    scoring = r.mapping(top.get("scoring"), ("scoring",), ("batch_size", "threads", "launcher", "kubernetes"))
-    batch_size = r.integer(scoring.get("batch_size"), ("scoring", "batch_size"), default=64)
-    threads = r.integer(scoring.get("threads"), ("scoring", "threads"), default=0, minimum=0)
-    launcher = r.string(scoring.get("launcher"), ("scoring", "launcher"), required=False,
-                        choices=SCORING_LAUNCHERS) or "subprocess"
-    kubernetes = _read_kubernetes(r, scoring.get("kubernetes"), required=launcher == "kubernetes")
-
-    corpora_raw = r.mapping(top.get("corpora"), ("corpora",))
-    if not corpora_raw:
-        raise r.error(("corpora",), "at least one corpus is required")
-    corpora = {str(cid): _read_corpus(r, str(cid), entry, base) for cid, entry in corpora_raw.items()}
-
-    models_raw = r.mapping(top.get("models"), ("models",))
-    if not models_raw:
-        raise r.error(("models",), "at least one model is required")
-    models = {str(mid): _read_model(r, str(mid), entry, base, corpora) for mid, entry in models_raw.items()}
-
-    analysis = _read_analysis(r, top.get("analysis"))
-    schedule = r.mapping(top.get("schedule"), ("schedule",), ("cron",))
-    cron = r.string(schedule.get("cron"), ("schedule", "cron"), required=False) or "0 2 * * *"
-    if len(cron.split()) != 5:
-        raise r.error(("schedule", "cron"), f"'{cron}' is not a 5-field cron expression")
-    concurrency = r.mapping(top.get("concurrency"), ("concurrency",), ("gpu",))
-    gpu = r.integer(concurrency.get("gpu"), ("concurrency", "gpu"), default=1)
-    pairs = _read_pairs(r, top.get("pairs"), models)
-    implicit = _read_implicit_rewards(r, top.get("implicit_rewards"))
-    return RegistryConfig(path=path, state_dir=state_dir, storage_uri=storage_uri, prompts_uri=prompts_uri,
-                          wordlist_size=wordlist_size, scoring_batch_size=batch_size, scoring_threads=threads,
-                          corpora=corpora,
-                          models=models, analysis=analysis, schedule_cron=cron, gpu_concurrency=gpu,
-                          pairs=pairs, implicit_rewards=implicit, scoring_launcher=launcher,
-                          kubernetes=kubernetes)
+    state_dir = Path(resolve_uri(file.state_dir, base))
+    scoring = file.scoring
+    if scoring.launcher == "kubernetes" and scoring.kubernetes is None:
+        raise at.error(("scoring", "kubernetes"), "required when scoring.launcher is kubernetes (at least: image)")
+    corpora = {cid: CorpusConfig(corpus_id=cid, **(block.model_dump() | {"uri": resolve_uri(block.uri, base)}))
+               for cid, block in file.corpora.items()}
+    models = {mid: _model(at, mid, block, base, corpora) for mid, block in file.models.items()}
+    return RegistryConfig(
+        path=path, state_dir=state_dir,
+        storage_uri=resolve_uri(file.storage, base) if file.storage else str(state_dir / "data"),
+        prompts_uri=resolve_uri(file.prompts.uri, base), wordlist_size=file.wordlist.size,
+        scoring_batch_size=scoring.batch_size, scoring_threads=scoring.threads, corpora=corpora, models=models,
+        analysis=file.analysis, schedule_cron=file.schedule.cron, gpu_concurrency=file.concurrency.gpu,
+        pairs=_pairs(at, file.pairs, models), implicit_rewards=file.implicit_rewards,
+        scoring_launcher=scoring.launcher, kubernetes=scoring.kubernetes)
 
 
-KUBERNETES_KEYS = ("image", "namespace", "gpus", "memory", "cpu", "node_selector", "tolerations", "service_account",
-                   "secret_env", "image_pull_policy")
-TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
-
-
-def _read_kubernetes(r: _Reader, value: Any, *, required: bool) -> KubernetesScoringConfig | None:
-    """``scoring.kubernetes``: required when ``scoring.launcher`` is ``kubernetes``."""
-    p = ("scoring", "kubernetes")
-    if value is None:
-        if required:
-            raise r.error(p, "required when scoring.launcher is kubernetes (at least: image)")
-        return None
-    e = r.mapping(value, p, KUBERNETES_KEYS)
-    selector = r.mapping(e.get("node_selector"), p + ("node_selector",))
-    tolerations = e.get("tolerations") or []
-    if not isinstance(tolerations, list):
-        raise r.error(p + ("tolerations",), "expected a list of tolerations")
-    for index, toleration in enumerate(tolerations):
-        r.mapping(toleration, p + ("tolerations", index), TOLERATION_KEYS)
-    return KubernetesScoringConfig(
-        image=r.string(e.get("image"), p + ("image",)),
-        namespace=r.string(e.get("namespace"), p + ("namespace",), required=False),
-        gpus=r.integer(e.get("gpus"), p + ("gpus",), default=1, minimum=0),
-        memory=r.string(e.get("memory"), p + ("memory",), required=False),
-        cpu=r.string(e.get("cpu"), p + ("cpu",), required=False),
-        node_selector=tuple((str(k), r.string(v, p + ("node_selector", str(k)))) for k, v in selector.items()),
-        tolerations=tuple(dict(t) for t in tolerations),
-        service_account=r.string(e.get("service_account"), p + ("service_account",), required=False),
-        secret_env=r.string_list(e.get("secret_env"), p + ("secret_env",)) or (),
-        image_pull_policy=r.string(e.get("image_pull_policy"), p + ("image_pull_policy",), required=False,
-                                   choices=("Always", "IfNotPresent", "Never")) or "IfNotPresent",
-    )
-
-
-def _read_corpus(r: _Reader, cid: str, entry: Any, base: Path) -> CorpusConfig:
-    p = ("corpora", cid)
-    e = r.mapping(entry, p, CORPUS_KEYS)
-    return CorpusConfig(
-        corpus_id=cid,
-        uri=resolve_uri(r.string(e.get("uri"), p + ("uri",)), base),
-        format=r.string(e.get("format"), p + ("format",), choices=CORPUS_FORMATS),
-        word_column=r.string(e.get("word_column"), p + ("word_column",), required=False),
-        category_column=r.string(e.get("category_column"), p + ("category_column",), required=False),
-        category_columns=r.string_list(e.get("category_columns"), p + ("category_columns",)),
-        category_rule=r.string(e.get("category_rule"), p + ("category_rule",), required=False,
-                               choices=CATEGORY_RULES) or "identity",
-        categories=r.string_list(e.get("categories"), p + ("categories",)),
-        wildcards=r.string(e.get("wildcards"), p + ("wildcards",), required=False,
-                           choices=WILDCARD_MODES) or "expand",
-    )
-
-
-def _read_model(r: _Reader, mid: str, entry: Any, base: Path, corpora: dict[str, CorpusConfig]) -> ModelConfig:
+def _model(at: _Located, mid: str, e: ModelBlock, base: Path, corpora: dict[str, CorpusConfig]) -> ModelConfig:
+    """The rules between a model's keys (its kind decides which are allowed), and its settings."""
     p = ("models", mid)
-    if not re.fullmatch(MODEL_ID_PATTERN, mid):
-        raise r.error(p, f"model id {mid!r} does not match {MODEL_ID_PATTERN}: ASCII letters and digits, then "
-                         "also '.', '_' or '-', at most 100 characters (it is a partition key and a file name)")
-    e = r.mapping(entry, p, MODEL_KEYS)
-    kind = r.string(e.get("kind"), p + ("kind",), choices=MODEL_KINDS)
-    family = r.string(e.get("family"), p + ("family",))
-    language_model = kind == "language_model"
-    if language_model:
-        variant = r.string(e.get("variant"), p + ("variant",), choices=LM_VARIANTS)
-    elif "variant" in e:
-        raise r.error(p + ("variant",), f"only language models have a variant; '{mid}' is a {kind}")
-    else:
-        variant = None
-    sources = [s for s in MODEL_SOURCES if s in e]
+    language_model = e.kind == "language_model"
+    if language_model and e.variant is None:
+        raise at.error(p + ("variant",), "required key is missing (instruction_tuned or pretrained)")
+    if not language_model and "variant" in e.model_fields_set:
+        raise at.error(p + ("variant",), f"only language models have a variant; '{mid}' is a {e.kind}")
+    sources = [s for s in MODEL_SOURCES if s in e.model_fields_set]
     if len(sources) != 1:
         found = ", ".join(sources) if sources else "none"
-        raise r.error(p, f"a model needs exactly one source ({', '.join(MODEL_SOURCES)}); found: {found}")
+        raise at.error(p, f"a model needs exactly one source ({', '.join(MODEL_SOURCES)}); found: {found}")
     source = sources[0]
     sp = p + (source,)
-    if language_model and source == "published":
-        raise r.error(sp, "language models have no published scores; use a huggingface or demo source")
+    block = getattr(e, source)
+    if block is None:
+        raise at.error(sp, "expected a mapping (key: value), got nothing (an empty value)")
     if source == "huggingface":
-        h = r.mapping(e[source], sp, HF_KEYS)
-        if language_model and "score" in h:
-            raise r.error(sp + ("score",), "'score' is for reward models; a language model is read through "
-                                           "its next-token distribution")
-        path = r.string(h.get("path"), sp + ("path",))
-        settings = {
-            # a hub id (org/name) stays as written; a local path resolves against the config file
-            "path": resolve_uri(path, base) if _looks_local(path, base) else path,
-            "revision": r.string(h.get("revision"), sp + ("revision",), required=False),
-            "dtype": r.string(h.get("dtype"), sp + ("dtype",), required=False, choices=DTYPES) or "auto",
-            "trust_remote_code": r.boolean(h.get("trust_remote_code"), sp + ("trust_remote_code",)),
-            "allow_pickle": r.boolean(h.get("allow_pickle"), sp + ("allow_pickle",)),
-        }
+        if language_model and block.score is not None:
+            raise at.error(sp + ("score",), "'score' is for reward models; a language model is read through "
+                                            "its next-token distribution")
+        settings = block.model_dump(exclude={"score"})
+        # a hub id (org/name) stays as written; a local path resolves against the config file
+        settings["path"] = resolve_uri(block.path, base) if _looks_local(block.path, base) else block.path
         if not language_model:
-            settings["score"] = r.string(h.get("score"), sp + ("score",), required=False,
-                                         choices=SCORE_READERS) or "logits[0]"
+            settings["score"] = block.score or "logits[0]"
     elif source == "published":
-        pub = r.mapping(e[source], sp)
-        if not pub:
-            raise r.error(sp, "list at least one corpus id with the uri of its score file")
-        settings = {}
-        for cid, uri in pub.items():
+        if language_model:
+            raise at.error(sp, "language models have no published scores; use a huggingface or demo source")
+        if not block:
+            raise at.error(sp, "list at least one corpus id with the uri of its score file")
+        for cid in block:
             if cid not in corpora:
-                raise r.error(sp + (str(cid),), f"unknown corpus '{cid}' (corpora: {', '.join(corpora)})")
-            settings[str(cid)] = resolve_uri(r.string(uri, sp + (str(cid),)), base)
+                raise at.error(sp + (cid,), f"unknown corpus '{cid}' (corpora: {', '.join(corpora)})")
+        settings = {cid: resolve_uri(uri, base) for cid, uri in block.items()}
     else:
-        d = r.mapping(e[source], sp, DEMO_KEYS)
-        train_corpus = r.string(d.get("train_corpus"), sp + ("train_corpus",), required=False) \
-            or next(iter(corpora))
+        train_corpus = block.train_corpus or next(iter(corpora))
         if train_corpus not in corpora:
-            raise r.error(sp + ("train_corpus",), f"unknown corpus '{train_corpus}'")
-        settings = {
-            "architecture": r.string(d.get("architecture"), sp + ("architecture",), choices=("llama", "gemma")),
-            "preferred_category": r.string(d.get("preferred_category"), sp + ("preferred_category",)),
-            "train_corpus": train_corpus,
-            "seed": r.integer(d.get("seed"), sp + ("seed",), default=0, minimum=0),
-            "hidden_size": r.integer(d.get("hidden_size"), sp + ("hidden_size",), default=64),
-            "num_layers": r.integer(d.get("num_layers"), sp + ("num_layers",), default=2),
-            # a demo LM trains until converged (typically 50-110 full-batch steps), at most this many
-            "train_steps": r.integer(d.get("train_steps"), sp + ("train_steps",),
-                                     default=600 if language_model else 300),
-        }
-    return ModelConfig(model_id=mid, kind=kind, family=family, source=source, settings=settings,
-                       display_name=r.string(e.get("display_name"), p + ("display_name",), required=False),
-                       variant=variant, vocabulary_sweep=_read_sweep(r, p, e, kind))
+            raise at.error(sp + ("train_corpus",), f"unknown corpus '{train_corpus}' (corpora: {', '.join(corpora)})")
+        settings = block.model_dump() | {"train_corpus": train_corpus,
+                                         "train_steps": block.train_steps or DEMO_TRAIN_STEPS[e.kind]}
+    return ModelConfig(model_id=mid, kind=e.kind, family=e.family, source=source, settings=settings,
+                       display_name=e.display_name, variant=e.variant, vocabulary_sweep=_sweep(at, p, e))
 
 
-def _read_sweep(r: _Reader, p: tuple[str, ...], entry: dict, kind: str) -> dict[str, Any] | None:
+def _sweep(at: _Located, p: tuple, e: ModelBlock) -> dict[str, Any] | None:
     """The optional full-vocabulary sweep of a reward model (FAccT predecessor, METHOD.md section 6)."""
-    if "vocabulary_sweep" not in entry:
+    if "vocabulary_sweep" not in e.model_fields_set:
         return None
-    sp = p + ("vocabulary_sweep",)
-    if kind != "reward_model":
-        raise r.error(sp, "only reward models have a vocabulary sweep")
-    sweep = r.mapping(entry["vocabulary_sweep"], sp, ("prompts", "top_n"))
-    return {"prompts": list(r.string_list(sweep.get("prompts"), sp + ("prompts",)) or SWEEP_PROMPTS),
-            "top_n": r.integer(sweep.get("top_n"), sp + ("top_n",), default=20)}
+    if e.kind != "reward_model":
+        raise at.error(p + ("vocabulary_sweep",), "only reward models have a vocabulary sweep")
+    sweep = e.vocabulary_sweep or SweepBlock()
+    return {"prompts": list(sweep.prompts or SWEEP_PROMPTS), "top_n": sweep.top_n}
 
 
 def _looks_local(path: str, base: Path) -> bool:
@@ -492,61 +553,27 @@ def _looks_local(path: str, base: Path) -> bool:
     return (base / path).exists()
 
 
-def _read_pairs(r: _Reader, value: Any, models: dict[str, ModelConfig]) -> tuple[tuple[str, str], ...]:
+def _pairs(at: _Located, pairs: tuple[tuple[str, ...], ...], models: dict[str, ModelConfig]
+           ) -> tuple[tuple[str, str], ...]:
     """``pairs: [[model_a, model_b], ...]``: two different language models each, no pair listed twice."""
-    p = ("pairs",)
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise r.error(p, "expected a list of [model_a, model_b] pairs")
-    pairs, seen = [], {}
-    for i, entry in enumerate(value):
-        ip = p + (i,)
-        if not isinstance(entry, list) or len(entry) != 2:
-            raise r.error(ip, f"a pair is a list of two language-model ids, e.g. [llama-it, gemma-it]; got {entry!r}")
+    result, seen = [], {}
+    for i, entry in enumerate(pairs):
+        ip = ("pairs", i)
+        if len(entry) != 2:
+            raise at.error(ip, "a pair is a list of two language-model ids, e.g. [llama-it, gemma-it]; "
+                               f"got {list(entry)!r}")
         for j, mid in enumerate(entry):
-            mid = r.string(mid, ip + (j,))
             if mid not in models:
-                raise r.error(ip + (j,), f"unknown model '{mid}' (models: {', '.join(models)})")
+                raise at.error(ip + (j,), f"unknown model '{mid}' (models: {', '.join(models)})")
             if models[mid].kind != "language_model":
-                raise r.error(ip + (j,), f"'{mid}' is a {models[mid].kind}; pairs compare language models")
-        a, b = str(entry[0]), str(entry[1])
+                raise at.error(ip + (j,), f"'{mid}' is a {models[mid].kind}; pairs compare language models")
+        a, b = entry
         if a == b:
-            raise r.error(ip, f"a pair needs two different models; got '{a}' twice")
+            raise at.error(ip, f"a pair needs two different models; got '{a}' twice")
         key = frozenset((a, b))
         if key in seen:
-            raise r.error(ip, f"the pair {a} / {b} is already listed (pairs[{seen[key]}]); swapping the models "
-                              "only negates the MWLR")
+            raise at.error(ip, f"the pair {a} / {b} is already listed (pairs[{seen[key]}]); swapping the models "
+                               "only negates the MWLR")
         seen[key] = i
-        pairs.append((a, b))
-    return tuple(pairs)
-
-
-def _read_implicit_rewards(r: _Reader, value: Any) -> ImplicitRewardsConfig:
-    p = ("implicit_rewards",)
-    v = r.mapping(value, p, IMPLICIT_KEYS)
-    words = r.string_list(v.get("words"), p + ("words",))
-    if words is not None:
-        cleaned = [w.strip().lower() for w in words]
-        if not cleaned or any(not w or " " in w for w in cleaned):
-            raise r.error(p + ("words",), "give one or more single words, e.g. [freedom, love]")
-        words = tuple(dict.fromkeys(cleaned))
-    return ImplicitRewardsConfig(
-        top_n=r.integer(v.get("top_n"), p + ("top_n",), default=15),
-        words=words if words is not None else ImplicitRewardsConfig.words,
-        word_rule=r.string(v.get("word_rule"), p + ("word_rule",), required=False, choices=WORD_RULES)
-        or "single_token",
-    )
-
-
-def _read_analysis(r: _Reader, value: Any) -> AnalysisConfig:
-    p = ("analysis",)
-    a = r.mapping(value, p, ("families", "permutations", "seed"))
-    families = r.string_list(a.get("families"), p + ("families",))
-    if families is not None and (len(families) != 2 or families[0] == families[1]):
-        raise r.error(p + ("families",), "give exactly two different families, e.g. [gemma, llama]")
-    return AnalysisConfig(
-        families=families,
-        permutations=r.integer(a.get("permutations"), p + ("permutations",), default=10000),
-        seed=r.integer(a.get("seed"), p + ("seed",), default=0, minimum=0),
-    )
+        result.append((a, b))
+    return tuple(result)

@@ -23,7 +23,10 @@ Rules applied after parsing, in this order:
 5. exact duplicate (word, category) pairs are removed and counted (``duplicates_removed``).
 
 The table is sorted by category then word. Every bad input raises :class:`InputError` naming the
-source, the row (CSV: 1-based data row, the header not counted; dic: line number) and the field.
+source, the row and the field. The row is the 1-based line of the file as an editor shows it, for every
+format: the header (CSV/dicx) or the opening ``%`` (dic) counts, and so do blank lines, ``%`` lines and
+the lines of a quoted CSV field that spans several; a line ends at ``\n``, ``\r\n`` or ``\r``; a UTF-8
+byte-order mark is not a line.
 """
 
 from __future__ import annotations
@@ -34,17 +37,16 @@ from typing import Iterable, Sequence
 
 import polars as pl
 
+from valuebias.config import CATEGORY_RULES, CORPUS_FORMATS, WILDCARD_MODES
 from valuebias.errors import InputError
-from valuebias.text_input import csv_rows
+from valuebias.text_input import LINE_END, csv_rows, line_of
 from valuebias.wordlist import wildcard_stem
 
-FORMATS = ("csv", "dicx", "dic")
-CATEGORY_RULES = ("identity", "foundation")
-WILDCARD_MODES = ("expand", "drop", "error")
 DEFAULT_WORD_COLUMN = "DicTerm"
 DIC_WORD_FIELD = "word"
 DIC_CATEGORY_FIELD = "category"
 N_WILDCARD_EXAMPLES = 5
+HEADER_LINE = 1  # the header of a CSV/dicx is its first line
 
 
 @dataclass
@@ -87,7 +89,7 @@ def read_corpus(data: bytes, *, source: str, format: str, word_column: str | Non
     but the word column). ``wildcard_words`` is required when ``wildcards='expand'`` and the corpus
     has wildcard entries.
     """
-    _check_option(format, FORMATS, "format", source)
+    _check_option(format, CORPUS_FORMATS, "format", source)
     _check_option(category_rule, CATEGORY_RULES, "category_rule", source)
     _check_option(wildcards, WILDCARD_MODES, "wildcards", source)
     if format != "csv" and category_column is not None:
@@ -133,12 +135,12 @@ def _check_option(value: str, allowed: tuple[str, ...], name: str, source: str) 
 def _decode(data: bytes, source: str) -> str:
     """UTF-8 text (a byte-order mark is ignored); anything else is an error naming the line."""
     if b"\x00" in data:
-        line = data[:data.index(b"\x00")].count(b"\n") + 1
-        raise InputError("binary data (NUL byte), not a text word list", source=source, row=line, field="file")
+        raise InputError("binary data (NUL byte), not a text word list", source=source,
+                         row=line_of(data, data.index(b"\x00")), field="file")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
+        line = line_of(data, err.start)
         raise InputError(f"not UTF-8 text (byte {err.start})", source=source, row=line, field="file") from err
 
 
@@ -164,11 +166,11 @@ def _read_csv_rows(text: str, source: str, word_column: str) -> tuple[list[str],
 
 
 def _require_columns(header: list[str], wanted: Iterable[str], source: str) -> None:
-    """Each wanted column must be in the header (reported as row 0, the header row)."""
+    """Each wanted column must be in the header (reported as row 1: the header is the file's first line)."""
     for name in wanted:
         if name not in header:
             raise InputError(f"missing column {name!r}; the file has columns {header}", source=source,
-                             row=0, field=name)
+                             row=HEADER_LINE, field=name)
 
 
 def _word(cells: list[str], index: int, *, source: str, row: int, field_name: str) -> str:
@@ -214,7 +216,7 @@ def _parse_wide_csv(text: str, source: str, word_column: str, category_columns: 
     _require_columns(header, category_columns, source)
     if not category_columns:
         raise InputError(f"no category columns besides the word column; the file has columns {header}",
-                         source=source, row=0, field=word_column)
+                         source=source, row=HEADER_LINE, field=word_column)
     i_word = header.index(word_column)
     indices = [(name, header.index(name)) for name in category_columns]
     entries, without = [], 0
@@ -233,7 +235,7 @@ def _parse_dic(text: str, source: str) -> _Parsed:
 
     Body lines are split on tabs when they contain one (so a word may hold spaces), else on spaces.
     """
-    lines = text.splitlines()
+    lines = LINE_END.split(text)  # not str.splitlines: a line is what the csv module and an editor count
     names, body_start = _parse_dic_header(lines, source)
     entries, rows_read, without = [], 0, 0
     for number, line in enumerate(lines[body_start:], start=body_start + 1):

@@ -47,7 +47,8 @@ import torch
 
 from valuebias import tiny_models
 from valuebias.errors import InputError
-from valuebias.lm_scoring import VARIANTS, encode_lm_prompt
+from valuebias.config import LM_VARIANTS
+from valuebias.lm_scoring import encode_lm_prompt
 
 DEMO_LM_NOTE = (
     "Demonstration language model built offline by valuebias.demo_lms: a tiny transformer trained for "
@@ -85,13 +86,12 @@ def _fingerprint(recipe: DemoLMRecipe, words_by_category: dict[str, list[str]],
 
 
 def _validate(recipe: DemoLMRecipe, words_by_category: dict[str, list[str]],
-              prompts: list[tuple[str, str]]) -> None:
-    source = "demo_lms"
+              prompts: list[tuple[str, str]], source: str) -> None:
     if recipe.architecture not in tiny_models.STYLES:
         raise InputError(f"architecture must be one of {list(tiny_models.STYLES)}, got {recipe.architecture!r}",
                          source=source, field="architecture")
-    if recipe.variant not in VARIANTS:
-        raise InputError(f"variant must be one of {list(VARIANTS)}, got {recipe.variant!r}", source=source,
+    if recipe.variant not in LM_VARIANTS:
+        raise InputError(f"variant must be one of {list(LM_VARIANTS)}, got {recipe.variant!r}", source=source,
                          field="variant")
     if not recipe.preference > 0:
         raise InputError(f"preference must be > 0, got {recipe.preference!r}", source=source, field="preference")
@@ -99,8 +99,8 @@ def _validate(recipe: DemoLMRecipe, words_by_category: dict[str, list[str]],
         raise InputError(f"train_steps must be >= 0, got {recipe.train_steps!r}", source=source,
                          field="train_steps")
     if recipe.preferred_category not in words_by_category:
-        raise InputError(f"preferred category {recipe.preferred_category!r} is not among the word lists "
-                         f"{sorted(words_by_category)}", source=source, field="preferred_category")
+        raise InputError(f"preferred category {recipe.preferred_category!r} is not among the categories of the "
+                         f"training words {sorted(words_by_category)}", source=source, field="preferred_category")
     for category, words in words_by_category.items():
         for i, word in enumerate(words):
             if not isinstance(word, str) or not word.strip():
@@ -109,7 +109,7 @@ def _validate(recipe: DemoLMRecipe, words_by_category: dict[str, list[str]],
     if not words_by_category[recipe.preferred_category]:
         raise InputError("the preferred category has no words", source=source, field="preferred_category")
     if not any(words for cat, words in words_by_category.items() if cat != recipe.preferred_category):
-        raise InputError("no words outside the preferred category", source=source, field="words_by_category")
+        raise InputError(tiny_models.NO_OTHER_WORDS, source=source, field="words_by_category")
     if not prompts:
         raise InputError("no prompts", source=source, field="prompts")
     for i, prompt in enumerate(prompts):
@@ -285,17 +285,18 @@ def _target_entropy(recipe: DemoLMRecipe, n_preferred: int, n_others: int, promp
 
 
 def build_demo_language_model(out_dir, recipe: DemoLMRecipe, *, words_by_category: dict[str, list[str]],
-                              prompts: list[tuple[str, str]]) -> Path:
+                              prompts: list[tuple[str, str]], source: str = "demo_lms") -> Path:
     """Build (or reuse) a demo LM in ``out_dir``; return the directory.
 
     ``prompts``: ``(prompt_text, framing)`` pairs, framing ``"positive"`` or ``"negative"``.
+    ``source`` names the recipe in errors (the pipeline passes the config entry, ``models.<id>.demo``).
     Cached: ``out_dir/recipe.json`` holds a fingerprint of the recipe, words, prompts and
     ``DEMO_LM_CODE_VERSION``; when it matches, nothing is rebuilt. Atomic: the model is built in a
     temporary sibling directory and renamed into place, so ``out_dir`` never holds a partial model.
     The directory loads with :func:`valuebias.lm_scoring.load_language_model` (``variant`` as built).
     """
     out_dir = Path(out_dir)
-    _validate(recipe, words_by_category, prompts)
+    _validate(recipe, words_by_category, prompts, source)
     prompts = [(text, framing) for text, framing in prompts]
     fingerprint = _fingerprint(recipe, words_by_category, prompts)
     if tiny_models.read_build_fingerprint(out_dir) == fingerprint:

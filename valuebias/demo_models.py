@@ -64,19 +64,19 @@ def _fingerprint(recipe: DemoRecipe, words_by_category: dict[str, list[str]],
     return tiny_models.build_fingerprint(DEMO_CODE_VERSION, asdict(recipe), words_by_category, prompts)
 
 
-def _validate(recipe: DemoRecipe, words_by_category: dict[str, list[str]], prompts: list[tuple[str, str]]):
-    source = "demo_models"
+def _validate(recipe: DemoRecipe, words_by_category: dict[str, list[str]], prompts: list[tuple[str, str]],
+              source: str):
     if recipe.architecture not in tiny_models.STYLES:
         raise InputError(f"architecture must be one of {list(tiny_models.STYLES)}, got {recipe.architecture!r}",
                          source=source, field="architecture")
     if recipe.preferred_category not in words_by_category:
-        raise InputError(f"preferred category {recipe.preferred_category!r} is not among the word lists "
-                         f"{sorted(words_by_category)}", source=source, field="preferred_category")
+        raise InputError(f"preferred category {recipe.preferred_category!r} is not among the categories of the "
+                         f"training words {sorted(words_by_category)}", source=source, field="preferred_category")
     preferred, others = tiny_models.split_words(words_by_category, recipe.preferred_category)
     if not preferred:
         raise InputError("the preferred category has no words", source=source, field="preferred_category")
     if not others:
-        raise InputError("no words outside the preferred category", source=source, field="words_by_category")
+        raise InputError(tiny_models.NO_OTHER_WORDS, source=source, field="words_by_category")
     if not prompts:
         raise InputError("no prompts", source=source, field="prompts")
     for i, (_, framing) in enumerate(prompts):
@@ -147,16 +147,17 @@ def _train(model, tokenizer, recipe: DemoRecipe, preferred: list[str], others: l
 
 
 def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: dict[str, list[str]],
-                            prompts: list[tuple[str, str]]) -> Path:
+                            prompts: list[tuple[str, str]], source: str = "demo_models") -> Path:
     """Build (or reuse) a demo RM in ``out_dir``; return the directory.
 
     ``prompts``: ``(prompt_text, framing)`` pairs, framing ``"positive"`` or ``"negative"``.
+    ``source`` names the recipe in errors (the pipeline passes the config entry, ``models.<id>.demo``).
     Cached: ``out_dir/recipe.json`` holds a fingerprint of the recipe, words, prompts and
     ``DEMO_CODE_VERSION``; when it matches, nothing is rebuilt. Atomic: the model is built in a
     temporary sibling directory and renamed into place, so ``out_dir`` never holds a partial model.
     """
     out_dir = Path(out_dir)
-    _validate(recipe, words_by_category, prompts)
+    _validate(recipe, words_by_category, prompts, source)
     fingerprint = _fingerprint(recipe, words_by_category, prompts)
     if tiny_models.read_build_fingerprint(out_dir) == fingerprint:
         return out_dir

@@ -668,7 +668,7 @@ def _score_cached(loaded, *, score, prompts, words, batch_size, progress, max_ba
             if fallback_pad:
                 if any(len(s) and s[-1] == pad for s in seqs):
                     raise ValueError(f"the model has no pad_token_id and the fallback pad id {pad} ends a "
-                                     "rendered sequence; set pad_token_id in the model config")
+                                     "rendered sequence; set pad_token_id in the model's config.json")
                 config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
                     else model.config
                 config.pad_token_id = pad  # as scoring._pad_id does

@@ -66,7 +66,8 @@ def resolve_language_model(model_id: str, source: str, settings: dict[str, Any],
         path = build_demo_language_model(
             demo_dir / model_id, recipe,
             words_by_category=demo_training_words(corpus_words, settings["train_corpus"]),
-            prompts=list(zip(prompts["text"].to_list(), prompts["framing"].to_list())))
+            prompts=list(zip(prompts["text"].to_list(), prompts["framing"].to_list())),
+            source=f"models.{model_id}.demo")
         return LanguageModelSource(model_id=model_id, path=str(path), variant=variant), demo_identity(path)
     if source != "huggingface":
         from valuebias.errors import InputError

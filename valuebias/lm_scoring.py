@@ -31,11 +31,11 @@ import numpy as np
 import polars as pl
 import torch
 
+from valuebias.config import LM_VARIANTS
+from valuebias.config import WORD_RULES
 from valuebias.errors import InputError
 from valuebias.scoring import HuggingFaceSource, load_pretrained
 
-VARIANTS = ("instruction_tuned", "pretrained")
-WORD_RULES = ("single_token", "full_sequence")
 
 LOGPROB_SCHEMA = {"prompt": pl.Utf8, "token_id": pl.Int32, "token": pl.Utf8, "logprob": pl.Float32}
 WORD_LOGPROB_SCHEMA = {"prompt": pl.Utf8, "word": pl.Utf8, "logprob": pl.Float64, "rule": pl.Utf8}
@@ -60,8 +60,8 @@ class LanguageModelSource:
 
     def __post_init__(self):
         self.as_huggingface_source()  # the path and dtype checks of a reward model's source
-        if self.variant not in VARIANTS:
-            raise InputError(f"unknown variant {self.variant!r}; expected one of {list(VARIANTS)}",
+        if self.variant not in LM_VARIANTS:
+            raise InputError(f"unknown variant {self.variant!r}; expected one of {list(LM_VARIANTS)}",
                              source=self.source, field="variant")
 
     @property
@@ -125,7 +125,7 @@ def render_lm_prompt(tokenizer, text: str, variant: str, *, source: str | None =
     if variant == "pretrained":
         return text
     if variant != "instruction_tuned":
-        raise InputError(f"unknown variant {variant!r}; expected one of {list(VARIANTS)}", source=source,
+        raise InputError(f"unknown variant {variant!r}; expected one of {list(LM_VARIANTS)}", source=source,
                          field="variant")
     if not getattr(tokenizer, "chat_template", None):
         raise InputError("the tokenizer has no chat template", source=source, field="huggingface.path")

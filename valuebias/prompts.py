@@ -19,7 +19,7 @@ import yaml
 
 from valuebias.errors import InputError
 from valuebias.safe_yaml import NoAliasLoader
-from valuebias.text_input import csv_rows
+from valuebias.text_input import csv_rows, line_of
 
 #: Prompt ids: adjective_superlative_style, lowercase letters. Checked while parsing (naming the file line)
 #: and by the ``prompts`` data contract, whose regex must stay equal to it.
@@ -102,8 +102,9 @@ def read_prompts(data: bytes, *, source: str, format: str | None = None,
     Columns: prompt, text, adjective, superlative, style, framing (all strings), in file order.
     ``format`` is ``yaml`` or ``csv``; if None it comes from the source's extension.
     ``framing_by_adjective`` replaces :data:`FRAMING_BY_ADJECTIVE` (adjective -> framing).
-    Every bad input raises :class:`InputError` naming the source, the row (YAML: line number;
-    CSV: 1-based data row) and the field.
+    Every bad input raises :class:`InputError` naming the source, the row (the 1-based file line, YAML
+    and CSV alike: a CSV's header is line 1, blank lines count, a quoted field may span lines) and the
+    field.
     """
     fmt = format or _infer_format(source)
     text = _decode(data, source)
@@ -121,8 +122,8 @@ def read_prompts(data: bytes, *, source: str, format: str | None = None,
 def _infer_format(source: str) -> str:
     suffix = PurePosixPath(source).suffix.lower()
     if suffix not in _FORMAT_BY_SUFFIX:
-        raise InputError(f"cannot tell the format from the extension {suffix!r}: use .yaml, .yml or .csv, "
-                         "or pass format='yaml' or 'csv'", source=source, field="format")
+        raise InputError(f"cannot tell the format from the extension {suffix!r}: name the file *.yaml, *.yml "
+                         "(id: text) or *.csv (prompt,text)", source=source, field="format")
     return _FORMAT_BY_SUFFIX[suffix]
 
 
@@ -130,8 +131,8 @@ def _decode(data: bytes, source: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise InputError(f"not UTF-8 text (byte {err.start})", source=source, row=line, field="text") from err
+        raise InputError(f"not UTF-8 text (byte {err.start})", source=source, row=line_of(data, err.start),
+                         field="text") from err
 
 
 class _UniqueKeyLoader(NoAliasLoader):
@@ -177,7 +178,7 @@ def _read_yaml(text: str, source: str) -> list[tuple[int, object, object]]:
 
 
 def _read_csv(text: str, source: str) -> list[tuple[int, object, object]]:
-    """(data row, id, text) for each row of a CSV with columns prompt,text (other columns are ignored)."""
+    """(file line, id, text) for each row of a CSV with columns prompt,text (other columns are ignored)."""
     rows = csv_rows(text, source, "prompt")
     if not rows:
         raise InputError("empty prompt table: no header", source=source, field="prompt")

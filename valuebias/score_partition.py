@@ -41,7 +41,7 @@ def resolve_model_path(model_id: str, source: str, settings: dict[str, Any], *, 
     path = build_demo_reward_model(
         demo_dir / model_id, recipe,
         words_by_category=demo_words_by_category(corpus_words, settings["train_corpus"]),
-        prompts=list(zip(prompts["text"].to_list(), prompts["framing"].to_list())),
+        prompts=list(zip(prompts["text"].to_list(), prompts["framing"].to_list())), source=f"models.{model_id}.demo",
     )
     return {"path": str(path), "score": "logits[0]"}, demo_identity(path)
 

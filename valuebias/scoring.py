@@ -24,9 +24,9 @@ from typing import Any, Callable
 import polars as pl
 import torch
 
+from valuebias.config import SCORE_READERS
 from valuebias.errors import InputError
 
-SCORE_READERS = ("logits[0]", "score", "logits[:,0]")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
 
@@ -209,7 +209,7 @@ def _pad_id(model, tokenizer, encoded: list[list[int]]) -> int:
     pad = 0 if pad is None else int(pad)
     if any(ids and ids[-1] == pad for ids in encoded):
         raise ValueError(f"the model has no pad_token_id and the fallback pad id {pad} ends a rendered "
-                         "sequence; set pad_token_id in the model config")
+                         "sequence; set pad_token_id in the model's config.json")
     config.pad_token_id = pad
     return pad
 

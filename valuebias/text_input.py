@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 
 from valuebias.errors import InputError
+
+#: Line ends as the csv module counts them (``\n``, ``\r\n``, ``\r``), so every error names the line an
+#: editor shows; ``str.splitlines`` would also break at ``\f``, ``\x1c``-``\x1e``, ``\x85``, ``\u2028``...
+LINE_END = re.compile(r"\r\n|\r|\n")
+_LINE_END_BYTES = re.compile(rb"\r\n|\r|\n")
+
+
+def line_of(data: bytes, offset: int) -> int:
+    """The 1-based file line holding byte ``offset`` of ``data`` (line ends as :data:`LINE_END`)."""
+    return len(_LINE_END_BYTES.split(data[:offset]))
 
 
 def csv_rows(text: str, source: str, field: str) -> list[tuple[int, list[str]]]:

@@ -186,6 +186,11 @@ def save_build(model, tokenizer, out_dir: Path, meta: dict) -> Path:
     return out_dir
 
 
+#: A demonstration model learns to prefer one category over the others: it needs words outside it.
+NO_OTHER_WORDS = ("no training words outside the preferred category (the demo's train_corpus needs words in a "
+                  "second category)")
+
+
 def split_words(words_by_category: dict[str, list[str]], preferred_category: str) -> tuple[list[str], list[str]]:
     """Unique preferred words and unique other words (stripped; a word listed under the preferred
     category counts as preferred even if another category lists it too)."""
