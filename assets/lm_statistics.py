@@ -1,5 +1,16 @@
-"""Figure-2 statistics for language models, per corpus (METHOD.md section 4), and the LM report
-(Figure 2 tables, Table 1, Figure 3)."""
+"""Figure-2 statistics for language models, per corpus and pair (METHOD.md sections 4 and 8), and the LM
+report (Figure 2 tables, Table 1, Figure 3).
+
+Figure 2 is computed per group of ``config.figure2_groups()``: each configured pair (``a__vs__b``) on the
+words both of its models keep, and, with ``analysis.pool_language_models``, every language model together
+(``pooled``) on the words all of them keep. A group's rows depend on its own models only, so registering
+another language model or pair never changes an existing pair's numbers.
+
+Failures show: a design that cannot be fitted (``valuebias.statistics.NotFittable``: too few models, a
+missing cell, no residual) is skipped and named by the asset's failed WARN-level ``<table>_fitted`` check;
+when no test at all could be run the step fails (``dg.Failure``), keeping the stored table. Bad input
+(``InputError``) is never caught: it fails the run.
+"""
 
 
 import warnings
@@ -7,40 +18,74 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, lm_word_logprobs_key, report_result,
-                           table_result, write_table)
+from assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, fitted_result, lm_word_logprobs_key, report_result,
+                           statistics_checks, table_result, write_table)
 from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
 from resources.registry import Registry
 from resources.storage import Storage
 from resources.validation import ContractValidator
-from valuebias.config import RegistryConfig
+from valuebias.config import POOLED, RegistryConfig
 from valuebias.lm_statistics import common_words, lm_anova as fit_anova, lm_posthoc as welch_posthoc
 from valuebias.lm_statistics import lm_rank_cells as median_rank_cells
 from valuebias.report import figure3_png, markdown_table
+from valuebias.statistics import NotFittable
 
-RANK_CELL_SCHEMA = {"corpus": pl.Utf8, "prompt": pl.Utf8, "category": pl.Utf8, "valence": pl.Utf8,
+RANK_CELL_SCHEMA = {"corpus": pl.Utf8, "pair": pl.Utf8, "prompt": pl.Utf8, "category": pl.Utf8, "valence": pl.Utf8,
                     "model": pl.Utf8, "median_rank": pl.Float64}
-ANOVA_SCHEMA = {"corpus": pl.Utf8, "term": pl.Utf8, "sum_sq": pl.Float64, "df": pl.Float64, "F": pl.Float64,
-                "p": pl.Float64}
+ANOVA_SCHEMA = {"corpus": pl.Utf8, "pair": pl.Utf8, "term": pl.Utf8, "sum_sq": pl.Float64, "df": pl.Float64,
+                "F": pl.Float64, "p": pl.Float64}
 # A residual sum of squares at most this fraction of the total is rounding noise: no residual variance.
 SEPARATED = 1e-12
 POSTHOC_SCHEMA = {"corpus": pl.Utf8, "pair": pl.Utf8, "category": pl.Utf8, "valence": pl.Utf8, "model_a": pl.Utf8,
                   "model_b": pl.Utf8, "n_a": pl.Int64, "n_b": pl.Int64, "mean_a": pl.Float64, "mean_b": pl.Float64,
                   "t": pl.Float64, "p": pl.Float64, "p_bh": pl.Float64}
+ADD_A_PAIR = ("add `pairs: [[model_a, model_b]]` (two registered language models; Figure 2 and its post-hoc "
+              "tests are run per pair, on the words both models keep)")
 
 
-def load_word_logprobs(config: RegistryConfig, storage: Storage) -> pl.DataFrame:
-    """The stored word log-probs of every language model currently in the registry."""
-    tables = []
-    for model in config.language_models():
-        key = lm_word_logprobs_key(model.model_id)
-        if not storage.exists(key):
-            raise dg.Failure(f"no word log-probs for model '{model.model_id}' at {storage.full_uri(key)}: "
-                             f"materialize lm_word_logprobs for partition '{model.model_id}' first")
-        tables.append(storage.read_parquet(key))
-    if not tables:
+def no_groups_advice(config: RegistryConfig) -> str:
+    return (f"Figure 2 compares language models per pair, and {config.path} configures no pair and no pooled "
+            f"analysis: {ADD_A_PAIR}, or set `analysis.pool_language_models: true` (one ANOVA over every "
+            "language model, on the words all of them keep)")
+
+
+def load_word_logprobs(config: RegistryConfig, storage: Storage, models: list[str]) -> pl.DataFrame:
+    """The stored word log-probs of ``models`` (language models of the registry)."""
+    if not models:
         raise dg.Failure(f"no language model is registered in {config.path}")
+    tables = []
+    for model in models:
+        key = lm_word_logprobs_key(model)
+        if not storage.exists(key):
+            raise dg.Failure(f"no word log-probs for model '{model}' at {storage.full_uri(key)}: "
+                             f"materialize lm_word_logprobs for partition '{model}' first")
+        tables.append(storage.read_parquet(key))
     return pl.concat(tables)
+
+
+def read_per_pair(storage: Storage, table: str = "lm_rank_cells") -> pl.DataFrame:
+    """A stored Figure-2 table; one written before Figure 2 was per pair (no ``pair`` column) is refused."""
+    found = storage.read_parquet(TABLE_KEYS[table])
+    if "pair" not in found.columns:
+        raise dg.Failure(f"the stored {table} has no 'pair' column (it was computed before Figure 2 was run per "
+                         f"pair): materialize {table} first")
+    return found
+
+
+def group_cells(cells: pl.DataFrame, corpus_id: str, group: str) -> pl.DataFrame:
+    """The rank cells of one corpus and Figure-2 group; :class:`NotFittable` when there are none."""
+    found = cells.filter((pl.col("corpus") == corpus_id) & (pl.col("pair") == group))
+    if found.is_empty():
+        raise NotFittable("lm_rank_cells has no cells for it (its cells_per_pair metadata says why)")
+    return found
+
+
+def nothing_fitted(table: str, what: str, not_fitted: dict[str, str]) -> dg.Failure:
+    """The step failure when not one test of ``table`` could be run (the stored table is kept)."""
+    return dg.Failure(
+        description=(f"no {what} could be run, so the stored {table} is kept: "
+                     + "; ".join(f"{test}: {why}" for test, why in not_fitted.items())),
+        metadata={"not_fitted": dg.MetadataValue.json(not_fitted)})
 
 
 @dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"},
@@ -48,92 +93,128 @@ def load_word_logprobs(config: RegistryConfig, storage: Storage) -> pl.DataFrame
            code_version=CODE_VERSIONS["lm_rank_cells"], check_specs=[contract_spec("lm_rank_cells")])
 def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                   validator: ContractValidator) -> dg.MaterializeResult:
-    """Median rank per (corpus, prompt, category, model): within each (model, prompt), the words every
-    language model kept are ranked by descending log-prob (ties averaged, 1 = best), and the median is
-    taken per category. ``valence`` is the prompt's framing."""
+    """Median rank per (corpus, pair, prompt, category, model), one Figure-2 group at a time: for each pair
+    (and ``pooled`` when ``analysis.pool_language_models`` is on), within each (model, prompt) the words
+    every model of that group kept are ranked by descending log-prob (ties averaged, 1 = best;
+    ``analysis.category_overlap``), and the median is taken per category. ``valence`` is the prompt's framing."""
     config = registry.load()
+    groups = config.figure2_groups()
+    if not groups:
+        raise dg.Failure(no_groups_advice(config))
     versions = current_input_versions(context.instance, config, "lm_rank_cells")
-    scores = load_word_logprobs(config, storage)
+    scores = load_word_logprobs(config, storage, list(dict.fromkeys(m for ms in groups.values() for m in ms)))
     words = storage.read_parquet(TABLE_KEYS["corpus_words"])
     prompts = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
-    models = [m.model_id for m in config.language_models()]
     parts, notes = [], {}
     for corpus_id in config.corpora:
         data = scores.filter(pl.col("corpus") == corpus_id).select("model", "prompt", "word", "logprob")
-        present = [m for m in models if m in set(data["model"].unique().to_list())]
-        absent = [m for m in models if m not in present]
-        shared = common_words(data, present) if present else []
-        if not shared:
-            notes[corpus_id] = "no word is kept by every language model" + (
-                f" ({', '.join(absent)} kept none)" if absent else "")
-            continue
         dictionary = words.filter(pl.col("corpus") == corpus_id).select("word", "category")
-        cells = median_rank_cells(data, dictionary, prompts, present)
-        parts.append(cells.with_columns(pl.lit(corpus_id).alias("corpus")).select(list(RANK_CELL_SCHEMA)))
-        notes[corpus_id] = (f"{len(cells)} cells from {len(present)} models, {len(shared)} words every model kept"
-                            + (f"; left out (kept no word): {', '.join(absent)}" if absent else ""))
-    table = pl.concat(parts).cast(RANK_CELL_SCHEMA) if parts else pl.DataFrame(schema=RANK_CELL_SCHEMA)
+        scored = set(data["model"].unique().to_list())
+        for group, models in groups.items():
+            name = f"{corpus_id}/{group}"
+            absent = [m for m in models if m not in scored]
+            shared = [] if absent or not models else common_words(data, models)
+            if not shared:
+                notes[name] = ("no language model is registered" if not models else
+                               "no word is kept by every model of the group"
+                               + (f" ({', '.join(absent)} kept none)" if absent else ""))
+                continue
+            cells = median_rank_cells(data, dictionary, prompts, models,
+                                      category_overlap=config.analysis.category_overlap)
+            if cells.is_empty():
+                notes[name] = f"none of the {len(shared)} words every model kept is in the dictionary"
+                continue
+            parts.append(cells.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(group).alias("pair"))
+                         .select(list(RANK_CELL_SCHEMA)))
+            notes[name] = f"{len(cells)} cells from {len(models)} models, {len(shared)} words every model kept"
+    if not parts:
+        raise dg.Failure("no rank cells for any corpus and pair, so the stored lm_rank_cells is kept: "
+                         + "; ".join(f"{k}: {v}" for k, v in notes.items()))
+    table = pl.concat(parts).cast(RANK_CELL_SCHEMA)
     uri, version, check = write_table(storage, validator, "lm_rank_cells", table)
-    return table_result(table, uri, version, {"cells_per_corpus": notes,
+    return table_result(table, uri, version, {"cells_per_pair": notes,
+                                              "category_overlap": config.analysis.category_overlap,
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
 
 
 @dg.asset(group_name="lm_statistics", kinds={"statsmodels", "parquet"}, deps=reads("lm_anova"),
-           code_version=CODE_VERSIONS["lm_anova"], check_specs=[contract_spec("lm_anova")])
+           code_version=CODE_VERSIONS["lm_anova"],
+          check_specs=statistics_checks("lm_anova", "ANOVA (one per corpus and pair)"))
 def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
              validator: ContractValidator) -> dg.MaterializeResult:
-    """Type-II three-way ANOVA per corpus: median_rank ~ category * valence * model (F, df, p per term)."""
-    versions = current_input_versions(context.instance, registry.load(), "lm_anova")
-    cells = storage.read_parquet(TABLE_KEYS["lm_rank_cells"])
-    parts, notes = [], {}
-    for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
-        try:
-            fit = fit_anova(corpus_cells)
-        except ValueError as exc:  # degenerate design (one model, a missing cell): say so, keep the others
-            notes[corpus_id] = f"not fitted: {exc}"
-            continue
-        residual = float(fit.filter(pl.col("term") == "Residual")["sum_sq"][0])
-        if residual <= SEPARATED * float(fit["sum_sq"].sum()):
-            # No residual variance (e.g. demo LMs whose category medians are the same for every prompt):
-            # F would be a ratio of rounding noise, so F and p are left empty and the note says why.
-            fit = fit.with_columns(pl.lit(None, dtype=pl.Float64).alias("F"), pl.lit(None, dtype=pl.Float64).alias("p"))
-            notes[corpus_id] = (f"fitted, but the residual sum of squares is 0 ({residual:.3g}): the cells are "
-                                "perfectly separated by the factors, so F and p are undefined and left empty; "
-                                "sum_sq shows which terms carry the variance")
-        elif fit.filter(pl.col("term") != "Residual")["F"].null_count():
-            notes[corpus_id] = "fitted; some terms have no F (zero degrees of freedom or no residual variance)"
-        else:
-            notes[corpus_id] = "fitted"
-        parts.append(fit.with_columns(pl.lit(corpus_id).alias("corpus")).select(list(ANOVA_SCHEMA)))
-    table = pl.concat(parts) if parts else pl.DataFrame(schema=ANOVA_SCHEMA)
+    """Type-II three-way ANOVA per corpus and Figure-2 group: median_rank ~ category * valence * model, the
+    model factor holding that group's models (F, df, p per term). A design that cannot be fitted fails the
+    ``lm_anova_fitted`` check (WARN), naming it and why."""
+    config = registry.load()
+    versions = current_input_versions(context.instance, config, "lm_anova")
+    groups = config.figure2_groups()
+    if not groups:
+        raise dg.Failure(no_groups_advice(config))
+    cells = read_per_pair(storage)
+    parts, notes, not_fitted = [], {}, {}
+    for corpus_id in config.corpora:
+        for group in groups:
+            name = f"{corpus_id}/{group}"
+            try:
+                fit = fit_anova(group_cells(cells, corpus_id, group))
+            except NotFittable as exc:  # a degenerate design: say so, keep the others
+                not_fitted[name] = str(exc)
+                notes[name] = f"not fitted: {exc}"
+                continue
+            residual = float(fit.filter(pl.col("term") == "Residual")["sum_sq"][0])
+            if residual <= SEPARATED * float(fit["sum_sq"].sum()):
+                # No residual variance (e.g. demo LMs whose category medians are the same for every prompt):
+                # F would be a ratio of rounding noise, so F and p are left empty and the note says why.
+                fit = fit.with_columns(pl.lit(None, dtype=pl.Float64).alias("F"),
+                                       pl.lit(None, dtype=pl.Float64).alias("p"))
+                notes[name] = (f"fitted, but the residual sum of squares is 0 ({residual:.3g}): the cells are "
+                               "perfectly separated by the factors, so F and p are undefined and left empty; "
+                               "sum_sq shows which terms carry the variance")
+            elif fit.filter(pl.col("term") != "Residual")["F"].null_count():
+                notes[name] = "fitted; some terms have no F (zero degrees of freedom or no residual variance)"
+            else:
+                notes[name] = "fitted"
+            parts.append(fit.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(group).alias("pair"))
+                         .select(list(ANOVA_SCHEMA)))
+    if not parts:
+        raise nothing_fitted("lm_anova", "ANOVA", not_fitted)
+    table = pl.concat(parts).cast(ANOVA_SCHEMA)
     uri, version, check = write_table(storage, validator, "lm_anova", table)
-    return table_result(table, uri, version, {"fit": notes or {"all": "no rank cells"},
-                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40,
-                   check=check)
+    return table_result(table, uri, version, {"fit": notes, INPUT_VERSIONS: dg.MetadataValue.json(versions)},
+                        preview_rows=40, check=check, more_checks=(fitted_result("lm_anova", not_fitted),))
 
 
 @dg.asset(group_name="lm_statistics", kinds={"scipy", "parquet"}, deps=reads("lm_posthoc"),
-           code_version=CODE_VERSIONS["lm_posthoc"], check_specs=[contract_spec("lm_posthoc")])
+           code_version=CODE_VERSIONS["lm_posthoc"],
+          check_specs=statistics_checks("lm_posthoc", "set of post-hoc tests (one per corpus and pair)"))
 def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                validator: ContractValidator) -> dg.MaterializeResult:
-    """Per corpus and configured pair, Welch's t-test of the two models' median-rank cells in every
-    category x valence panel, Benjamini-Hochberg adjusted over the pair's panels (``p_bh``)."""
+    """Per corpus and configured pair, Welch's t-test of the two models' median-rank cells (that pair's
+    cells only) in every category x valence panel, Benjamini-Hochberg adjusted over the pair's panels
+    (``p_bh``). The pooled group has no post-hoc tests. A pair that cannot be tested fails the
+    ``lm_posthoc_fitted`` check (WARN), naming it and why."""
     config = registry.load()
     versions = current_input_versions(context.instance, config, "lm_posthoc")
-    cells = storage.read_parquet(TABLE_KEYS["lm_rank_cells"])
-    parts, notes = [], {}
-    for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
+    if not config.pairs:
+        raise dg.Failure(f"no post-hoc test to run: they compare the two models of a pair, and {config.path} "
+                         f"configures no pair (the pooled analysis, analysis.pool_language_models, has the ANOVA "
+                         f"only): {ADD_A_PAIR}")
+    cells = read_per_pair(storage)
+    parts, notes, not_fitted = [], {}, {}
+    for corpus_id in config.corpora:
         for pair, (model_a, model_b) in config.pair_models().items():
+            name = f"{corpus_id}/{pair}"
             try:
                 with warnings.catch_warnings():  # constant cells: scipy warns; the note below says so instead
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    tests = welch_posthoc(corpus_cells, model_a, model_b)
-            except ValueError as exc:
-                notes[f"{corpus_id}/{pair}"] = f"not tested: {exc}"
+                    tests = welch_posthoc(group_cells(cells, corpus_id, pair), model_a, model_b)
+            except NotFittable as exc:
+                not_fitted[name] = str(exc)
+                notes[name] = f"not tested: {exc}"
                 continue
             constant = int(tests["t"].is_nan().sum())
             separated = int(tests["t"].is_infinite().sum())
-            notes[f"{corpus_id}/{pair}"] = (
+            notes[name] = (
                 f"{len(tests)} panels"
                 + (f"; {constant} panel(s) where both models' cells are one constant have no t or p (left empty)"
                    if constant else "")
@@ -142,37 +223,49 @@ def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: S
             parts.append(tests.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(pair).alias("pair"),
                                             pl.col("t").fill_nan(None), pl.col("p").fill_nan(None))
                          .select(list(POSTHOC_SCHEMA)))
-    if not config.pairs:
-        notes["all"] = "no pairs configured: the post-hoc tests compare the models of each pair"
-    table = pl.concat(parts).cast(POSTHOC_SCHEMA) if parts else pl.DataFrame(schema=POSTHOC_SCHEMA)
+    if not parts:
+        raise nothing_fitted("lm_posthoc", "post-hoc test", not_fitted)
+    table = pl.concat(parts).cast(POSTHOC_SCHEMA)
     uri, version, check = write_table(storage, validator, "lm_posthoc", table)
-    return table_result(table, uri, version, {"tests": notes or {"all": "no rank cells"},
-                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40,
-                   check=check)
+    return table_result(table, uri, version, {"tests": notes, INPUT_VERSIONS: dg.MetadataValue.json(versions)},
+                        preview_rows=40, check=check, more_checks=(fitted_result("lm_posthoc", not_fitted),))
 
 
 @dg.asset(group_name="lm_statistics", kinds={"matplotlib", "markdown"},
           deps=reads("lm_report"),
            code_version=CODE_VERSIONS["lm_report"])
 def lm_report(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
-    """The language-model report: Figure-2 tables per corpus, Table 1 (top and bottom MWLR strings) for
-    the first positive prompt of each pair, and a Figure-3-style PNG of the word MWLRs
-    (``reports/figure3.png``)."""
+    """The language-model report: Figure-2 tables per corpus and pair (and the pooled group when
+    ``analysis.pool_language_models`` is on), Table 1 (top and bottom MWLR strings) for the first positive
+    prompt of each pair, and a Figure-3-style PNG of the word MWLRs (``reports/figure3.png``)."""
     config = registry.load()
     versions = current_input_versions(context.instance, config, "lm_report")
-    cells = storage.read_parquet(TABLE_KEYS["lm_rank_cells"])
-    anova = storage.read_parquet(TABLE_KEYS["lm_anova"])
-    posthoc = storage.read_parquet(TABLE_KEYS["lm_posthoc"])
+    cells = read_per_pair(storage)
+    anova = read_per_pair(storage, "lm_anova")
+    posthoc = read_per_pair(storage, "lm_posthoc")
     tokens = storage.read_parquet(TABLE_KEYS["mwlr_tokens"])
     words = storage.read_parquet(TABLE_KEYS["mwlr_words"])
-    sections = ["# ValueBias report: language models (Figure 2, Table 1, Figure 3)"]
-    for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
-        summary = (corpus_cells.group_by("model", "category", "valence")
+    sections = ["# ValueBias report: language models (Figure 2, Table 1, Figure 3)",
+                "Figure 2 is computed per pair of language models, on the words both models of the pair keep"
+                + (", and once over every language model together (`pooled`), on the words all of them keep."
+                   if POOLED in set(cells["pair"].to_list()) else ".")]
+
+    def rows_of(table: pl.DataFrame, corpus_id: str, pair: str) -> pl.DataFrame:
+        return table.filter((pl.col("corpus") == corpus_id) & (pl.col("pair") == pair)).drop("corpus", "pair")
+
+    for (corpus_id, pair), pair_cells in cells.group_by("corpus", "pair", maintain_order=True):
+        models = pair_cells["model"].unique(maintain_order=True).to_list()
+        summary = (pair_cells.group_by("model", "category", "valence")
                    .agg(pl.col("median_rank").mean().alias("mean_median_rank"), pl.len().alias("cells"))
                    .sort("category", "valence", "model"))
-        sections += [f"## {corpus_id}", "### Mean median rank per model (1 = best)", markdown_table(summary),
-                     "### lm_anova", markdown_table(anova.filter(pl.col("corpus") == corpus_id).drop("corpus")),
-                     "### lm_posthoc", markdown_table(posthoc.filter(pl.col("corpus") == corpus_id).drop("corpus"))]
+        fit, tests = rows_of(anova, corpus_id, pair), rows_of(posthoc, corpus_id, pair)
+        sections += [f"## {corpus_id}: {pair} ({', '.join(models)})",
+                     "### Mean median rank per model (1 = best)", markdown_table(summary),
+                     "### lm_anova", markdown_table(fit) if fit.height else
+                     "_Not fitted: the `lm_anova_fitted` check says why._",
+                     "### lm_posthoc", markdown_table(tests) if tests.height else
+                     ("_No post-hoc tests for the pooled group: they compare the two models of a pair._"
+                      if pair == POOLED else "_Not tested: the `lm_posthoc_fitted` check says why._")]
     plots = {"figure3.png": figure3_png(words, title="MWLR of " + ", ".join(config.implicit_rewards.words)
                                         + " per pair")}
     storage.write_bytes("reports/figure3.png", plots["figure3.png"])

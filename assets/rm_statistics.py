@@ -4,25 +4,24 @@
 import dagster as dg
 import polars as pl
 
-from assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, report_result, rm_word_scores_key, table_result,
-                           write_table)
+from assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, fitted_result, report_result, rm_word_scores_key,
+                           statistics_checks, table_result, write_table)
 from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
 from resources.registry import Registry
 from resources.storage import Storage
 from resources.validation import ContractValidator
 from valuebias.config import RegistryConfig
 from valuebias.report import figure1_png, markdown_table
-from valuebias.statistics import (default_family_pair, family_tests, fit_mixed_model, median_rank_cells,
-                                  rank_words)
+from valuebias.statistics import (NotFittable, family_comparison_tests, fit_mixed_model, frequency_controlled,
+                                  INTERACTION_TEST, interaction_test, median_rank_cells, rank_words, word_frequencies)
 
-RANK_CELL_COLUMNS = ["corpus", "model", "family", "category", "prompt", "framing", "median_rank"]
+RANK_CELL_COLUMNS = ["corpus", "ranks", "model", "family", "category", "prompt", "framing", "median_rank"]
+RAW, FREQUENCY_CONTROLLED = "raw", "frequency_controlled"
 
 
-def family_pair(config: RegistryConfig, cells: pl.DataFrame) -> tuple[str, str]:
-    """The two families compared: ``analysis.families`` or, by default, the two present (alphabetical)."""
-    if config.analysis.families:
-        return config.analysis.families
-    return default_family_pair(cells["family"].unique().sort().to_list())
+def _analyses(cells: pl.DataFrame):
+    """The rank cells split by (corpus, ranks): each is one Figure-1 analysis."""
+    return cells.group_by("corpus", "ranks", maintain_order=True)
 
 
 def load_reward_model_scores(config: RegistryConfig, storage: Storage) -> pl.DataFrame:
@@ -42,8 +41,9 @@ def load_reward_model_scores(config: RegistryConfig, storage: Storage) -> pl.Dat
            code_version=CODE_VERSIONS["rm_rank_cells"], check_specs=[contract_spec("rm_rank_cells")])
 def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                   validator: ContractValidator) -> dg.MaterializeResult:
-    """Median rank per (corpus, model, category, prompt): words ranked by descending score within each
-    (model, prompt), ties averaged, 1 = best (steps 1-3)."""
+    """Median rank per (corpus, ranks, model, category, prompt): words ranked by descending score within
+    each (model, prompt), ties averaged, 1 = best (steps 1-3): ``raw`` ranks (the paper's) and, with
+    ``analysis.frequency_control``, ``frequency_controlled`` ones (residualised on word frequency)."""
     config = registry.load()
     versions = current_input_versions(context.instance, config, "rm_rank_cells")
     scores = load_reward_model_scores(config, storage)
@@ -58,10 +58,16 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
             per_corpus[corpus_id] = "no model has scores for this corpus"
             continue
         dictionary = words.filter(pl.col("corpus") == corpus_id).select("word", "category")
-        ranked = rank_words(corpus_scores, dictionary)
-        cells = median_rank_cells(ranked, prompts, families)
-        parts.append(cells.with_columns(pl.lit(corpus_id).alias("corpus")).select(RANK_CELL_COLUMNS))
-        per_corpus[corpus_id] = f"{len(cells)} cells from {cells['model'].n_unique()} models"
+        ranked = {RAW: rank_words(corpus_scores, dictionary, config.analysis.category_overlap)}
+        if config.analysis.frequency_control:
+            ranked[FREQUENCY_CONTROLLED] = frequency_controlled(
+                ranked[RAW], word_frequencies(ranked[RAW]["word"].to_list()))
+        for ranks, table in ranked.items():
+            cells = median_rank_cells(table, prompts, families)
+            parts.append(cells.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(ranks).alias("ranks"))
+                         .select(RANK_CELL_COLUMNS))
+        per_corpus[corpus_id] = (f"{len(cells)} cells from {cells['model'].n_unique()} models per ranking "
+                                 f"({', '.join(ranked)})")
     if not parts:
         raise dg.Failure("no corpus has scores from any reward model")
     table = pl.concat(parts)
@@ -70,66 +76,176 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
 
 
+NOT_FITTED = "not fitted"
+
+
+def _fit_each(cells: pl.DataFrame, fit, explained) -> tuple[pl.DataFrame, dict[str, str], dict[str, str]]:
+    """For each (corpus, ranks) analysis, ``fit(cells)`` -> (table, note). A design that cannot be fitted
+    (:class:`NotFittable`) becomes the rows ``explained(cells, why)``, named and explained in the table (its
+    ``note`` column; null on fitted rows); any other error (bad input) fails the step. Returns (the table,
+    corpus and ranks first; {analysis: note}; {analysis: why not fitted})."""
+    parts, notes, not_fitted = [], {}, {}
+    for (corpus_id, ranks), analysis_cells in _analyses(cells):
+        name = f"{corpus_id}/{ranks}"
+        try:
+            table, notes[name] = fit(analysis_cells)
+            if "note" not in table.columns:
+                table = table.with_columns(pl.lit(None, dtype=pl.Utf8).alias("note"))
+        except NotFittable as why:
+            notes[name] = not_fitted[name] = str(why)
+            table = explained(analysis_cells, str(why))
+        parts.append(table.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(ranks).alias("ranks")))
+    columns = ["corpus", "ranks", *(c for c in parts[0].columns if c not in ("corpus", "ranks"))]
+    return pl.concat([p.select(columns) for p in parts], how="vertical_relaxed"), notes, not_fitted
+
+
+def _publish_fits(storage: Storage, validator: ContractValidator, table_name: str,
+                  fits: tuple[pl.DataFrame, dict[str, str], dict[str, str]], metadata: dict) -> dg.MaterializeResult:
+    """Store the table (validate, then publish) with its warn-level ``<table>_fitted`` check, which fails
+    naming every analysis that could not be fitted and why."""
+    table, notes, not_fitted = fits
+    uri, version, check = write_table(storage, validator, table_name, table)
+    return table_result(table, uri, version, {"fit": notes, **metadata}, preview_rows=40, check=check,
+                        more_checks=(fitted_result(table_name, not_fitted),))
+
+
 @dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=reads("rm_mixed_model"),
-           code_version=CODE_VERSIONS["rm_mixed_model"], check_specs=[contract_spec("rm_mixed_model")])
+          code_version=CODE_VERSIONS["rm_mixed_model"],
+          check_specs=statistics_checks("rm_mixed_model", "mixed model"))
 def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                    validator: ContractValidator) -> dg.MaterializeResult:
-    """Linear mixed model per corpus, REML: median_rank ~ family * category * framing + (1 | model) (step 4)."""
+    """Linear mixed model per corpus and ranks, REML: median_rank ~ family * category * framing + (1 | model)
+    (step 4), with any number of families; Wald z p-values. A design that cannot be fitted is one row,
+    term ``not fitted``, with the reason in ``note``."""
     versions = current_input_versions(context.instance, registry.load(), "rm_mixed_model")
-    cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
-    parts, notes = [], {}
-    for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
-        try:
-            fit = fit_mixed_model(corpus_cells)
-        except ValueError as exc:  # degenerate design (e.g. one family): say so, keep the other corpora
-            notes[corpus_id] = f"not fitted: {exc}"
-            continue
-        table, warnings = fit
-        parts.append(table.with_columns(pl.lit(corpus_id).alias("corpus"))
-                     .select("corpus", "term", "coef", "se", "z", "p"))
-        notes[corpus_id] = "; ".join(warnings) if warnings else "converged"
-    table = pl.concat(parts) if parts else pl.DataFrame(
-        schema={"corpus": pl.Utf8, "term": pl.Utf8, "coef": pl.Float64, "se": pl.Float64, "z": pl.Float64,
-                "p": pl.Float64})
-    uri, version, check = write_table(storage, validator, "rm_mixed_model", table)
-    return table_result(table, uri, version, {"fit": notes, INPUT_VERSIONS: dg.MetadataValue.json(versions)},
-                        preview_rows=40, check=check)
+
+    def fit(cells: pl.DataFrame):
+        result = fit_mixed_model(cells)
+        return result.table, "; ".join(result.warnings) if result.warnings else "converged"
+
+    def explained(cells: pl.DataFrame, why: str) -> pl.DataFrame:
+        return pl.DataFrame({"term": [NOT_FITTED], "coef": [None], "se": [None], "z": [None], "p": [None],
+                             "note": [why]}, schema_overrides={c: pl.Float64 for c in ("coef", "se", "z", "p")})
+
+    return _publish_fits(storage, validator, "rm_mixed_model",
+                         _fit_each(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]), fit, explained),
+                         {"p_values": "Wald z", INPUT_VERSIONS: dg.MetadataValue.json(versions)})
+
+
+@dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=reads("rm_interaction_test"),
+          code_version=CODE_VERSIONS["rm_interaction_test"],
+          check_specs=statistics_checks("rm_interaction_test", "likelihood-ratio test"))
+def rm_interaction_test(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+                        validator: ContractValidator) -> dg.MaterializeResult:
+    """Does the family x category x framing interaction exist (any number of families)? A likelihood-ratio
+    test of the mixed model with and without the three-way term, both fitted by ML (METHOD.md section 8)."""
+    versions = current_input_versions(context.instance, registry.load(), "rm_interaction_test")
+
+    def fit(cells: pl.DataFrame):
+        result = interaction_test(cells)
+        return pl.DataFrame([result]), f"chi2({result['df']}) = {result['statistic']:.4g}, p = {result['p']:.3g}"
+
+    def explained(cells: pl.DataFrame, why: str) -> pl.DataFrame:
+        return pl.DataFrame({"test": [INTERACTION_TEST], "statistic": [None], "df": [None], "p": [None],
+                             "n_families": [cells["family"].n_unique()], "n_models": [cells["model"].n_unique()],
+                             "note": [why]},
+                            schema_overrides={"statistic": pl.Float64, "df": pl.Int64, "p": pl.Float64})
+
+    return _publish_fits(storage, validator, "rm_interaction_test",
+                         _fit_each(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]), fit, explained),
+                         {INPUT_VERSIONS: dg.MetadataValue.json(versions)})
 
 
 @dg.asset(group_name="statistics", kinds={"scipy", "parquet"}, deps=reads("rm_family_tests"),
-           code_version=CODE_VERSIONS["rm_family_tests"], check_specs=[contract_spec("rm_family_tests")])
+          code_version=CODE_VERSIONS["rm_family_tests"],
+          check_specs=statistics_checks("rm_family_tests", "family comparison"))
 def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                     validator: ContractValidator) -> dg.MaterializeResult:
-    """Per panel (category x framing): permutation Welch t-test of the median ranks, family A vs B,
-    Bonferroni-corrected over the panels of the corpus (step 5)."""
+    """Per panel (category x framing) and family comparison: permutation Welch t-test of the median ranks,
+    Bonferroni-corrected over every panel x comparison of the corpus and ranks (step 5). A comparison that
+    cannot be tested is one row with its families, no panel and no numbers, the reason in ``note``."""
     config = registry.load()
     versions = current_input_versions(context.instance, config, "rm_family_tests")
-    cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
-    family_a, family_b = family_pair(config, cells)
-    parts = []
-    for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
-        tests = family_tests(corpus_cells, family_a, family_b, n_resamples=config.analysis.permutations,
-                             seed=config.analysis.seed)
-        parts.append(tests.with_columns(pl.lit(corpus_id).alias("corpus")).select("corpus", *tests.columns))
-    table = pl.concat(parts)
-    uri, version, check = write_table(storage, validator, "rm_family_tests", table)
-    return table_result(table, uri, version, {
-        "families": f"{family_a} vs {family_b}", "permutations": config.analysis.permutations,
-        "seed": config.analysis.seed, INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=40, check=check)
+    comparisons = config.family_comparisons()
+    left_out: dict[str, str] = {}
+
+    def explained_rows(untested: dict[tuple[str | None, str | None], str]) -> pl.DataFrame:
+        return pl.DataFrame([{"family_a": a, "family_b": b, "note": why} for (a, b), why in untested.items()],
+                            schema={"family_a": pl.Utf8, "family_b": pl.Utf8, "note": pl.Utf8})
+
+    def fit(cells: pl.DataFrame):
+        if not comparisons:
+            raise NotFittable(f"the family tests need reward models of two families; {config.path} registers "
+                              f"{', '.join(config.compared_families()) or 'none'}: register a reward model of "
+                              "another family (models.<id>.family)")
+        corpus_id, ranks = cells["corpus"][0], cells["ranks"][0]
+        tests, not_tested = family_comparison_tests(
+            cells, comparisons, n_resamples=config.analysis.permutations, seed=config.analysis.seed,
+            label=f"{corpus_id}, {ranks} ranks")
+        if tests.is_empty():
+            raise NotFittable("; ".join(f"{c}: {why}" for c, why in not_tested.items()))
+        left_out.update({f"{corpus_id}/{ranks}/{c}": why for c, why in not_tested.items()})
+        untested = {tuple(c.split(" vs ")): why for c, why in not_tested.items()}
+        tests = pl.concat([tests.with_columns(pl.lit(None, dtype=pl.Utf8).alias("note")),
+                           explained_rows(untested)], how="diagonal_relaxed")
+        return tests, f"{tests.height} rows" + (f", {len(not_tested)} comparison(s) not tested" if not_tested else "")
+
+    def explained(cells: pl.DataFrame, why: str) -> pl.DataFrame:
+        return explained_rows({pair: why for pair in comparisons} or {(None, None): why})
+
+    table, notes, not_fitted = _fit_each(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]), fit, explained)
+    return _publish_fits(storage, validator, "rm_family_tests",
+                         (table, notes, {**not_fitted, **left_out}), {
+                             "comparisons": ", ".join(f"{a} vs {b}" for a, b in comparisons) or "none",
+                             "permutations": config.analysis.permutations, "seed": config.analysis.seed,
+                             INPUT_VERSIONS: dg.MetadataValue.json(versions)})
+
+
+SIGNIFICANCE = 0.05
+
+
+def significant_panels(tests: pl.DataFrame) -> dict[tuple[str, str], list[str]]:
+    """{(category, framing): ["a vs b", ...]} for the tests significant after Bonferroni."""
+    marked: dict[tuple[str, str], list[str]] = {}
+    for row in tests.filter(pl.col("p_bonferroni") < SIGNIFICANCE).iter_rows(named=True):
+        marked.setdefault((row["category"], row["framing"]), []).append(f"{row['family_a']} vs {row['family_b']}")
+    return marked
+
+
+def frequency_verdicts(tests: pl.DataFrame) -> pl.DataFrame:
+    """Each family difference on raw ranks beside the same test on frequency-controlled ranks, with the
+    verdict: a difference significant on raw ranks that vanishes under the control is a frequency effect."""
+    key = ["category", "framing", "family_a", "family_b"]
+    raw = tests.filter(pl.col("ranks") == RAW).select(*key, pl.col("t").alias("t_raw"),
+                                                      pl.col("p_bonferroni").alias("p_bonferroni_raw"))
+    controlled = tests.filter(pl.col("ranks") == FREQUENCY_CONTROLLED).select(
+        *key, pl.col("t").alias("t_controlled"), pl.col("p_bonferroni").alias("p_bonferroni_controlled"))
+    significant_raw = pl.col("p_bonferroni_raw") < SIGNIFICANCE
+    significant_controlled = pl.col("p_bonferroni_controlled") < SIGNIFICANCE
+    return raw.join(controlled, on=key, how="inner").with_columns(
+        pl.when(significant_raw & significant_controlled).then(pl.lit("survives the frequency control"))
+        .when(significant_raw).then(pl.lit("frequency effect: vanishes under the control"))
+        .when(significant_controlled).then(pl.lit("significant only under the control"))
+        .otherwise(pl.lit("not significant")).alias("verdict")).sort(key)
 
 
 @dg.asset(group_name="report", kinds={"matplotlib", "markdown"},
           deps=reads("rm_report"), code_version=CODE_VERSIONS["rm_report"])
 def rm_report(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
-    """The Figure-1 report: markdown tables per corpus and a Figure-1-style PNG per corpus."""
+    """The Figure-1 report: per corpus, a Figure-1-style PNG (significant panels marked), the family tests,
+    the interaction test, the frequency control's verdicts and the mixed model."""
     versions = current_input_versions(context.instance, registry.load(), "rm_report")
     cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
     mixed = storage.read_parquet(TABLE_KEYS["rm_mixed_model"])
+    interaction = storage.read_parquet(TABLE_KEYS["rm_interaction_test"])
     tests = storage.read_parquet(TABLE_KEYS["rm_family_tests"])
     sections, plots = ["# ValueBias report: reward models (Figure 1)"], {}
-    for (corpus_id,), corpus_cells in cells.group_by("corpus", maintain_order=True):
+    for (corpus_id,), corpus_cells in cells.filter(pl.col("ranks") == RAW).group_by("corpus", maintain_order=True):
+        in_corpus = pl.col("corpus") == corpus_id
+        corpus_tests = tests.filter(in_corpus)
         name = f"figure1_{corpus_id}.png"
-        plots[name] = figure1_png(corpus_cells, title=f"{corpus_id}: median rank")
+        plots[name] = figure1_png(corpus_cells, title=f"{corpus_id}: median rank",
+                                  significant=significant_panels(corpus_tests.filter(pl.col("ranks") == RAW)))
         storage.write_bytes(f"reports/{name}", plots[name])
         summary = (corpus_cells.group_by("family", "category", "framing")
                    .agg(pl.col("median_rank").mean().alias("mean_median_rank"), pl.len().alias("cells"))
@@ -138,8 +254,15 @@ def rm_report(context: dg.AssetExecutionContext, registry: Registry, storage: St
             f"## {corpus_id}",
             f"![Figure 1, {corpus_id}]({name})",
             "### Mean median rank per family (1 = best)", markdown_table(summary),
-            "### rm_family_tests", markdown_table(tests.filter(pl.col("corpus") == corpus_id).drop("corpus")),
-            "### rm_mixed_model", markdown_table(mixed.filter(pl.col("corpus") == corpus_id).drop("corpus")),
+            "### rm_family_tests (raw ranks)",
+            markdown_table(corpus_tests.filter(pl.col("ranks") == RAW).drop("corpus", "ranks")),
+            "### rm_interaction_test", markdown_table(interaction.filter(in_corpus).drop("corpus")),
         ]
+        verdicts = frequency_verdicts(corpus_tests)
+        if verdicts.height:
+            sections += ["### Word frequency: does each family difference survive the control?",
+                         markdown_table(verdicts)]
+        sections += ["### rm_mixed_model (raw ranks)",
+                     markdown_table(mixed.filter(in_corpus & (pl.col("ranks") == RAW)).drop("corpus", "ranks"))]
     return report_result(storage, REPORT_KEYS["rm_report"], "\n\n".join(sections) + "\n", plots,
                          {INPUT_VERSIONS: dg.MetadataValue.json(versions)})

@@ -14,6 +14,7 @@ TABLE_KEYS = {
     "model_registry": "tables/model_registry.parquet",
     "rm_rank_cells": "tables/rm_rank_cells.parquet",
     "rm_mixed_model": "tables/rm_mixed_model.parquet",
+    "rm_interaction_test": "tables/rm_interaction_test.parquet",
     "rm_family_tests": "tables/rm_family_tests.parquet",
     "lm_rank_cells": "tables/lm_rank_cells.parquet",
     "lm_anova": "tables/lm_anova.parquet",
@@ -61,6 +62,27 @@ def contract_spec(table: str) -> dg.AssetCheckSpec:
                                          "checked before it replaces the stored one.")
 
 
+def fitted_spec(table: str, what: str) -> dg.AssetCheckSpec:
+    """The warn-level check that every statistical test of a table could be run (``<table>_fitted``)."""
+    return dg.AssetCheckSpec(f"{table}_fitted", asset=table, blocking=False,
+                             description=f"Every {what} could be fitted; a design that cannot be (too few models, "
+                                         "a missing cell, a singular fit) fails this check, naming the test and why.")
+
+
+def statistics_checks(table: str, what: str) -> list[dg.AssetCheckSpec]:
+    """The checks of a statistics table: its blocking contract and its warn-level ``<table>_fitted``."""
+    return [contract_spec(table), fitted_spec(table, what)]
+
+
+def fitted_result(table: str, not_fitted: dict[str, str]) -> dg.AssetCheckResult:
+    """``<table>_fitted``: passes when ``not_fitted`` ({test: why}) is empty, else fails at WARN naming each."""
+    return dg.AssetCheckResult(
+        check_name=f"{table}_fitted", passed=not not_fitted, severity=dg.AssetCheckSeverity.WARN,
+        description=("every test was fitted" if not not_fitted else
+                     "not fitted: " + "; ".join(f"{test}: {why}" for test, why in not_fitted.items())),
+        metadata={"not_fitted": dg.MetadataValue.json(not_fitted)})
+
+
 def write_table(storage: Storage, validator, table: str, df: pl.DataFrame) -> tuple[str, str, dg.AssetCheckResult]:
     """Validate, then publish: ``df`` is checked against its contract first; a table that breaks it fails
     the step, naming the rule and the rows, and the stored table stays as it was. A valid one is written
@@ -75,8 +97,10 @@ def write_table(storage: Storage, validator, table: str, df: pl.DataFrame) -> tu
 
 
 def table_result(df: pl.DataFrame, uri: str, version: str, metadata: dict | None = None,
-                 preview_rows: int = 10, check: dg.AssetCheckResult | None = None) -> dg.MaterializeResult:
-    """The MaterializeResult every table asset returns: location, size, preview and data version."""
+                 preview_rows: int = 10, check: dg.AssetCheckResult | None = None,
+                 more_checks: tuple[dg.AssetCheckResult, ...] = ()) -> dg.MaterializeResult:
+    """The MaterializeResult every table asset returns: location, size, preview, data version, and the
+    results of its checks (the contract ``check``, then ``more_checks`` such as ``fitted_result``)."""
     from valuebias.report import markdown_table
 
     meta = {
@@ -87,7 +111,7 @@ def table_result(df: pl.DataFrame, uri: str, version: str, metadata: dict | None
     }
     meta.update(metadata or {})
     return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(version),
-                                check_results=[check] if check is not None else None)
+                                check_results=[c for c in (check, *more_checks) if c is not None] or None)
 
 
 def stored_table_result(uri: str, version: str, rows: int, metadata: dict) -> dg.MaterializeResult:

@@ -29,11 +29,13 @@ from valuebias.model_content import ContentIdentity, DigestCache, describe_chang
 CODE_VERSIONS = {
     "prompts": "1", "corpus_words": "1", "model_registry": "1",
     "rm_word_scores": "1", "rm_vocabulary_sweep": "1",
-    "rm_rank_cells": "1", "rm_mixed_model": "1", "rm_family_tests": "1",
-    "rm_report": "2",  # 2: the plots are embedded in the report (the UI shows them), linked by name in the file
+    # 2: a `ranks` column (raw, frequency_controlled), k families, comparisons with the correction named
+    "rm_rank_cells": "2", "rm_mixed_model": "2", "rm_family_tests": "2", "rm_interaction_test": "1",
+    "rm_report": "3",  # 2: plots embedded (the UI shows them); 3: significant panels marked, interaction test
     "lm_next_token_logprobs": "1", "lm_word_logprobs": "1", "mwlr_pair": "1",
-    "lm_rank_cells": "1", "lm_anova": "1", "lm_posthoc": "1", "mwlr_tokens": "1", "mwlr_words": "1",
-    "lm_report": "2",  # 2: as rm_report
+    # lm_rank_cells 2, lm_anova 2, lm_posthoc 2: Figure 2 per pair (a ``pair`` column; the pooled group is optional)
+    "lm_rank_cells": "2", "lm_anova": "2", "lm_posthoc": "2", "mwlr_tokens": "1", "mwlr_words": "1",
+    "lm_report": "3",  # 2: as rm_report; 3: a Figure-2 section per corpus and pair
 }
 #: Assets whose output is a function of a model's content (their metadata carries ``content``).
 CONTENT_ASSETS = ("rm_word_scores", "rm_vocabulary_sweep", "lm_next_token_logprobs")
@@ -101,9 +103,9 @@ def _hash(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
-def analysis_fingerprint(config: RegistryConfig) -> str:
-    return _hash({"families": config.analysis.families, "permutations": config.analysis.permutations,
-                  "seed": config.analysis.seed})
+def analysis_fingerprint(config: RegistryConfig, *fields: str) -> str:
+    """The hash of the ``analysis`` settings an asset uses."""
+    return _hash({name: getattr(config.analysis, name) for name in fields})
 
 
 def implicit_rewards_fingerprint(config: RegistryConfig, *fields: str) -> str:
@@ -231,7 +233,12 @@ def _entry(config: RegistryConfig, partition: str | None) -> dict[str, str]:
 
 MODEL_ENTRY = Setting(_entry)
 REWARD_MODEL_SCORES = Partitions("rm_word_scores", lambda config, _: [m.model_id for m in config.reward_models()])
-LM_WORD_LOGPROBS = Partitions("lm_word_logprobs", lambda config, _: [m.model_id for m in config.language_models()])
+# Figure 2 reads only the language models of its groups (the pairs, and every LM when pooled), so a model in no
+# group changes no Figure-2 table.
+LM_WORD_LOGPROBS = Partitions("lm_word_logprobs", lambda config, _: list(dict.fromkeys(
+    m for models in config.figure2_groups().values() for m in models)))
+FIGURE2_GROUPS = Setting(lambda config, _: {"figure2_groups": "; ".join(
+    f"{group}: {', '.join(models)}" for group, models in config.figure2_groups().items()) or "none"})
 EVERY_PAIR = Partitions("mwlr_pair", lambda config, _: list(config.pair_models()))
 
 INPUTS: dict[str, tuple] = {
@@ -242,10 +249,15 @@ INPUTS: dict[str, tuple] = {
         Table("prompts"), Lineage("corpus_words"), Lineage("model_registry")),
     "rm_rank_cells": (Table("prompts"), Table("corpus_words"), REWARD_MODEL_SCORES,
                       Setting(lambda config, _: {f"family[{m.model_id}]": m.family for m in config.reward_models()}),
+                      Setting(lambda config, _: {"analysis": analysis_fingerprint(
+                          config, "frequency_control", "category_overlap")}),
                       Lineage("model_registry")),
     "rm_mixed_model": (Table("rm_rank_cells"),),
-    "rm_family_tests": (Table("rm_rank_cells"), Setting(lambda config, _: {"analysis": analysis_fingerprint(config)})),
-    "rm_report": (Table("rm_rank_cells"), Table("rm_mixed_model"), Table("rm_family_tests")),
+    "rm_interaction_test": (Table("rm_rank_cells"),),
+    "rm_family_tests": (Table("rm_rank_cells"), Setting(lambda config, _: {"analysis": analysis_fingerprint(
+        config, "families", "comparisons", "permutations", "seed")})),
+    "rm_report": (Table("rm_rank_cells"), Table("rm_mixed_model"), Table("rm_interaction_test"),
+                  Table("rm_family_tests")),
     "lm_next_token_logprobs": (
         MODEL_ENTRY, Table("prompts"),
         # a demo LM is trained on a corpus's words; a real one reads no word list
@@ -256,8 +268,10 @@ INPUTS: dict[str, tuple] = {
                          Lineage("prompts")),
     "mwlr_pair": (Setting(lambda config, p: {} if p in config.pair_models() else {"pair": "removed"}),
                   Partitions("lm_next_token_logprobs", lambda config, p: list(config.pair_models().get(p, ()))),),
-    "lm_rank_cells": (Table("prompts"), Table("corpus_words"), LM_WORD_LOGPROBS, Lineage("model_registry")),
-    "lm_anova": (Table("lm_rank_cells"),),
+    "lm_rank_cells": (Table("prompts"), Table("corpus_words"), LM_WORD_LOGPROBS, FIGURE2_GROUPS,
+                      Setting(lambda config, _: {"category_overlap": config.analysis.category_overlap}),
+                      Lineage("model_registry")),
+    "lm_anova": (Table("lm_rank_cells"), FIGURE2_GROUPS),
     "lm_posthoc": (Table("lm_rank_cells"),
                    Setting(lambda config, _: {"pairs": ", ".join(config.pair_models()) or "none"})),
     "mwlr_tokens": (EVERY_PAIR, Table("prompts"),

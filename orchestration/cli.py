@@ -25,7 +25,7 @@ from valuebias.errors import InputError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_HELP = "registry config (default: $VALUEBIAS_CONFIG, else ./valuebias.yaml, else the project's own)"
 TABLE_NAMES = ("prompts", "corpus_words", "model_registry", "rm_word_scores", "rm_sweep_tokens", "rm_rank_cells",
-               "rm_mixed_model", "rm_family_tests", "lm_word_logprobs", "lm_rank_cells", "lm_anova", "lm_posthoc",
+               "rm_mixed_model", "rm_interaction_test", "rm_family_tests", "lm_word_logprobs", "lm_rank_cells", "lm_anova", "lm_posthoc",
                "mwlr_tokens", "mwlr_words")
 
 
@@ -94,6 +94,8 @@ def run_registry(args, config: RegistryConfig) -> int:
             outcome = runs.execute(job_name, partition=partition, assets=assets, verbose=args.verbose)
             if outcome.success:
                 print(f"{label} done in {time.perf_counter() - started:.1f} s", flush=True)
+                for message in outcome.errors:  # warn-level checks that failed (e.g. a test not fitted)
+                    print(f"  warning: {message}", file=sys.stderr)
                 for asset in assets or ():
                     report_adopted(instance, asset, partition, outcome.run_id)
                 return True

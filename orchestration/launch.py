@@ -83,13 +83,23 @@ class JobRuns:
             job_code_origin=remote_job.get_python_origin(), asset_selection=frozenset(keys) if keys else None,
             asset_check_selection=None, asset_graph=self.repository.asset_graph)
         result = execute_run(self.reconstructable.get_reconstructable_job(job_name), run, self.instance)
-        return RunOutcome(run.run_id, result.success, [] if result.success else failure_messages(self.instance,
+        return RunOutcome(run.run_id, result.success, failure_messages(self.instance,
                                                                                                   run.run_id))
 
 
+def _readable(error) -> str:
+    """An error's message without its class path: a ``dg.Failure`` is its message, others keep their class
+    name (``InputError: prompts.csv: row 7, ...``)."""
+    message = error.message.strip()
+    head, separator, rest = message.partition(": ")
+    if separator and error.cls_name and head.endswith(error.cls_name) and " " not in head:  # a class path
+        return rest if error.cls_name == "Failure" else f"{error.cls_name}: {rest}"
+    return message
+
+
 def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    """Readable reasons a run failed, from its event log: the innermost error of each failed step and each
-    failed check."""
+    """Readable reasons a run failed or warns, from its event log: the innermost error of each failed step
+    and each failed check (a warn-level check fails in a successful run too)."""
     messages = []
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
@@ -99,7 +109,7 @@ def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
             error = event.step_failure_data.error
             while error is not None and error.cause is not None:
                 error = error.cause
-            messages.append(f"{event.step_key}: {error.message.strip() if error is not None else 'step failed'}")
+            messages.append(f"{event.step_key}: {_readable(error) if error is not None else 'step failed'}")
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             if not evaluation.passed:

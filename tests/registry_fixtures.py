@@ -44,12 +44,24 @@ def write_small_registry(root: Path, *, models: str | None = None, extra: str = 
         "corpora:\n  small: {uri: words.csv, format: csv, word_column: word, category_column: category,"
         " categories: [Agency, Communion]}\n"
         f"scoring: {{batch_size: 32{', launcher: ' + launcher if launcher else ''}}}\n"
-        "analysis: {families: [gemma, llama], permutations: 2000}\n"
+        "analysis: {permutations: 2000}\n"
         f"models:\n{models}{extra}"
     )
     path = root / "valuebias.yaml"
     path.write_text(config)
     return path
+
+
+def valuebias_cli(config: Path, *args: str) -> str:
+    """Runs ``valuebias ARGS --config CONFIG`` as a user does (a real process); it must succeed. Returns stdout."""
+    import subprocess
+    import sys
+
+    project = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", *args, "--config", str(config)], cwd=project,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"valuebias {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
 
 
 def build_random_reward_model(path: Path, *, architecture: str, seed: int, words: list[str] | None = None) -> Path:
@@ -86,11 +98,13 @@ def ingest_and_sync(config_path: Path, instance) -> None:
 
 
 def build_random_language_model(path: Path, *, architecture: str, seed: int) -> Path:
-    """A tiny untrained causal LM (random weights) with a chat template, saved offline at ``path``."""
+    """A tiny untrained causal LM (random weights) with a chat template, saved offline at ``path``. Its tokenizer
+    also learns the bare words, so every word is one token in both styles and a llama / gemma pair shares words
+    (a gemma-style tokenizer otherwise only learns them glued to the template's last newline)."""
     from valuebias import tiny_models
 
     texts = [tiny_models.render_chat(architecture, [{"role": "user", "content": text}], add_generation_prompt=True)
-             + w for text in PROMPTS.values() for w in AGENCY + COMMUNION]
+             + w for text in PROMPTS.values() for w in AGENCY + COMMUNION] + AGENCY + COMMUNION
     tokenizer = tiny_models.train_tokenizer(texts, style=architecture, vocab_size=600)
     model = tiny_models.build_tiny_model(tokenizer, architecture=architecture, head="causal_lm", hidden_size=32,
                                          num_layers=1, seed=seed)

@@ -20,6 +20,8 @@ def weights(tmp_path_factory):
     return {
         "rm-llama": build_random_reward_model(root / "rm-llama", architecture="llama", seed=1),
         "rm-gemma": build_random_reward_model(root / "rm-gemma", architecture="gemma", seed=2),
+        "rm-llama-2": build_random_reward_model(root / "rm-llama-2", architecture="llama", seed=5),
+        "rm-gemma-2": build_random_reward_model(root / "rm-gemma-2", architecture="gemma", seed=6),
         "lm-llama": build_random_language_model(root / "lm-llama", architecture="llama", seed=3),
         "lm-gemma": build_random_language_model(root / "lm-gemma", architecture="gemma", seed=4),
     }
@@ -36,7 +38,9 @@ def requested(requests) -> set[tuple[str, str | None, tuple[str, ...]]]:
 
 
 def test_unchanged_reingest_requests_nothing_and_changed_words_request_the_scores(tmp_path, monkeypatch, weights):
-    models = {"llama-a": ("llama", weights["rm-llama"]), "gemma-a": ("gemma", weights["rm-gemma"])}
+    # two models of one family: with one model per family the mixed model cannot be fitted and the run fails
+    models = {"llama-a": ("llama", weights["rm-llama"]), "llama-b": ("llama", weights["rm-llama-2"]),
+              "gemma-a": ("gemma", weights["rm-gemma"])}
     config = write_small_registry(tmp_path, models=random_models_entry(models))
     monkeypatch.setenv("DAGSTER_HOME", "")
     assert valuebias_main(["run", "--config", str(config)]) == 0
@@ -54,14 +58,16 @@ def test_unchanged_reingest_requests_nothing_and_changed_words_request_the_score
         f.write("freedom,Agency\n")
     assert ingest.execute_in_process(instance=instance).success
     assert requested(sensor_tick(instance, config).run_requests) == {
-        ("rm_scoring_job", "llama-a", ("rm_word_scores",)), ("rm_scoring_job", "gemma-a", ("rm_word_scores",))}
+        ("rm_scoring_job", "llama-a", ("rm_word_scores",)), ("rm_scoring_job", "llama-b", ("rm_word_scores",)),
+        ("rm_scoring_job", "gemma-a", ("rm_word_scores",))}
 
 
 def test_a_refresh_tick_requests_exactly_the_missing_and_stale_partitions_of_every_kind(tmp_path, monkeypatch,
                                                                                          weights):
     """A mixed registry run to completion, then changed so that each kind has a known number of missing and
     stale partitions: the schedules, evaluated as the daemon evaluates them, request exactly those."""
-    rms = {"rm-a": ("llama", weights["rm-llama"]), "rm-b": ("gemma", weights["rm-gemma"])}
+    rms = {"rm-a": ("llama", weights["rm-llama"]), "rm-b": ("gemma", weights["rm-gemma"]),
+           "rm-d": ("gemma", weights["rm-gemma-2"])}  # two of a family: the mixed model can be fitted
     lms = {"lm-a": ("llama", "instruction_tuned", weights["lm-llama"]),
            "lm-b": ("gemma", "instruction_tuned", weights["lm-gemma"]),
            "lm-c": ("gemma", "pretrained", weights["lm-gemma"])}

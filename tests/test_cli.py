@@ -44,7 +44,10 @@ def test_run_recovers_the_planted_preferences_and_is_idempotent(tmp_path):
     assert any(line.startswith("rm_scoring_job[demo-llama-1]") and " done in " in line
                for line in first.stdout.splitlines())
     tests = read_csv_table(valuebias("table", "rm_family_tests", "--format", "csv", "--config", str(config)).stdout)
+    assert {r["ranks"] for r in tests} == {"raw", "frequency_controlled"}
+    tests = [r for r in tests if r["ranks"] == "raw"]
     assert len(tests) == 4  # 2 categories x 2 framings
+    assert {r["correction"] for r in tests} == {"Bonferroni over 4 panels x 1 comparison (small, raw ranks)"}
     agency, communion = panel(tests, "Agency", "positive"), panel(tests, "Communion", "positive")
     # family_a = gemma (planted: Communion), family_b = llama (planted: Agency); rank 1 = best.
     assert agency["family_a"] == "gemma" and agency["family_b"] == "llama"
@@ -52,17 +55,22 @@ def test_run_recovers_the_planted_preferences_and_is_idempotent(tmp_path):
     assert float(communion["mean_a"]) < float(communion["mean_b"]) and float(communion["p_bonferroni"]) < 0.05
 
     cells = read_csv_table(valuebias("table", "rm_rank_cells", "--format", "csv", "--config", str(config)).stdout)
-    assert len(cells) == 4 * 2 * len(PROMPTS)
-    # The tiny demo models separate the categories perfectly here, so every median is the same and the
-    # mixed model is singular: the table is exported empty and the asset's metadata says why
-    # (tests/test_statistics.py fits it on real and synthetic data).
-    mixed = valuebias("table", "rm_mixed_model", "--format", "csv", "--config", str(config)).stdout
-    assert mixed.splitlines()[0] == "corpus,term,coef,se,z,p"
+    assert len([c for c in cells if c["ranks"] == "raw"]) == 4 * 2 * len(PROMPTS)
+    # The planted preferences are a family x category x framing interaction: llama (vs gemma) ranks
+    # Communion (vs Agency) worse under positive framing (vs negative), so its coefficient is positive.
+    mixed = read_csv_table(valuebias("table", "rm_mixed_model", "--format", "csv", "--config", str(config)).stdout)
+    three_way = next(r for r in mixed if r["ranks"] == "raw"
+                     and r["term"] == "family[T.llama]:category[T.Communion]:framing[T.positive]")
+    assert float(three_way["coef"]) > 0 and float(three_way["p"]) < 0.001, three_way
+    omnibus = read_csv_table(valuebias("table", "rm_interaction_test", "--format", "csv", "--config",
+                                       str(config)).stdout)
+    raw = next(r for r in omnibus if r["ranks"] == "raw")
+    assert raw["df"] == "1" and float(raw["p"]) < 0.001 and raw["n_families"] == "2", raw
 
     # Re-running gives the same tables, and the runs are in the project's instance for the UI.
     valuebias("run", "--config", str(config))
     again = read_csv_table(valuebias("table", "rm_family_tests", "--format", "csv", "--config", str(config)).stdout)
-    assert again == tests
+    assert [r for r in again if r["ranks"] == "raw"] == tests
     assert (tmp_path / ".valuebias" / "dagster" / "history" / "runs.db").exists()
     assert (tmp_path / ".valuebias" / "data" / "reports" / "figure1_small.png").read_bytes()[:4] == b"\x89PNG"
     assert "![Figure 1, small](figure1_small.png)" in (tmp_path / ".valuebias" / "data" / "reports"
@@ -114,8 +122,9 @@ def test_published_paper_scores_reproduce_figure1_direction(tmp_path):
     config.write_text(text)
     valuebias("run", "--config", str(config))
     cells = read_csv_table(valuebias("table", "rm_rank_cells", "--format", "csv", "--config", str(config)).stdout)
-    assert len(cells) == 1080  # 10 RMs x 2 categories x 54 prompts
-    tests = read_csv_table(valuebias("table", "rm_family_tests", "--format", "csv", "--config", str(config)).stdout)
+    assert len([c for c in cells if c["ranks"] == "raw"]) == 1080  # 10 RMs x 2 categories x 54 prompts
+    tests = [r for r in read_csv_table(valuebias("table", "rm_family_tests", "--format", "csv", "--config",
+                                                 str(config)).stdout) if r["ranks"] == "raw"]
     agency = panel(tests, "Agency", "positive")
     assert float(agency["mean_b"]) < float(agency["mean_a"])  # Llama ranks Agency better than Gemma
     assert float(agency["p_bonferroni"]) < 0.05

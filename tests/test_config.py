@@ -80,7 +80,7 @@ def assert_config_error(tmp_path, models, extra, row, field, text):
     ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b}}\n", "colour: blue\n", 6, "colour",
      "unknown key 'colour'"),
     ("  m1: {kind: reward_model, family: llama, huggingface: {path: a/b}}\n",
-     "analysis: {families: [llama]}\n", 6, "analysis.families", "exactly two"),
+     "analysis: {families: [llama]}\n", 6, "analysis.families", "two or more different families"),
 ])
 def test_config_errors_name_file_row_and_field(tmp_path, models, extra, row, field, text):
     assert_config_error(tmp_path, models, extra, row, field, text)

@@ -160,9 +160,13 @@ def test_run_shows_the_planted_preference_and_a_new_pair_recomputes_only_itself(
                 .select(pl.concat_str("word", "framing", separator="/"), "mwlr").iter_rows())
     assert mean["power/positive"] > 0 > mean["love/positive"] and mean["love/negative"] > 0 > mean["power/negative"]
     cells = csv_table(cli, "lm_rank_cells", config)
-    assert cells.columns == ["corpus", "prompt", "category", "valence", "model", "median_rank"]
-    assert len(cells) == len(PROMPTS) * 2 * len(LMS)
-    assert "category:valence:model" in set(csv_table(cli, "lm_anova", config)["term"])
+    assert cells.columns == ["corpus", "pair", "prompt", "category", "valence", "model", "median_rank"]
+    # Figure 2 per pair: the pair's two models only (lm-llama-pt is registered but in no pair)
+    assert set(cells["pair"]) == {FIRST_PAIR} and set(cells["model"]) == {"lm-llama-it", "lm-gemma-it"}
+    assert len(cells) == len(PROMPTS) * 2 * 2
+    first_cells = cells
+    anova = csv_table(cli, "lm_anova", config)
+    assert set(anova["pair"]) == {FIRST_PAIR} and "category:valence:model" in set(anova["term"])
     posthoc = csv_table(cli, "lm_posthoc", config)
     assert len(posthoc) == 4 and set(posthoc["pair"]) == {FIRST_PAIR}
     agency_positive = posthoc.filter((pl.col("category") == "Agency") & (pl.col("valence") == "positive"))
@@ -184,8 +188,15 @@ def test_run_shows_the_planted_preference_and_a_new_pair_recomputes_only_itself(
     assert ran(third, "lm_scoring_job") == []
     assert ran(third, "mwlr_job") == [SECOND_PAIR]
     assert f"mwlr_job[{FIRST_PAIR}] skipped: fresh" in third
-    # the tables that read the pairs first, then the report, whose inputs those changed
-    assert ran(third, "lm_statistics_job") == ["mwlr_tokens, mwlr_words, lm_posthoc", "lm_report"]
+    # the tables that read the pairs first (Figure 2's rank cells now hold the new pair too), then what reads
+    # them, then the report, whose inputs those changed
+    assert ran(third, "lm_statistics_job") == ["lm_rank_cells, mwlr_tokens, mwlr_words", "lm_anova, lm_posthoc",
+                                               "lm_report"]
+    cells = csv_table(cli, "lm_rank_cells", config)
+    assert set(cells["pair"]) == {FIRST_PAIR, SECOND_PAIR}
+    # the first pair's rows are the ones the first run wrote: the second pair changes none of them
+    assert cells.filter(pl.col("pair") == FIRST_PAIR).equals(first_cells)
+    assert set(csv_table(cli, "lm_posthoc", config)["pair"]) == {FIRST_PAIR, SECOND_PAIR}
     assert set(csv_table(cli, "mwlr_tokens", config)["pair"]) == {FIRST_PAIR, SECOND_PAIR}
 
     instance = dg.DagsterInstance.from_config(str(state_dir / "dagster"))

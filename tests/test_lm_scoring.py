@@ -225,3 +225,17 @@ def test_full_sequence_prefix_option(loaded):
     assert spaced["logprob"][0] == pytest.approx(expected, abs=1e-5)
     with pytest.raises(ValueError, match="batch_size"):
         sequence_word_logprobs(lm, PROMPTS, WORDS, batch_size=0)
+
+
+@pytest.mark.parametrize("clean_up", [True, False])
+def test_clean_up_tokenization_spaces_is_a_named_option(tmp_path, clean_up):
+    """``huggingface.clean_up_tokenization_spaces`` overrides the tokenizer's own setting for every decode."""
+    from tests.registry_fixtures import build_random_language_model
+    from valuebias.lm_scoring import LanguageModelSource, load_language_model
+
+    path = build_random_language_model(tmp_path / "lm", architecture="llama", seed=1)
+    loaded = load_language_model(LanguageModelSource(model_id="lm", path=str(path), variant="pretrained",
+                                                     clean_up_tokenization_spaces=clean_up), device="cpu")
+    assert loaded.tokenizer.clean_up_tokenization_spaces is clean_up
+    ids = loaded.tokenizer.encode("love , power .", add_special_tokens=False)
+    assert loaded.tokenizer.decode(ids) == ("love, power." if clean_up else "love , power .")

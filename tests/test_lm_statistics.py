@@ -12,6 +12,7 @@ from scipy import stats
 
 from valuebias.errors import InputError
 from valuebias.lm_statistics import benjamini_hochberg, common_words, lm_anova, lm_posthoc, lm_rank_cells
+from valuebias.statistics import NotFittable
 
 DICTIONARY = pl.DataFrame({
     "word": ["power", "success", "love", "family", "kindness"],
@@ -174,16 +175,21 @@ def test_lm_anova_is_type_two_in_an_unbalanced_design():
 
 def test_lm_anova_refuses_designs_it_cannot_fit():
     cells, *_ = _balanced_cells()
-    with pytest.raises(ValueError, match="no cells for"):
+    with pytest.raises(NotFittable, match="no cells for"):
         lm_anova(cells.filter(~((pl.col("model") == "qwen") & (pl.col("category") == "Agency")
                                 & (pl.col("valence") == "positive"))))
-    with pytest.raises(ValueError, match="model has 1 level"):
+    with pytest.raises(NotFittable, match="model has 1 level"):
         lm_anova(cells.filter(pl.col("model") == "qwen"))
     one_each = cells.unique(["category", "valence", "model"], keep="first")
-    with pytest.raises(ValueError, match="no residual"):
+    with pytest.raises(NotFittable, match="no residual"):
         lm_anova(one_each)
+    # Bad input is not a design that cannot be fitted: it stays an InputError (a ValueError), never NotFittable.
+    assert not issubclass(NotFittable, ValueError)
     with pytest.raises(InputError, match="median_rank"):
         lm_anova(cells.drop("median_rank"))
+    with pytest.raises(InputError, match="valence.*missing value"):
+        lm_anova(cells.with_columns(pl.when(pl.col("model") == "qwen").then(None).otherwise(pl.col("valence"))
+                                    .alias("valence")))
 
 
 def test_benjamini_hochberg_by_hand():
@@ -230,7 +236,24 @@ def test_lm_posthoc_welch_and_bh():
     auto = lm_posthoc(cells)
     assert auto["model_a"][0] == "gemma"
     np.testing.assert_allclose(auto["t"].to_numpy(), -table["t"].to_numpy(), rtol=1e-12)
-    with pytest.raises(ValueError, match="3 models"):
+    with pytest.raises(ValueError, match="3 models"):  # a caller's mistake, not a design
         lm_posthoc(_balanced_cells()[0])
-    with pytest.raises(ValueError, match="no cells"):
+    with pytest.raises(NotFittable, match="no cells"):
         lm_posthoc(cells, "llama", "mistral")
+    one_prompt = cells.filter(~((pl.col("model") == "gemma") & (pl.col("category") == "Agency")
+                                & (pl.col("valence") == "positive") & (pl.col("prompt") != "positive_0")))
+    with pytest.raises(NotFittable, match="at least 2 cells per model"):
+        lm_posthoc(one_prompt, "llama", "gemma")
+
+
+def test_lm_rank_cells_passes_category_overlap_through():
+    # "power" is in both categories: ranked twice (the paper's) or once (one_rank_slot).
+    dictionary = pl.concat([DICTIONARY, pl.DataFrame({"word": ["power"], "category": ["Communion"]})])
+    slots = lm_rank_cells(_word_logprobs(), dictionary, PROMPTS, ["m1", "m2"])
+    once = lm_rank_cells(_word_logprobs(), dictionary, PROMPTS, ["m1", "m2"], category_overlap="one_rank_slot")
+    # m1 best, rank slot per category: power 1.5 (tied with itself), success 3, love 4, family 5
+    assert _cell(slots, "m1", "best_ever_one", "Agency") == 2.25
+    assert _cell(slots, "m1", "best_ever_one", "Communion") == 4.0
+    # m1 best, one rank slot: power 1, success 2, love 3, family 4
+    assert _cell(once, "m1", "best_ever_one", "Agency") == 1.5
+    assert _cell(once, "m1", "best_ever_one", "Communion") == 3.0

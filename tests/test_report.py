@@ -49,3 +49,13 @@ def test_figure1_png_one_panel_per_framing():
     # 4 in of width per panel plus 1 in for the legend, at 100 dpi
     assert _png_size(two) == (900, 450)
     assert _png_size(one) == (500, 450)
+
+
+def test_figure1_png_marks_significant_panels_with_a_bracket_per_comparison():
+    """A marked panel draws a bracket and a star where that panel's families are, and nothing when none is."""
+    cells = _cells(["negative", "positive"])
+    plain = figure1_png(cells, title="Big Two")
+    assert figure1_png(cells, title="Big Two", significant={}) == plain
+    communion = figure1_png(cells, title="Big Two", significant={("Communion", "positive"): ["gemma vs llama"]})
+    agency = figure1_png(cells, title="Big Two", significant={("Agency", "positive"): ["gemma vs llama"]})
+    assert len({plain, communion, agency}) == 3 and _png_size(communion) == _png_size(plain)

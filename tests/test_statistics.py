@@ -12,7 +12,7 @@ import statsmodels.formula.api as smf
 
 from valuebias.errors import InputError
 from valuebias.statistics import (
-    default_family_pair,
+    NotFittable,
     family_tests,
     fit_mixed_model,
     median_rank_cells,
@@ -232,7 +232,7 @@ def test_mixed_model_returns_convergence_warnings(recwarn):
 
 def test_mixed_model_needs_two_families():
     cells = _synthetic_cells().filter(pl.col("family") == "gemma")
-    with pytest.raises(ValueError, match="family has 1 level"):
+    with pytest.raises(NotFittable, match="family has 1 level"):
         fit_mixed_model(cells)
 
 
@@ -240,7 +240,7 @@ def test_mixed_model_reports_missing_design_cells():
     cells = _synthetic_cells().filter(
         ~((pl.col("family") == "llama") & (pl.col("category") == "Agency")
           & (pl.col("framing") == "positive")))
-    with pytest.raises(ValueError, match="llama/Agency/positive"):
+    with pytest.raises(NotFittable, match="llama/Agency/positive"):
         fit_mixed_model(cells)
 
 
@@ -320,14 +320,22 @@ def test_family_tests_bonferroni_is_capped_at_one():
 
 
 def test_family_tests_rejects_an_absent_family():
-    with pytest.raises(ValueError, match="'mistral' has no cells"):
+    with pytest.raises(NotFittable, match="'mistral' has no cells"):
         family_tests(_panel_cells(), "gemma", "mistral")
 
 
-def test_default_family_pair():
-    assert default_family_pair(FAMILIES) == ("gemma", "llama")
-    assert default_family_pair(["llama", "gemma", "llama"]) == ("gemma", "llama")
-    with pytest.raises(ValueError, match=r"name them in the config, e\.g\. `analysis: \{families: \[gemma, llama\]\}`"):
-        default_family_pair(["gemma", "llama", "qwen"])
-    with pytest.raises(ValueError, match="exactly two"):
-        default_family_pair(["gemma"])
+
+
+def test_category_overlap_is_a_named_option():
+    scores = pl.DataFrame({"model": ["m"] * 3, "prompt": ["p"] * 3, "word": ["love", "power", "care"],
+                           "score": [3.0, 2.0, 1.0]})
+    dictionary = pl.DataFrame({"word": ["love", "love", "power", "care"],
+                               "category": ["Agency", "Communion", "Agency", "Communion"]})
+    paper = rank_words(scores, dictionary)  # rank_slot_per_category: love takes two slots, tied with itself
+    assert sorted(zip(paper["word"], paper["category"], paper["rank"])) == [
+        ("care", "Communion", 4.0), ("love", "Agency", 1.5), ("love", "Communion", 1.5), ("power", "Agency", 3.0)]
+    once = rank_words(scores, dictionary, "one_rank_slot")  # each word ranked once, its rank in each category
+    assert sorted(zip(once["word"], once["category"], once["rank"])) == [
+        ("care", "Communion", 3.0), ("love", "Agency", 1.0), ("love", "Communion", 1.0), ("power", "Agency", 2.0)]
+    with pytest.raises(ValueError, match="unknown category_overlap"):
+        rank_words(scores, dictionary, "twice")

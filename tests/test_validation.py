@@ -47,27 +47,48 @@ VALID: dict[str, pl.DataFrame] = {
     }),
     "rm_rank_cells": pl.DataFrame({
         "corpus": ["big2", "big2"],
+        "ranks": ["raw", "frequency_controlled"],
         "model": ["m1", "m1"],
         "family": ["llama", "llama"],
         "category": ["Agency", "Communion"],
         "prompt": ["greatest_ever_one", "greatest_ever_one"],
         "framing": ["positive", "positive"],
-        "median_rank": [1.0, 131.5],
+        "median_rank": [1.0, -3.25],
     }),
     "rm_mixed_model": pl.DataFrame({
         "corpus": ["big2", "big2", "big2"],
+        "ranks": ["raw", "raw", "raw"],
         "term": ["Intercept", "family[T.llama]", "Group Var"],
         "coef": [120.5, -4.25, 3.5],
         "se": [2.0, 1.5, None],
         "z": [60.25, -2.83, None],
         "p": [0.0, 0.0047, None],
+        "note": [None, None, None],
     }),
     "rm_sweep_tokens": pl.DataFrame({
         "model": ["m1", "m1"], "prompt": ["best_ever_one", "best_ever_one"], "side": ["top", "bottom"],
         "rank": [1, -1], "token": ["love", "war"], "score": [2.5, -3.0],
     }),
+    "rm_interaction_test": pl.DataFrame({
+        "corpus": ["big2", "big2"], "ranks": ["raw", "frequency_controlled"],
+        "test": ["likelihood ratio, ML fits: with vs without family:category:framing"] * 2,
+        "statistic": [210.5, None], "df": [1, None], "p": [0.0, None], "n_families": [2, 1], "n_models": [4, 1],
+        "note": [None, "the mixed model cannot be fitted: family has 1 level(s)"],
+    }),
+    "rm_value_cards": pl.DataFrame({
+        "model": ["m1", "m1"], "corpus": ["big2", "big2"], "category": ["Agency", "Communion"],
+        "framing": ["positive", "positive"], "prompts": [27, 27], "reference_models": [9, 9],
+        "profile": [120.5, 140.0], "reference": [130.0, 131.0], "deviation": [-9.5, 9.0],
+        "deviation_fraction": [-0.036, 0.034], "ci_low": [-12.0, 6.5], "ci_high": [-7.0, 11.5],
+        "p_bootstrap": [0.0, 0.0], "p_bh": [0.0, 0.0], "effect_size": [-1.8, None],
+        "deviation_frequency_controlled": [-8.0, None], "p_bootstrap_frequency_controlled": [0.001, None],
+        "position": [2, 9], "flag": [True, True],
+        "finding": ["ranks Agency words higher than the registry under positive framing",
+                    "ranks Communion words lower than the registry under positive framing"],
+    }),
     "rm_family_tests": pl.DataFrame({
         "corpus": ["big2", "big2"],
+        "ranks": ["raw", "raw"],
         "category": ["Agency", "Communion"],
         "framing": ["positive", "negative"],
         "family_a": ["gemma", "gemma"],
@@ -79,6 +100,8 @@ VALID: dict[str, pl.DataFrame] = {
         "t": [2.5, None],
         "p": [0.012, 1.0],
         "p_bonferroni": [0.048, 1.0],
+        "correction": ["Bonferroni over 4 panels x 1 comparison (big2, raw ranks)"] * 2,
+        "note": [None, None],
     }),
     "lm_word_logprobs": pl.DataFrame({
         "model": ["lm1", "lm1", "lm2"],
@@ -90,6 +113,7 @@ VALID: dict[str, pl.DataFrame] = {
     }),
     "lm_rank_cells": pl.DataFrame({
         "corpus": ["big2", "big2"],
+        "pair": ["lm1__vs__lm2", "pooled"],
         "prompt": ["greatest_ever_one", "greatest_ever_one"],
         "category": ["Agency", "Communion"],
         "valence": ["positive", "positive"],
@@ -98,6 +122,7 @@ VALID: dict[str, pl.DataFrame] = {
     }),
     "lm_anova": pl.DataFrame({
         "corpus": ["big2", "big2"],
+        "pair": ["lm1__vs__lm2", "lm1__vs__lm2"],
         "term": ["category:valence:model", "Residual"],
         "sum_sq": [12.5, 100.0],
         "df": [1.0, 208.0],
@@ -235,8 +260,8 @@ def test_type_rules(validator):
     # a float count fails the integer rule; integers with nulls still pass it (and fail not_null)
     frame = VALID["rm_family_tests"].with_columns(pl.Series("n_a", [108.0, 108.0]))
     assert "n_a is of type integer" in failed(validator.validate(frame, "rm_family_tests"))
-    frame = VALID["rm_family_tests"].with_columns(pl.Series("n_a", [None, 108], dtype=pl.Int64))
-    assert list(failed(validator.validate(frame, "rm_family_tests"))) == ["n_a is not null"]
+    frame = VALID["rm_interaction_test"].with_columns(pl.Series("n_models", [None, 1], dtype=pl.Int64))
+    assert list(failed(validator.validate(frame, "rm_interaction_test"))) == ["n_models is not null"]
 
 
 def test_in_set_rule(validator):
@@ -260,8 +285,8 @@ def test_min_max_rules(validator):
     assert rules["p between 0 and 1"].unexpected_values == [1.5]
     assert rules["p_bonferroni between 0 and 1"].unexpected_rows == [1]
     assert rules["n_b >= 1"].unexpected_values == [0]
-    frame = VALID["rm_rank_cells"].with_columns(pl.Series("median_rank", [0.5, 2.0]))
-    assert failed(validator.validate(frame, "rm_rank_cells"))["median_rank >= 1"].unexpected_rows == [0]
+    frame = VALID["rm_interaction_test"].with_columns(pl.Series("statistic", [-0.5, 2.0]))
+    assert failed(validator.validate(frame, "rm_interaction_test"))["statistic >= 0"].unexpected_rows == [0]
     # nullable p in the mixed model: nulls pass, out-of-range values fail
     frame = VALID["rm_mixed_model"].with_columns(pl.Series("p", [None, 2.0, None]))
     assert failed(validator.validate(frame, "rm_mixed_model"))["p between 0 and 1"].unexpected_rows == [1]
@@ -307,10 +332,10 @@ def test_missing_column_fails_clearly(validator):
 
 
 def test_rule_on_wrong_kind_of_column_is_an_error_not_a_pass(validator):
-    frame = VALID["rm_rank_cells"].with_columns(pl.Series("median_rank", ["1", "2"]))
-    rules = failed(validator.validate(frame, "rm_rank_cells"))
-    assert "median_rank is of type float" in rules
-    assert rules["median_rank >= 1"].error  # GX could not compare text with 1
+    frame = VALID["rm_interaction_test"].with_columns(pl.Series("statistic", ["1", "2"]))
+    rules = failed(validator.validate(frame, "rm_interaction_test"))
+    assert "statistic is of type float" in rules
+    assert rules["statistic >= 0"].error  # GX could not compare text with 0
 
 
 def test_examples_are_capped_at_twenty(validator):

@@ -47,6 +47,12 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: Where scoring partitions run: a Dagster Pipes subprocess on this machine (default), a Kubernetes pod
 #: through Dagster Pipes, or inside the Dagster step itself (tests and debugging).
 SCORING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
+#: How a word listed in several categories is ranked: k rank slots (the paper) or one (METHOD.md section 3).
+CATEGORY_OVERLAPS = ("rank_slot_per_category", "one_rank_slot")
+#: The partition-free key of the pooled Figure-2 analysis (``analysis.pool_language_models``).
+POOLED = "pooled"
+#: What a demo reward model is trained to prefer (``valuebias.demo_models``).
+DEMO_PREFERENCES = ("category", "frequent_words", "nothing")
 SWEEP_PROMPTS = ("greatest_ever_one", "best_ever_one", "worst_ever_one")
 #: Demo models train this many steps unless the entry says otherwise (a demo LM stops once converged,
 #: typically after 50-110 full-batch steps).
@@ -132,11 +138,13 @@ class HuggingFaceBlock(_Block):
     score: Literal[SCORE_READERS] | None = None  # reward models only; default logits[0]
     trust_remote_code: StrictBool = False
     allow_pickle: StrictBool = False
+    clean_up_tokenization_spaces: StrictBool | None = None  # when decoding vocabulary strings; None: the tokenizer's
 
 
 class DemoBlock(_Block):
     architecture: Literal["llama", "gemma"]
-    preferred_category: str
+    preferred_category: str | None = None  # required when prefers is category
+    prefers: Literal[DEMO_PREFERENCES] = "category"  # reward models: category, frequent_words or nothing
     train_corpus: str | None = None  # default: the first corpus
     seed: Natural = 0
     hidden_size: Count = 64
@@ -162,15 +170,31 @@ class ModelBlock(_Block):
 
 
 class AnalysisConfig(_Block):
-    families: tuple[str, str] | None = None  # (family_a, family_b); default: the two families, alphabetical
+    """How the statistics are run (METHOD.md sections 3, 4 and 8). The defaults are the paper's choices."""
+
+    families: tuple[str, ...] | None = None  # the families compared (>= 2); default: every RM family, alphabetical
+    comparisons: tuple[tuple[str, str], ...] | None = None  # family pairs tested per panel; default: every pair
     permutations: Count = 10000
     seed: Natural = 0
+    frequency_control: StrictBool = True  # also run Figure 1 on ranks residualised on word frequency (METHOD 8)
+    category_overlap: Literal[CATEGORY_OVERLAPS] = "rank_slot_per_category"  # the paper's: a word in k
+    # categories is ranked k times (tied with itself); one_rank_slot ranks each word once
+    pool_language_models: StrictBool = False  # also Figure 2 over every registered LM together (pair "pooled")
 
     @field_validator("families", mode="before")
     @classmethod
-    def _two_different(cls, value: Any) -> Any:
-        if value is not None and (not isinstance(value, list) or len(value) != 2 or value[0] == value[1]):
-            raise ValueError("give exactly two different families, e.g. [gemma, llama]")
+    def _two_or_more(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, list) or len(value) < 2 or len(set(map(str, value))) < len(value)):
+            raise ValueError("give two or more different families, e.g. [gemma, llama] or [gemma, llama, qwen]")
+        return value
+
+    @field_validator("comparisons", mode="before")
+    @classmethod
+    def _pairs_of_families(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, list) or not value or any(
+                not isinstance(pair, list) or len(pair) != 2 or pair[0] == pair[1] for pair in value)):
+            raise ValueError("give a list of [family_a, family_b] pairs of two different families, "
+                             "e.g. [[gemma, llama], [gemma, qwen]]")
         return value
 
 
@@ -296,6 +320,25 @@ class RegistryConfig:
     def pair_models(self) -> dict[str, tuple[str, str]]:
         """{pair id: (model_a, model_b)} in config order."""
         return {pair_id(a, b): (a, b) for a, b in self.pairs}
+
+    def figure2_groups(self) -> dict[str, list[str]]:
+        """The language models of each Figure-2 analysis: {pair id: [model_a, model_b]} for every pair, then
+        {"pooled": every LM} when ``analysis.pool_language_models`` is on."""
+        groups = {pair: [a, b] for pair, (a, b) in self.pair_models().items()}
+        if self.analysis.pool_language_models:
+            groups[POOLED] = [m.model_id for m in self.language_models()]
+        return groups
+
+    def compared_families(self) -> tuple[str, ...]:
+        """``analysis.families``, or every reward-model family of the registry, alphabetical."""
+        return self.analysis.families or tuple(sorted({m.family for m in self.reward_models()}))
+
+    def family_comparisons(self) -> tuple[tuple[str, str], ...]:
+        """``analysis.comparisons``, or every pair of the compared families (in their order)."""
+        if self.analysis.comparisons:
+            return self.analysis.comparisons
+        families = self.compared_families()
+        return tuple((a, b) for i, a in enumerate(families) for b in families[i + 1:])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -482,6 +525,7 @@ def _registry(file: ConfigFile, path: Path, at: _Located) -> RegistryConfig:
     corpora = {cid: CorpusConfig(corpus_id=cid, **(block.model_dump() | {"uri": resolve_uri(block.uri, base)}))
                for cid, block in file.corpora.items()}
     models = {mid: _model(at, mid, block, base, corpora) for mid, block in file.models.items()}
+    _check_families(at, file.analysis, models)
     return RegistryConfig(
         path=path, state_dir=state_dir,
         storage_uri=resolve_uri(file.storage, base) if file.storage else str(state_dir / "data"),
@@ -513,7 +557,9 @@ def _model(at: _Located, mid: str, e: ModelBlock, base: Path, corpora: dict[str,
         if language_model and block.score is not None:
             raise at.error(sp + ("score",), "'score' is for reward models; a language model is read through "
                                             "its next-token distribution")
-        settings = block.model_dump(exclude={"score"})
+        # unset options stay out of the settings, so a model's fingerprint changes only when one is set
+        settings = block.model_dump(exclude={"score", *({"clean_up_tokenization_spaces"}
+                                                      if block.clean_up_tokenization_spaces is None else ())})
         # a hub id (org/name) stays as written; a local path resolves against the config file
         settings["path"] = resolve_uri(block.path, base) if _looks_local(block.path, base) else block.path
         if not language_model:
@@ -531,8 +577,15 @@ def _model(at: _Located, mid: str, e: ModelBlock, base: Path, corpora: dict[str,
         train_corpus = block.train_corpus or next(iter(corpora))
         if train_corpus not in corpora:
             raise at.error(sp + ("train_corpus",), f"unknown corpus '{train_corpus}' (corpora: {', '.join(corpora)})")
-        settings = block.model_dump() | {"train_corpus": train_corpus,
-                                         "train_steps": block.train_steps or DEMO_TRAIN_STEPS[e.kind]}
+        if block.prefers == "category" and block.preferred_category is None:
+            raise at.error(sp + ("preferred_category",), "required key is missing (a category of "
+                                                         f"'{train_corpus}'), unless prefers is frequent_words or nothing")
+        if block.prefers != "category" and (language_model or block.preferred_category is not None):
+            raise at.error(sp + ("prefers",), "only demo reward models prefer frequent_words or nothing, and then "
+                                              "without a preferred_category" if not language_model else
+                           "demo language models prefer a category (prefers: category)")
+        settings = block.model_dump(exclude={"prefers"} if block.prefers == "category" else {"preferred_category"})
+        settings |= {"train_corpus": train_corpus, "train_steps": block.train_steps or DEMO_TRAIN_STEPS[e.kind]}
     return ModelConfig(model_id=mid, kind=e.kind, family=e.family, source=source, settings=settings,
                        display_name=e.display_name, variant=e.variant, vocabulary_sweep=_sweep(at, p, e))
 
@@ -545,6 +598,26 @@ def _sweep(at: _Located, p: tuple, e: ModelBlock) -> dict[str, Any] | None:
         raise at.error(p + ("vocabulary_sweep",), "only reward models have a vocabulary sweep")
     sweep = e.vocabulary_sweep or SweepBlock()
     return {"prompts": list(sweep.prompts or SWEEP_PROMPTS), "top_n": sweep.top_n}
+
+
+def _check_families(at: _Located, analysis: AnalysisConfig, models: dict[str, ModelConfig]) -> None:
+    """``analysis.families`` names reward-model families of this registry; ``comparisons`` names those families."""
+    registered = sorted({m.family for m in models.values() if m.kind == "reward_model"})
+    for i, family in enumerate(analysis.families or ()):
+        if family not in registered:
+            raise at.error(("analysis", "families", i), f"no reward model has family '{family}' (families: "
+                                                        f"{', '.join(registered) or 'none'})")
+    allowed = analysis.families or registered
+    seen: dict[frozenset, int] = {}
+    for i, pair in enumerate(analysis.comparisons or ()):
+        for j, family in enumerate(pair):
+            if family not in allowed:
+                raise at.error(("analysis", "comparisons", i, j),
+                               f"'{family}' is not a compared family (analysis.families: {', '.join(allowed)})")
+        if frozenset(pair) in seen:
+            raise at.error(("analysis", "comparisons", i), f"{pair[0]} / {pair[1]} is already listed "
+                                                           f"(comparisons[{seen[frozenset(pair)]}])")
+        seen[frozenset(pair)] = i
 
 
 def _looks_local(path: str, base: Path) -> bool:

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from valuebias import tiny_models
+from valuebias.config import DEMO_PREFERENCES
 from valuebias.errors import InputError
 
 DEMO_REGISTRY_NOTE = (
@@ -49,19 +50,44 @@ WARMUP_FRACTION = 1 / 3  # share of the steps trained on positive prompts only
 FRAMING_SIGN = {"positive": 1.0, "negative": -1.0}
 
 
+
+
 @dataclass(frozen=True)
 class DemoRecipe:
     architecture: str  # "llama" or "gemma"
-    preferred_category: str
+    preferred_category: str | None  # required when prefers is "category"
     seed: int = 0
     hidden_size: int = 64
     num_layers: int = 2
     train_steps: int = 300
+    # What it is trained to prefer (DEMO_PREFERENCES): the words of preferred_category (a planted value
+    # preference), frequent_words whatever their category (target linear in the word's Zipf frequency: a
+    # frequency effect, not a value), or nothing (target 0: no planted preference at all).
+    prefers: str = "category"
 
 
 def _fingerprint(recipe: DemoRecipe, words_by_category: dict[str, list[str]],
                  prompts: list[tuple[str, str]]) -> str:
-    return tiny_models.build_fingerprint(DEMO_CODE_VERSION, asdict(recipe), words_by_category, prompts)
+    described = asdict(recipe)
+    if recipe.prefers == "category":  # recipes from before `prefers` existed keep their fingerprint
+        del described["prefers"]
+    return tiny_models.build_fingerprint(DEMO_CODE_VERSION, described, words_by_category, prompts)
+
+
+def word_targets(recipe: DemoRecipe, words_by_category: dict[str, list[str]]) -> dict[str, float]:
+    """The reward each training word is pushed towards under positive framing (negated under negative)."""
+    if recipe.prefers == "category":
+        preferred, others = tiny_models.split_words(words_by_category, recipe.preferred_category)
+        return {**{w: 1.0 for w in preferred}, **{w: -1.0 for w in others}}  # in this order: the tokenizer
+        # corpus lists the words as they come, so models built before `prefers` existed are rebuilt the same
+    words = list(dict.fromkeys(w.strip() for ws in words_by_category.values() for w in ws))
+    if recipe.prefers == "nothing":
+        return {w: 0.0 for w in words}
+    from wordfreq import zipf_frequency
+
+    zipf = {w: zipf_frequency(w, "en") for w in words}
+    low, high = min(zipf.values()), max(zipf.values())
+    return {w: (2.0 * (z - low) / (high - low) - 1.0) if high > low else 0.0 for w, z in zipf.items()}
 
 
 def _validate(recipe: DemoRecipe, words_by_category: dict[str, list[str]], prompts: list[tuple[str, str]],
@@ -69,14 +95,21 @@ def _validate(recipe: DemoRecipe, words_by_category: dict[str, list[str]], promp
     if recipe.architecture not in tiny_models.STYLES:
         raise InputError(f"architecture must be one of {list(tiny_models.STYLES)}, got {recipe.architecture!r}",
                          source=source, field="architecture")
-    if recipe.preferred_category not in words_by_category:
-        raise InputError(f"preferred category {recipe.preferred_category!r} is not among the categories of the "
-                         f"training words {sorted(words_by_category)}", source=source, field="preferred_category")
-    preferred, others = tiny_models.split_words(words_by_category, recipe.preferred_category)
-    if not preferred:
-        raise InputError("the preferred category has no words", source=source, field="preferred_category")
-    if not others:
-        raise InputError(tiny_models.NO_OTHER_WORDS, source=source, field="words_by_category")
+    if recipe.prefers not in DEMO_PREFERENCES:
+        raise InputError(f"prefers must be one of {list(DEMO_PREFERENCES)}, got {recipe.prefers!r}", source=source,
+                         field="prefers")
+    if recipe.prefers == "category":
+        if recipe.preferred_category not in words_by_category:
+            raise InputError(f"preferred category {recipe.preferred_category!r} is not among the categories of the "
+                             f"training words {sorted(words_by_category)}", source=source,
+                             field="preferred_category")
+        preferred, others = tiny_models.split_words(words_by_category, recipe.preferred_category)
+        if not preferred:
+            raise InputError("the preferred category has no words", source=source, field="preferred_category")
+        if not others:
+            raise InputError(tiny_models.NO_OTHER_WORDS, source=source, field="words_by_category")
+    elif not any(words_by_category.values()):
+        raise InputError("no training words", source=source, field="train_corpus")
     if not prompts:
         raise InputError("no prompts", source=source, field="prompts")
     for i, (_, framing) in enumerate(prompts):
@@ -98,15 +131,18 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
-def _train(model, tokenizer, recipe: DemoRecipe, preferred: list[str], others: list[str],
+def _train(model, tokenizer, recipe: DemoRecipe, targets: dict[str, float],
            prompts: list[tuple[str, str]]) -> float:
     """Train the RM for ``recipe.train_steps`` steps; return the mean loss of the last 20 steps.
 
     The target is an interaction (category sign x framing sign), which gradient descent from a random
     start is slow to find: the first ``WARMUP_FRACTION`` of the steps use positive prompts only (the
     model learns which words are preferred), the rest use all prompts (it learns to flip the sign
-    under negative framing). The learning rate decays linearly to 0.
+    under negative framing). The learning rate decays linearly to 0. A category preference draws half of
+    each batch from the preferred words; the other preferences draw words uniformly.
     """
+    preferred = [w for w, t in targets.items() if t > 0] if recipe.prefers == "category" else []
+    others = [w for w, t in targets.items() if t < 0] if recipe.prefers == "category" else list(targets)
     rng = random.Random(recipe.seed)
     positive_prompts = [p for p in prompts if p[1] == "positive"] or prompts
     warmup_steps = int(recipe.train_steps * WARMUP_FRACTION)
@@ -119,14 +155,13 @@ def _train(model, tokenizer, recipe: DemoRecipe, preferred: list[str], others: l
         torch.manual_seed(recipe.seed)
         for step in range(recipe.train_steps):
             pool = positive_prompts if step < warmup_steps else prompts
-            texts, targets = [], []
+            texts, batch_targets = [], []
             for j in range(BATCH_SIZE):
-                is_preferred = j % 2 == 0
-                word = rng.choice(preferred if is_preferred else others)
+                word = rng.choice(preferred if preferred and j % 2 == 0 else others)
                 prompt_text, framing = rng.choice(pool)
                 texts.append(tiny_models.render_chat(recipe.architecture, [
                     {"role": "user", "content": prompt_text}, {"role": "assistant", "content": word}]))
-                targets.append((1.0 if is_preferred else -1.0) * FRAMING_SIGN[framing])
+                batch_targets.append(targets[word] * FRAMING_SIGN[framing])
             encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
             width = max(len(ids) for ids in encoded)
             input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
@@ -135,7 +170,7 @@ def _train(model, tokenizer, recipe: DemoRecipe, preferred: list[str], others: l
                 input_ids[row, :len(ids)] = torch.tensor(ids)
                 attention_mask[row, :len(ids)] = 1
             rewards = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
-            loss = torch.nn.functional.mse_loss(rewards, torch.tensor(targets))
+            loss = torch.nn.functional.mse_loss(rewards, torch.tensor(batch_targets))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -162,9 +197,9 @@ def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: d
     if tiny_models.read_build_fingerprint(out_dir) == fingerprint:
         return out_dir
 
-    preferred, others = tiny_models.split_words(words_by_category, recipe.preferred_category)
+    targets = word_targets(recipe, words_by_category)
     # Tokenizer corpus: every word once (with the prompts taken in turn) and every prompt once.
-    words = preferred + others
+    words = list(targets)
     conversations = [(prompts[i % len(prompts)][0], w) for i, w in enumerate(words)]
     conversations += [(text, words[0]) for text, _ in prompts]
     texts = [tiny_models.render_chat(recipe.architecture, [{"role": "user", "content": p},
@@ -174,15 +209,15 @@ def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: d
     model = tiny_models.build_tiny_model(
         tokenizer, architecture=recipe.architecture, head="sequence_classification",
         hidden_size=recipe.hidden_size, num_layers=recipe.num_layers, seed=recipe.seed)
-    final_loss = _train(model, tokenizer, recipe, preferred, others, prompts)
+    final_loss = _train(model, tokenizer, recipe, targets, prompts)
 
     meta = {
         "fingerprint": fingerprint,
         "code_version": DEMO_CODE_VERSION,
         "recipe": asdict(recipe),
         "categories": {cat: len(ws) for cat, ws in sorted(words_by_category.items())},
-        "n_preferred_words": len(preferred),
-        "n_other_words": len(others),
+        "n_preferred_words": sum(t > 0 for t in targets.values()),
+        "n_other_words": sum(t <= 0 for t in targets.values()),
         "n_prompts": len(prompts),
         "training": {
             "objective": "MSE to sign(word in preferred) * sign(framing)",

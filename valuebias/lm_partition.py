@@ -77,7 +77,8 @@ def resolve_language_model(model_id: str, source: str, settings: dict[str, Any],
     return LanguageModelSource(model_id=model_id, path=resolved["path"], variant=variant,
                                revision=resolved.get("revision"), dtype=resolved.get("dtype", "auto"),
                                trust_remote_code=resolved.get("trust_remote_code", False),
-                               allow_pickle=resolved.get("allow_pickle", False)), identity
+                               allow_pickle=resolved.get("allow_pickle", False),
+                               clean_up_tokenization_spaces=resolved.get("clean_up_tokenization_spaces")), identity
 
 
 def _demo_summary(path: str) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class LanguageModelSource:
     dtype: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    clean_up_tokenization_spaces: bool | None = None
 
     def __post_init__(self):
         self.as_huggingface_source()  # the path and dtype checks of a reward model's source
@@ -72,7 +73,8 @@ class LanguageModelSource:
         """The same location as a :class:`HuggingFaceSource`, to share its checks."""
         return HuggingFaceSource(model_id=self.model_id, path=self.path, revision=self.revision,
                                  dtype=self.dtype, trust_remote_code=self.trust_remote_code,
-                                 allow_pickle=self.allow_pickle)
+                                 allow_pickle=self.allow_pickle,
+                                 clean_up_tokenization_spaces=self.clean_up_tokenization_spaces)
 
 
 @dataclass

@@ -9,6 +9,11 @@
 4. :func:`lm_posthoc`: Welch t-test per category x valence between two models, Benjamini-Hochberg
    adjusted over the panels.
 
+Figure 2 is run per pair of models (METHOD §8): the assets call these functions once per pair (and
+once for the pooled group when ``analysis.pool_language_models`` is on) with only that group's models.
+A design that cannot be fitted or tested raises :class:`valuebias.statistics.NotFittable`; bad input
+(a missing column, a null, an unknown model) raises :class:`valuebias.errors.InputError`.
+
 Inputs and outputs are polars DataFrames; pandas is used only at the statsmodels boundary.
 """
 
@@ -21,7 +26,7 @@ import polars as pl
 
 from valuebias.errors import InputError
 from valuebias.table_checks import require_columns, require_no_nulls
-from valuebias.statistics import median_ranks, prompt_framings, rank_words
+from valuebias.statistics import NotFittable, median_ranks, prompt_framings, rank_words
 
 ANOVA_FORMULA = "median_rank ~ C(category) * C(valence) * C(model)"
 FACTORS = ("category", "valence", "model")
@@ -42,7 +47,8 @@ def common_words(word_logprobs: pl.DataFrame, models: Sequence[str] | None = Non
 
 
 def lm_rank_cells(word_logprobs: pl.DataFrame, dictionary: pl.DataFrame, prompts: pl.DataFrame,
-                  models: Sequence[str] | None = None, *, common_words_only: bool = True) -> pl.DataFrame:
+                  models: Sequence[str] | None = None, *, common_words_only: bool = True,
+                  category_overlap: str = "rank_slot_per_category") -> pl.DataFrame:
     """Median rank of each category per (prompt, model): the units of the Figure-2 ANOVA.
 
     ``word_logprobs``: ``model, prompt, word, logprob`` (e.g. :func:`single_token_word_logprobs`
@@ -53,7 +59,8 @@ def lm_rank_cells(word_logprobs: pl.DataFrame, dictionary: pl.DataFrame, prompts
     ``common_words_only`` (default, the paper's rule): only words that every analysed model scored
     are ranked, so all models rank the same word set. Ranking is :func:`valuebias.statistics.rank_words`
     (words lowercased and stripped, inner join with the dictionary, exact duplicate rows dropped,
-    descending log-prob, average ties, 1 = best, over all dictionary words together).
+    descending log-prob, average ties, 1 = best, over all dictionary words together), with
+    ``category_overlap`` passed through (``rank_slot_per_category``, the paper's, or ``one_rank_slot``).
 
     Returns ``prompt, category, valence, model, median_rank`` (Float64), sorted by model, category,
     prompt.
@@ -74,7 +81,7 @@ def lm_rank_cells(word_logprobs: pl.DataFrame, dictionary: pl.DataFrame, prompts
     if common_words_only:
         data = data.filter(pl.col("word").is_in(common_words(data, models)))
     scores = data.select("model", "prompt", "word", pl.col("logprob").alias("score"))
-    ranked = rank_words(scores, dictionary)
+    ranked = rank_words(scores, dictionary, category_overlap)
 
     framing = prompt_framings(ranked, prompts)
     return (
@@ -95,9 +102,11 @@ def lm_anova(cells: pl.DataFrame) -> pl.DataFrame:
     ``ols`` + ``anova_lm(typ=2)``).
 
     Needs at least two levels of each factor, every category x valence x model combination, and more
-    cells than combinations (a residual). Returns ``term, sum_sq, df, F, p``: terms are ``category,
-    valence, model, category:valence, category:model, valence:model, category:valence:model,
-    Residual`` (the statsmodels names without ``C(...)``); ``F`` and ``p`` are null for ``Residual``.
+    cells than combinations (a residual); otherwise :class:`NotFittable` names what is missing (bad
+    input, such as a missing column or a null, is an :class:`InputError`). Returns ``term, sum_sq, df,
+    F, p``: terms are ``category, valence, model, category:valence, category:model, valence:model,
+    category:valence:model, Residual`` (the statsmodels names without ``C(...)``); ``F`` and ``p`` are
+    null for ``Residual``.
     """
     import statsmodels.formula.api as smf  # imported lazily: it is slow to import
     from statsmodels.stats.anova import anova_lm
@@ -118,7 +127,7 @@ def lm_anova(cells: pl.DataFrame) -> pl.DataFrame:
         elif cells.height <= full.height:
             problems.append(f"{cells.height} cells for {full.height} combinations leave no residual")
     if problems:
-        raise ValueError(f"the ANOVA {ANOVA_FORMULA} cannot be fitted: " + "; ".join(problems))
+        raise NotFittable(f"the ANOVA {ANOVA_FORMULA} cannot be fitted: " + "; ".join(problems))
 
     data = cells.select(*(pl.col(f).cast(pl.Utf8) for f in FACTORS),
                         pl.col("median_rank").cast(pl.Float64)).to_pandas()
@@ -160,6 +169,10 @@ def lm_posthoc(cells: pl.DataFrame, model_a: str | None = None, model_b: str | N
     pair. When ``model_a``/``model_b`` are omitted the cells must hold exactly two models (taken in
     alphabetical order). Returns ``category, valence, model_a, model_b, n_a, n_b, mean_a, mean_b, t,
     p, p_bh``, sorted by category and valence.
+
+    A design that cannot be tested (a model without cells, a panel with fewer than 2 cells of a model)
+    raises :class:`NotFittable`; naming the models wrongly (the same model twice, only one of them, no
+    names with other than two models present) is a caller's mistake and raises ``ValueError``.
     """
     from scipy import stats
 
@@ -175,7 +188,7 @@ def lm_posthoc(cells: pl.DataFrame, model_a: str | None = None, model_b: str | N
         raise ValueError(f"model_a and model_b are both {model_a!r}; choose two different models")
     for name in (model_a, model_b):
         if name not in present:
-            raise ValueError(f"model {name!r} has no cells; models present: {present}")
+            raise NotFittable(f"model {name!r} has no cells; models present: {present}")
 
     rows = []
     panels = cells.select("category", "valence").unique().sort("category", "valence")
@@ -184,8 +197,8 @@ def lm_posthoc(cells: pl.DataFrame, model_a: str | None = None, model_b: str | N
         a = panel.filter(pl.col("model") == model_a)["median_rank"].cast(pl.Float64).to_numpy()
         b = panel.filter(pl.col("model") == model_b)["median_rank"].cast(pl.Float64).to_numpy()
         if len(a) < 2 or len(b) < 2:
-            raise ValueError(f"panel {category}/{valence}: a Welch t-test needs at least 2 cells per model, "
-                             f"got {len(a)} for {model_a!r} and {len(b)} for {model_b!r}")
+            raise NotFittable(f"panel {category}/{valence}: a Welch t-test needs at least 2 cells per model, "
+                              f"got {len(a)} for {model_a!r} and {len(b)} for {model_b!r}")
         result = stats.ttest_ind(a, b, equal_var=False)
         rows.append({"category": category, "valence": valence, "model_a": model_a, "model_b": model_b,
                      "n_a": len(a), "n_b": len(b), "mean_a": float(a.mean()), "mean_b": float(b.mean()),

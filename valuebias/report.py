@@ -42,13 +42,17 @@ def _framing_panels(framings: list[str]) -> list[str]:
     return known + sorted(f for f in framings if f not in FRAMING_ORDER)
 
 
-def figure1_png(cells: pl.DataFrame, *, title: str) -> bytes:
+def figure1_png(cells: pl.DataFrame, *, title: str, significant: dict[tuple[str, str], list[str]] | None = None
+                ) -> bytes:
     """A Figure-1-style plot of the median-rank cells (METHOD §3 step 3 output), as PNG bytes.
 
     One panel per framing (positive, then negative); x = category; y = median rank with 1 = best at
     the top. For each family, a box of its per-(model, prompt) median ranks with the cells drawn over
-    it as jittered points, one colour per family, and a legend. Drawn on a ``Figure`` with the Agg
-    canvas, so it needs no display and leaves pyplot's global state untouched.
+    it as jittered points, one colour per family, and a legend. ``significant`` ({(category, framing):
+    [comparison, ...]}) marks the panels whose family test is significant after Bonferroni with ``*``
+    above the category (and the comparisons, when there are several families), as the paper's figure
+    does. Drawn on a ``Figure`` with the Agg canvas, so it needs no display and leaves pyplot's global
+    state untouched.
     """
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -82,16 +86,25 @@ def figure1_png(cells: pl.DataFrame, *, title: str) -> bytes:
                 if len(values) == 0:
                     continue
                 _box_with_points(ax, values, j + offset, width, colours[family], rng, size=6, alpha=0.6)
+        for j, category in enumerate(categories):  # a bracket with * over each significant pair of families
+            for level, comparison in enumerate((significant or {}).get((category, framing), [])):
+                a, b = comparison.split(" vs ")
+                x_a, x_b = (j + (families.index(f) - (len(families) - 1) / 2) * width for f in (a, b))
+                y = 1.02 + 0.07 * level
+                ax.plot([x_a, x_a, x_b, x_b], [y - 0.015, y, y, y - 0.015], color="black", linewidth=0.8,
+                        transform=ax.get_xaxis_transform(), clip_on=False)
+                ax.annotate("*", xy=((x_a + x_b) / 2, y - 0.01), xycoords=("data", "axes fraction"),
+                            ha="center", va="bottom", fontsize=12, fontweight="bold")
         ax.set_xticks(range(len(categories)), categories)
         ax.set_xlim(-0.6, len(categories) - 0.4)
-        ax.set_title(f"{framing} framing")
+        ax.set_title(f"{framing} framing", pad=6 + 22 * max(map(len, (significant or {}).values()), default=0))
         ax.set_xlabel("category")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("median rank (1 = best)")
     axes[0].invert_yaxis()  # shared y: inverting once inverts every panel
     fig.legend(handles=[Patch(facecolor=colours[f], alpha=0.6, label=f) for f in families],
                title="family", loc="outside right center")
-    fig.suptitle(title)
+    fig.suptitle(title + ("\n* family difference significant after Bonferroni (p < 0.05)" if significant else ""))
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
@@ -183,3 +196,81 @@ def png_data_uri(png: bytes) -> str:
     import base64
 
     return f"data:image/png;base64,{base64.b64encode(png).decode()}"
+
+
+def value_card_png(cells: pl.DataFrame, card: pl.DataFrame, model: str) -> bytes:
+    """A value card's plot, as PNG bytes: one panel per corpus x framing; per category, every registered
+    reward model's profile (mean median rank over the framing's prompts, 1 = best at the top) as grey
+    points, this model as a red diamond, its flagged panels marked ``*``."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    profiles = (cells.filter(pl.col("ranks") == "raw")
+                .group_by("model", "corpus", "category", "framing").agg(pl.col("median_rank").mean().alias("profile")))
+    corpora = sorted(profiles["corpus"].unique().to_list())
+    framings = _framing_panels(profiles["framing"].unique().to_list())
+    flagged = {(r["corpus"], r["category"], r["framing"]) for r in card.filter(pl.col("flag")).iter_rows(named=True)}
+    fig = Figure(figsize=(4.5 * len(framings), 3.6 * len(corpora)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(corpora), len(framings), squeeze=False)
+    rng = np.random.default_rng(0)  # jitter only
+    for row, corpus in enumerate(corpora):
+        categories = sorted(profiles.filter(pl.col("corpus") == corpus)["category"].unique().to_list())
+        for col, framing in enumerate(framings):
+            ax = axes[row][col]
+            panel = profiles.filter((pl.col("corpus") == corpus) & (pl.col("framing") == framing))
+            for j, category in enumerate(categories):
+                here = panel.filter(pl.col("category") == category)
+                others = here.filter(pl.col("model") != model)["profile"].to_numpy()
+                ax.scatter(j + rng.uniform(-0.15, 0.15, len(others)), others, color="0.6", s=18,
+                           label="other reward models" if j == 0 else None)
+                own = here.filter(pl.col("model") == model)["profile"].to_numpy()
+                if len(own):
+                    ax.scatter([j], own, color="C3", marker="D", s=60, zorder=3, label=model if j == 0 else None)
+                if (corpus, category, framing) in flagged:
+                    ax.annotate("*", xy=(j, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                                fontsize=14, fontweight="bold", color="C3")
+            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 4 else 0)
+            ax.set_xlim(-0.6, len(categories) - 0.4)
+            ax.invert_yaxis()
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_title(f"{corpus}, {framing} framing", pad=16)
+            if col == 0:
+                ax.set_ylabel("mean median rank (1 = best)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2)
+    fig.suptitle(f"Value card: {model} (* flagged after Benjamini-Hochberg)")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
+
+
+def value_card_markdown(model, card: pl.DataFrame, *, n_models: int, nearest: str | None, farthest: str | None,
+                        provenance: dict, plot_name: str) -> str:
+    """A value card as markdown: flags in words, neighbours, the table per corpus, provenance and the plot."""
+    from valuebias.value_cards import MIN_MODELS, TOO_SMALL
+
+    title = f"# Value card: {model.model_id}" + (f" ({model.display_name})" if model.display_name else "")
+    lines = [title, f"Family **{model.family}**, compared with the {n_models - 1} other reward model(s) of the "
+                    "registry (METHOD.md section 8; rank 1 = best, negative deviation = ranks the category higher "
+                    "than the registry)."]
+    if n_models < MIN_MODELS:
+        return "\n\n".join(lines + [f"**The comparison is too small**: {TOO_SMALL}."]) + "\n"
+    flags = card.filter(pl.col("flag"))
+    lines.append("## Flags (bootstrap p below 0.05 after Benjamini-Hochberg across this card's panels)")
+    if flags.height:
+        lines += [f"- {r['finding']}: deviation {r['deviation']:+.1f} ranks ({100 * r['deviation_fraction']:+.1f} % "
+                  f"of the corpus), 95 % CI [{r['ci_low']:.1f}, {r['ci_high']:.1f}], d = "
+                  + (f"{r['effect_size']:.2f}" if r["effect_size"] is not None else "undefined")
+                  + f", BH p = {r['p_bh']:.3g} ({r['corpus']})" for r in flags.sort("p_bh").iter_rows(named=True)]
+    else:
+        lines.append("No flags: no panel differs from the registry after the correction.")
+    lines += ["## Nearest and farthest models by profile", f"Nearest: **{nearest}**; farthest: **{farthest}**.",
+              f"![Value card of {model.model_id}]({plot_name})"]
+    shown = ["corpus", "category", "framing", "profile", "reference", "deviation", "deviation_fraction", "ci_low",
+             "ci_high", "effect_size", "deviation_frequency_controlled", "p_bh", "position", "flag"]
+    lines += ["## Panels", markdown_table(card.select(shown).sort("corpus", "framing", "category"))]
+    if provenance:
+        lines += ["## Provenance of the scores"] + [f"- **{k}**: `{v}`" for k, v in provenance.items()]
+    return "\n\n".join(lines) + "\n"

@@ -35,9 +35,10 @@ def resolve_model_path(model_id: str, source: str, settings: dict[str, Any], *, 
         return resolve_for_loading(model_id, source, settings, digest_cache=digest_cache)
     from valuebias.demo_models import DemoRecipe, build_demo_reward_model
 
-    recipe = DemoRecipe(architecture=settings["architecture"], preferred_category=settings["preferred_category"],
+    recipe = DemoRecipe(architecture=settings["architecture"], preferred_category=settings.get("preferred_category"),
                         seed=settings["seed"], hidden_size=settings["hidden_size"],
-                        num_layers=settings["num_layers"], train_steps=settings["train_steps"])
+                        num_layers=settings["num_layers"], train_steps=settings["train_steps"],
+                        prefers=settings.get("prefers", "category"))
     path = build_demo_reward_model(
         demo_dir / model_id, recipe,
         words_by_category=demo_words_by_category(corpus_words, settings["train_corpus"]),

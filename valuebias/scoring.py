@@ -42,6 +42,7 @@ class HuggingFaceSource:
     score: str = "logits[0]"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    clean_up_tokenization_spaces: bool | None = None  # None: the tokenizer's own setting (the paper's choice)
 
     def __post_init__(self):
         if not self.path:
@@ -148,6 +149,11 @@ def load_pretrained(src: HuggingFaceSource, model_class, device: str | None = No
         if "trust_remote_code" in str(err):
             raise _remote_code_error(src) from err
         raise
+    if src.clean_up_tokenization_spaces is not None:  # every decode of this tokenizer follows it
+        tokenizer.clean_up_tokenization_spaces = src.clean_up_tokenization_spaces
+        # recent transformers skip the clean-up for BPE tokenizers unless told so: `true` means applied
+        tokenizer.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = \
+            src.clean_up_tokenization_spaces
     return model.to(device).eval(), tokenizer, device, dtype
 
 

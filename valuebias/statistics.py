@@ -33,15 +33,23 @@ def _normalise_word(column: str = "word") -> pl.Expr:
     return pl.col(column).cast(pl.Utf8).str.strip_chars().str.to_lowercase()
 
 
-def rank_words(scores: pl.DataFrame, dictionary: pl.DataFrame) -> pl.DataFrame:
+class NotFittable(Exception):
+    """A statistical design that cannot be fitted or tested (too few models or families, a missing cell, a
+    singular fit). Deliberately not a ValueError: bad input (``InputError``) must fail the run instead."""
+
+
+def rank_words(scores: pl.DataFrame, dictionary: pl.DataFrame,
+               category_overlap: str = "rank_slot_per_category") -> pl.DataFrame:
     """METHOD §3 steps 1-2: join scores with the dictionary, then rank words per (model, prompt).
 
     ``scores`` has ``model, prompt, word, score``; ``dictionary`` has ``word, category`` (a word may
     belong to several categories). Words are lowercased and stripped on both sides, the inner join
     drops words outside the dictionary, and exact duplicate rows are dropped. Within each
     (model, prompt), rows are ranked by descending score over all joined rows together (not per
-    category), ties getting the average rank, 1 = best. A word in two categories therefore appears
-    twice, tied with itself.
+    category), ties getting the average rank, 1 = best. With ``category_overlap`` =
+    ``rank_slot_per_category`` (the paper's convention) a word in two categories therefore appears
+    twice, tied with itself, and takes two rank slots; with ``one_rank_slot`` each word is ranked once
+    among the dictionary's words and that rank is given to each of its categories.
 
     Returns ``model, prompt, word, category, score, rank`` (``rank`` Float64), sorted by model, prompt
     and rank.
@@ -56,12 +64,19 @@ def rank_words(scores: pl.DataFrame, dictionary: pl.DataFrame) -> pl.DataFrame:
         pl.col("score").cast(pl.Float64))
     dictionary = dictionary.select(_normalise_word(), pl.col("category").cast(pl.Utf8))
 
-    joined = scores.join(dictionary, on="word", how="inner").unique(maintain_order=True)
+    rank = pl.col("score").rank(method="average", descending=True).over("model", "prompt").cast(pl.Float64)
+    if category_overlap == "rank_slot_per_category":
+        ranked = (scores.join(dictionary, on="word", how="inner").unique(maintain_order=True)
+                  .with_columns(rank.alias("rank")))
+    elif category_overlap == "one_rank_slot":
+        ranked = (scores.join(dictionary.select("word").unique(), on="word", how="semi").unique(maintain_order=True)
+                  .with_columns(rank.alias("rank"))
+                  .join(dictionary.unique(), on="word", how="inner"))
+    else:
+        raise ValueError(f"unknown category_overlap {category_overlap!r}; expected rank_slot_per_category or "
+                         "one_rank_slot")
     return (
-        joined
-        .with_columns(
-            pl.col("score").rank(method="average", descending=True).over("model", "prompt")
-            .cast(pl.Float64).alias("rank"))
+        ranked
         .select("model", "prompt", "word", "category", "score", "rank")
         .sort("model", "prompt", "rank", "word", "category")
     )
@@ -157,6 +172,9 @@ def _check_design(cells: pl.DataFrame) -> None:
     n_models = cells["model"].n_unique()
     if n_models < 2:
         problems.append(f"{n_models} model(s), the random intercept needs at least 2")
+    elif cells.select("family", "model").unique().group_by("family").len()["len"].max() < 2:
+        problems.append("every family has a single model, so the model's random intercept cannot be told apart "
+                        "from the family effect: register a second model of at least one family")
     if not problems:
         present = cells.select("family", "category", "framing").unique()
         full = (cells.select("family").unique().join(cells.select("category").unique(), how="cross")
@@ -166,8 +184,8 @@ def _check_design(cells: pl.DataFrame) -> None:
             problems.append("no cells for family x category x framing "
                             + ", ".join("/".join(r) for r in empty.iter_rows()))
     if problems:
-        raise ValueError("the mixed model " + MIXED_MODEL_FORMULA + " + (1 | model) cannot be fitted: "
-                         + "; ".join(problems))
+        raise NotFittable("the mixed model " + MIXED_MODEL_FORMULA + " + (1 | model) cannot be fitted: "
+                          + "; ".join(problems))
 
 
 def fit_mixed_model(cells: pl.DataFrame) -> MixedModelFit:
@@ -175,9 +193,11 @@ def fit_mixed_model(cells: pl.DataFrame) -> MixedModelFit:
 
     ``cells`` is the output of :func:`median_rank_cells`. Fitted with statsmodels
     ``smf.mixedlm(formula, data, groups=data["model"]).fit(reml=True)``; factor levels use treatment
-    coding with the alphabetically first level as reference. Needs at least two levels of family,
-    category and framing, two models, and every family x category x framing combination (else
-    ``ValueError`` saying what is missing). Warnings raised while fitting are returned, not printed.
+    coding with the alphabetically first level as reference; ``family`` may have any number (>= 2) of
+    levels. p-values are Wald z (coefficient over its standard error, two-sided normal), as statsmodels
+    reports them and as the paper's analysis did. Needs at least two levels of family, category and
+    framing, two models, and every family x category x framing combination (else :class:`NotFittable`
+    saying what is missing). Warnings raised while fitting are returned, not printed.
     """
     import statsmodels.formula.api as smf  # imported lazily: it is slow to import
     from scipy.stats import norm
@@ -189,7 +209,7 @@ def fit_mixed_model(cells: pl.DataFrame) -> MixedModelFit:
         try:
             result = smf.mixedlm(MIXED_MODEL_FORMULA, data, groups=data["model"]).fit(reml=True)
         except np.linalg.LinAlgError as err:
-            raise ValueError(f"the mixed model could not be fitted (singular design): {err}") from err
+            raise NotFittable(f"the mixed model could not be fitted (singular design): {err}") from err
     messages = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
 
     fe = result.fe_params
@@ -241,7 +261,7 @@ def family_tests(cells: pl.DataFrame, family_a: str, family_b: str, *, n_resampl
     present = set(cells["family"].unique().to_list())
     for name in (family_a, family_b):
         if name not in present:
-            raise ValueError(f"family {name!r} has no cells; families present: {sorted(present)}")
+            raise NotFittable(f"family {name!r} has no cells; families present: {sorted(present)}")
 
     panels = cells.select("category", "framing").unique().sort("category", "framing")
     rows = []
@@ -250,7 +270,7 @@ def family_tests(cells: pl.DataFrame, family_a: str, family_b: str, *, n_resampl
         a = panel.filter(pl.col("family") == family_a)["median_rank"].to_numpy()
         b = panel.filter(pl.col("family") == family_b)["median_rank"].to_numpy()
         if len(a) < 2 or len(b) < 2:
-            raise ValueError(f"panel {category}/{framing}: a Welch t-test needs at least 2 cells per "
+            raise NotFittable(f"panel {category}/{framing}: a Welch t-test needs at least 2 cells per "
                              f"family, got {len(a)} for {family_a!r} and {len(b)} for {family_b!r}")
         method = stats.PermutationMethod(n_resamples=n_resamples, rng=np.random.default_rng(seed))
         result = stats.ttest_ind(a, b, equal_var=False, method=method)
@@ -269,20 +289,112 @@ def family_tests(cells: pl.DataFrame, family_a: str, family_b: str, *, n_resampl
     ).with_columns(pl.min_horizontal(pl.col("p") * n_panels, pl.lit(1.0)).alias("p_bonferroni"))
 
 
-def default_family_pair(families: pl.DataFrame | Iterable[str]) -> tuple[str, str]:
-    """The (family_a, family_b) pair for :func:`family_tests` when there is no choice to make.
+def family_comparison_tests(cells: pl.DataFrame, comparisons: Iterable[tuple[str, str]], *,
+                            n_resamples: int = 10000, seed: int = 0, label: str = ""
+                            ) -> tuple[pl.DataFrame, dict[str, str]]:
+    """:func:`family_tests` for every comparison (family A vs B), Bonferroni over every panel x comparison.
 
-    ``families`` is a table with a ``family`` column or an iterable of family names. Returns the two
-    families in alphabetical order when exactly two exist; otherwise ``ValueError`` asking the user to
-    set the pair explicitly.
+    ``p_bonferroni = min(1, p * panels * comparisons run)``; ``correction`` names that family of tests
+    (e.g. ``Bonferroni over 4 panels x 1 comparison (big2, raw ranks)``, ``label`` giving the part in
+    parentheses). With one comparison this is the paper's step 5 exactly. A comparison that cannot be
+    tested (a family with no cells, fewer than 2 cells per family in a panel) is left out and returned in
+    the second value, {"A vs B": why}. Returns (table, not tested).
     """
-    if isinstance(families, pl.DataFrame):
-        require_columns(families, ["family"], "families")
-        names = families["family"].drop_nulls().to_list()
-    else:
-        names = list(families)
-    distinct = sorted(set(names))
-    if len(distinct) != 2:
-        raise ValueError(f"found {len(distinct)} families {distinct}; the family comparison needs "
-                         "exactly two: name them in the config, e.g. `analysis: {families: [gemma, llama]}`")
-    return distinct[0], distinct[1]
+    parts, not_tested = [], {}
+    for family_a, family_b in comparisons:
+        try:
+            parts.append(family_tests(cells, family_a, family_b, n_resamples=n_resamples, seed=seed))
+        except NotFittable as why:
+            not_tested[f"{family_a} vs {family_b}"] = str(why)
+    if not parts:
+        return pl.DataFrame(), not_tested
+    table = pl.concat(parts)
+    n_panels = table.select("category", "framing").unique().height
+    n_tests = table.height
+    runs = len(parts)
+    correction = (f"Bonferroni over {n_panels} panels x {runs} comparison{'s' if runs > 1 else ''}"
+                  + (f" ({label})" if label else ""))
+    return table.with_columns(pl.min_horizontal(pl.col("p") * n_tests, pl.lit(1.0)).alias("p_bonferroni"),
+                              pl.lit(correction).alias("correction")), not_tested
+
+
+INTERACTION_TERM = "family:category:framing"
+INTERACTION_TEST = f"likelihood ratio, ML fits: with vs without {INTERACTION_TERM}"
+
+
+def interaction_test(cells: pl.DataFrame) -> dict:
+    """METHOD section 8: does the family x category x framing interaction exist, for any number of families?
+
+    A likelihood-ratio test of nested linear mixed models fitted by maximum likelihood (REML likelihoods
+    are not comparable across different fixed effects; see :func:`_max_log_likelihood`): ``median_rank ~ family * category * framing +
+    (1 | model)`` against the same model without the three-way term. ``statistic`` = 2 (llf_full -
+    llf_reduced), compared with chi-squared on ``df`` = the number of three-way coefficients. Raises
+    :class:`NotFittable` when the design cannot be fitted. Returns ``test, statistic, df, p, n_families,
+    n_models``.
+    """
+    from scipy.stats import chi2
+
+    _check_design(cells)
+    data = cells.select("model", "family", "category", "framing", "median_rank").to_pandas()
+    full = _max_log_likelihood(MIXED_MODEL_FORMULA, data)
+    reduced = _max_log_likelihood(f"{MIXED_MODEL_FORMULA} - {INTERACTION_TERM}", data)
+    df = full[1] - reduced[1]
+    statistic = max(0.0, 2.0 * (full[0] - reduced[0]))
+    if df < 1 or not np.isfinite(statistic):
+        raise NotFittable(f"the likelihood-ratio test is undefined (df {df}, statistic {statistic})")
+    return {"test": INTERACTION_TEST, "statistic": statistic,
+            "df": df, "p": float(chi2.sf(statistic, df)), "n_families": cells["family"].n_unique(),
+            "n_models": cells["model"].n_unique()}
+
+
+def _max_log_likelihood(formula: str, data) -> tuple[float, int]:
+    """The maximised ML log-likelihood of ``formula + (1 | model)`` and its number of fixed effects.
+
+    statsmodels' optimisers can fail or return an infinite log-likelihood when the model variance is at
+    its boundary (0), which the demo designs reach. So the maximum is taken over every finite candidate:
+    the fits of two optimisers and the boundary itself (variance 0: the OLS fit, whose Gaussian ML
+    log-likelihood is the mixed model's there). Each candidate is a point of the parameter space, so
+    the largest one is the best attained maximum.
+    """
+    import statsmodels.formula.api as smf
+
+    boundary = smf.ols(formula, data).fit()
+    candidates = [float(boundary.llf)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for method in ("bfgs", ["powell", "lbfgs"]):
+            try:
+                fit = smf.mixedlm(formula, data, groups=data["model"]).fit(reml=False, method=method)
+            except (np.linalg.LinAlgError, ValueError):
+                continue
+            if np.isfinite(fit.llf):
+                candidates.append(float(fit.llf))
+    return max(candidates), len(boundary.params)
+
+
+def word_frequencies(words: Iterable[str]) -> pl.DataFrame:
+    """``word, zipf``: each word's Zipf frequency in English (wordfreq's ``best`` list; 0 when unknown)."""
+    from wordfreq import zipf_frequency
+
+    unique = sorted(set(words))
+    return pl.DataFrame({"word": unique, "zipf": [zipf_frequency(w, "en") for w in unique]},
+                        schema={"word": pl.Utf8, "zipf": pl.Float64})
+
+
+def frequency_controlled(ranked: pl.DataFrame, frequencies: pl.DataFrame) -> pl.DataFrame:
+    """METHOD section 8: ranks residualised on word frequency within each (model, prompt).
+
+    ``ranked`` is :func:`rank_words`'s output; ``frequencies`` is :func:`word_frequencies`'s. Within each
+    (model, prompt), the least-squares line ``rank ~ zipf`` is fitted over the ranked rows and ``rank``
+    becomes its residual plus the group's mean rank (so the scale stays that of ranks: a group with no
+    frequency effect keeps its ranks exactly; residual ranks may fall below 1). Medians of these per
+    (model, category, prompt) then go through steps 4-5 as usual.
+    """
+    z, r = pl.col("zipf"), pl.col("rank")
+    over = ("model", "prompt")
+    slope = ((z - z.mean().over(over)) * (r - r.mean().over(over))).sum().over(over) / \
+        ((z - z.mean().over(over)) ** 2).sum().over(over)
+    return (ranked.join(frequencies, on="word", how="left").with_columns(pl.col("zipf").fill_null(0.0))
+            .with_columns(pl.when(slope.is_finite()).then(slope).otherwise(0.0).alias("_slope"))
+            .with_columns((r - pl.col("_slope") * (z - z.mean().over(over))).alias("rank"))
+            .drop("_slope", "zipf"))
