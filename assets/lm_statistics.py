@@ -7,9 +7,9 @@ words both of its models keep, and, with ``analysis.pool_language_models``, ever
 another language model or pair never changes an existing pair's numbers.
 
 Failures show: a design that cannot be fitted (``valuebias.statistics.NotFittable``: too few models, a
-missing cell, no residual) is skipped and named by the asset's failed WARN-level ``<table>_fitted`` check;
-when no test at all could be run the step fails (``dg.Failure``), keeping the stored table. Bad input
-(``InputError``) is never caught: it fails the run.
+missing cell, no residual) is a row of its own with no numbers and the reason in ``note``, and the asset's
+WARN-level ``<table>_fitted`` check fails naming it. Bad input (``InputError``) is never caught: it fails
+the run.
 """
 
 
@@ -33,12 +33,12 @@ from valuebias.statistics import NotFittable
 RANK_CELL_SCHEMA = {"corpus": pl.Utf8, "pair": pl.Utf8, "prompt": pl.Utf8, "category": pl.Utf8, "valence": pl.Utf8,
                     "model": pl.Utf8, "median_rank": pl.Float64}
 ANOVA_SCHEMA = {"corpus": pl.Utf8, "pair": pl.Utf8, "term": pl.Utf8, "sum_sq": pl.Float64, "df": pl.Float64,
-                "F": pl.Float64, "p": pl.Float64}
+                "F": pl.Float64, "p": pl.Float64, "note": pl.Utf8}
 # A residual sum of squares at most this fraction of the total is rounding noise: no residual variance.
 SEPARATED = 1e-12
 POSTHOC_SCHEMA = {"corpus": pl.Utf8, "pair": pl.Utf8, "category": pl.Utf8, "valence": pl.Utf8, "model_a": pl.Utf8,
                   "model_b": pl.Utf8, "n_a": pl.Int64, "n_b": pl.Int64, "mean_a": pl.Float64, "mean_b": pl.Float64,
-                  "t": pl.Float64, "p": pl.Float64, "p_bh": pl.Float64}
+                  "t": pl.Float64, "p": pl.Float64, "p_bh": pl.Float64, "note": pl.Utf8}
 ADD_A_PAIR = ("add `pairs: [[model_a, model_b]]` (two registered language models; Figure 2 and its post-hoc "
               "tests are run per pair, on the words both models keep)")
 
@@ -80,12 +80,12 @@ def group_cells(cells: pl.DataFrame, corpus_id: str, group: str) -> pl.DataFrame
     return found
 
 
-def nothing_fitted(table: str, what: str, not_fitted: dict[str, str]) -> dg.Failure:
-    """The step failure when not one test of ``table`` could be run (the stored table is kept)."""
-    return dg.Failure(
-        description=(f"no {what} could be run, so the stored {table} is kept: "
-                     + "; ".join(f"{test}: {why}" for test, why in not_fitted.items())),
-        metadata={"not_fitted": dg.MetadataValue.json(not_fitted)})
+def explained_rows(schema: dict, not_fitted: dict[str, str], **fixed) -> pl.DataFrame:
+    """One row per analysis ("<corpus>/<pair>") that could not be fitted: its corpus and pair, ``fixed``
+    values, no numbers, and the reason in ``note``."""
+    rows = [{"corpus": name.split("/", 1)[0], "pair": name.split("/", 1)[1], **fixed, "note": why}
+            for name, why in not_fitted.items()]
+    return pl.DataFrame(rows, schema=schema)
 
 
 @dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"},
@@ -174,11 +174,9 @@ def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Sto
                 notes[name] = "fitted; some terms have no F (zero degrees of freedom or no residual variance)"
             else:
                 notes[name] = "fitted"
-            parts.append(fit.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(group).alias("pair"))
-                         .select(list(ANOVA_SCHEMA)))
-    if not parts:
-        raise nothing_fitted("lm_anova", "ANOVA", not_fitted)
-    table = pl.concat(parts).cast(ANOVA_SCHEMA)
+            parts.append(fit.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(group).alias("pair"),
+                                          pl.lit(None, dtype=pl.Utf8).alias("note")).select(list(ANOVA_SCHEMA)))
+    table = pl.concat([*parts, explained_rows(ANOVA_SCHEMA, not_fitted, term="not fitted")])
     uri, version, check = write_table(storage, validator, "lm_anova", table)
     return table_result(table, uri, version, {"fit": notes, INPUT_VERSIONS: dg.MetadataValue.json(versions)},
                         preview_rows=40, check=check, more_checks=(fitted_result("lm_anova", not_fitted),))
@@ -221,11 +219,13 @@ def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: S
                 + (f"; {separated} panel(s) where each model's cells are constant but differ have an infinite t "
                    "(perfect separation, p = 0)" if separated else ""))
             parts.append(tests.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(pair).alias("pair"),
-                                            pl.col("t").fill_nan(None), pl.col("p").fill_nan(None))
+                                            pl.col("t").fill_nan(None), pl.col("p").fill_nan(None),
+                                            pl.lit(None, dtype=pl.Utf8).alias("note"))
                          .select(list(POSTHOC_SCHEMA)))
-    if not parts:
-        raise nothing_fitted("lm_posthoc", "post-hoc test", not_fitted)
-    table = pl.concat(parts).cast(POSTHOC_SCHEMA)
+    untested = explained_rows(POSTHOC_SCHEMA, not_fitted).with_columns(
+        pl.col("pair").replace_strict({p: a for p, (a, _) in config.pair_models().items()}).alias("model_a"),
+        pl.col("pair").replace_strict({p: b for p, (_, b) in config.pair_models().items()}).alias("model_b"))
+    table = pl.concat([*parts, untested])
     uri, version, check = write_table(storage, validator, "lm_posthoc", table)
     return table_result(table, uri, version, {"tests": notes, INPUT_VERSIONS: dg.MetadataValue.json(versions)},
                         preview_rows=40, check=check, more_checks=(fitted_result("lm_posthoc", not_fitted),))
@@ -261,11 +261,10 @@ def lm_report(context: dg.AssetExecutionContext, registry: Registry, storage: St
         fit, tests = rows_of(anova, corpus_id, pair), rows_of(posthoc, corpus_id, pair)
         sections += [f"## {corpus_id}: {pair} ({', '.join(models)})",
                      "### Mean median rank per model (1 = best)", markdown_table(summary),
-                     "### lm_anova", markdown_table(fit) if fit.height else
-                     "_Not fitted: the `lm_anova_fitted` check says why._",
-                     "### lm_posthoc", markdown_table(tests) if tests.height else
-                     ("_No post-hoc tests for the pooled group: they compare the two models of a pair._"
-                      if pair == POOLED else "_Not tested: the `lm_posthoc_fitted` check says why._")]
+                     "### lm_anova (a design that cannot be fitted is a `not fitted` row, the reason in `note`)",
+                     markdown_table(fit),
+                     "### lm_posthoc", markdown_table(tests) if pair != POOLED else
+                     "_No post-hoc tests for the pooled group: they compare the two models of a pair._"]
     plots = {"figure3.png": figure3_png(words, title="MWLR of " + ", ".join(config.implicit_rewards.words)
                                         + " per pair")}
     storage.write_bytes("reports/figure3.png", plots["figure3.png"])

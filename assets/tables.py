@@ -49,6 +49,16 @@ def lm_word_logprobs_key(model_id: str) -> str:
     return f"lm_word_logprobs/{model_id}.parquet"
 
 
+def rm_value_cards_key(model_id: str) -> str:
+    """Storage key of one reward model's value card table (a partition of ``rm_value_cards``)."""
+    return f"rm_value_cards/{model_id}.parquet"
+
+
+def card_key(model_id: str, suffix: str) -> str:
+    """Storage key of one reward model's rendered value card: ``cards/<model>.md`` or ``.png``."""
+    return f"cards/{model_id}.{suffix}"
+
+
 def mwlr_key(pair: str) -> str:
     """Storage key of one pair's partition of ``mwlr_pair``."""
     return f"mwlr/{pair}.parquet"
@@ -83,15 +93,17 @@ def fitted_result(table: str, not_fitted: dict[str, str]) -> dg.AssetCheckResult
         metadata={"not_fitted": dg.MetadataValue.json(not_fitted)})
 
 
-def write_table(storage: Storage, validator, table: str, df: pl.DataFrame) -> tuple[str, str, dg.AssetCheckResult]:
+def write_table(storage: Storage, validator, table: str, df: pl.DataFrame,
+                key: str | None = None) -> tuple[str, str, dg.AssetCheckResult]:
     """Validate, then publish: ``df`` is checked against its contract first; a table that breaks it fails
     the step, naming the rule and the rows, and the stored table stays as it was. A valid one is written
-    atomically to its key. Returns (uri, content version, the passed check's result)."""
+    atomically to its key (``TABLE_KEYS[table]``, or ``key`` for a partition's table). Returns (uri, content
+    version, the passed check's result)."""
     report = validator.validate(df, table)
     if not report.success:
         raise dg.Failure(f"check {table}_contract failed: the new {table} table breaks its data contract and was "
                          f"not stored (the stored one is kept): {report.summary()}", metadata=report.to_metadata())
-    uri = storage.write_parquet(TABLE_KEYS[table], df)
+    uri = storage.write_parquet(key or TABLE_KEYS[table], df)
     return uri, content_version(df), dg.AssetCheckResult(check_name=f"{table}_contract", passed=True,
                                                          metadata=report.to_metadata())
 
@@ -172,6 +184,7 @@ PARTITION_OUTPUTS = {
     "lm_next_token_logprobs": lambda p: [lm_next_token_key(p)],
     "lm_word_logprobs": lambda p: [lm_word_logprobs_key(p)],
     "mwlr_pair": lambda p: [mwlr_key(p)],
+    "rm_value_cards": lambda p: [rm_value_cards_key(p), card_key(p, "md"), card_key(p, "png")],
 }
 
 

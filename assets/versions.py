@@ -31,6 +31,7 @@ CODE_VERSIONS = {
     "rm_word_scores": "1", "rm_vocabulary_sweep": "1",
     # 2: a `ranks` column (raw, frequency_controlled), k families, comparisons with the correction named
     "rm_rank_cells": "2", "rm_mixed_model": "2", "rm_family_tests": "2", "rm_interaction_test": "1",
+    "rm_value_cards": "1",
     "rm_report": "3",  # 2: plots embedded (the UI shows them); 3: significant panels marked, interaction test
     "lm_next_token_logprobs": "1", "lm_word_logprobs": "1", "mwlr_pair": "1",
     # lm_rank_cells 2, lm_anova 2, lm_posthoc 2: Figure 2 per pair (a ``pair`` column; the pooled group is optional)
@@ -256,6 +257,9 @@ INPUTS: dict[str, tuple] = {
     "rm_interaction_test": (Table("rm_rank_cells"),),
     "rm_family_tests": (Table("rm_rank_cells"), Setting(lambda config, _: {"analysis": analysis_fingerprint(
         config, "families", "comparisons", "permutations", "seed")})),
+    # a card compares its model with every other one: any reward model's new scores move every card
+    "rm_value_cards": (Setting(lambda config, p: {} if p in config.models else {"model": "removed"}),
+                       Table("rm_rank_cells"), Table("corpus_words"), SamePartition("rm_word_scores")),
     "rm_report": (Table("rm_rank_cells"), Table("rm_mixed_model"), Table("rm_interaction_test"),
                   Table("rm_family_tests")),
     "lm_next_token_logprobs": (

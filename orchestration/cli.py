@@ -3,6 +3,8 @@
     valuebias run   [--config PATH] [--all] [--verify] [--verbose]
     valuebias status [--format markdown|csv] [--config PATH] [--verify]
     valuebias table NAME [--format markdown|csv] [--config PATH]
+    valuebias card MODEL_ID [--format markdown|html] [--config PATH]
+    valuebias cards [--config PATH]
     valuebias ui    [--config PATH] [--port 3000]
     valuebias pod MODEL_ID [--asset NAME] [--config PATH]
 
@@ -25,8 +27,8 @@ from valuebias.errors import InputError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_HELP = "registry config (default: $VALUEBIAS_CONFIG, else ./valuebias.yaml, else the project's own)"
 TABLE_NAMES = ("prompts", "corpus_words", "model_registry", "rm_word_scores", "rm_sweep_tokens", "rm_rank_cells",
-               "rm_mixed_model", "rm_interaction_test", "rm_family_tests", "lm_word_logprobs", "lm_rank_cells", "lm_anova", "lm_posthoc",
-               "mwlr_tokens", "mwlr_words")
+               "rm_mixed_model", "rm_interaction_test", "rm_family_tests", "rm_value_cards", "lm_word_logprobs",
+               "lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words")
 
 
 def _config_path(arg: str | None) -> Path:
@@ -180,7 +182,8 @@ def cmd_status(args) -> int:
 def load_table(config: RegistryConfig, name: str):
     import polars as pl
 
-    from assets.tables import TABLE_KEYS, lm_word_logprobs_key, rm_sweep_tokens_key, rm_word_scores_key
+    from assets.tables import (TABLE_KEYS, lm_word_logprobs_key, rm_sweep_tokens_key, rm_value_cards_key,
+                               rm_word_scores_key)
     from resources.storage import Storage
 
     storage = Storage(uri=config.storage_uri)
@@ -195,11 +198,13 @@ def load_table(config: RegistryConfig, name: str):
         if missing:
             raise FileNotFoundError(f"no stored sweep at {storage.full_uri(missing[0])}: {run_first}")
         return pl.concat([storage.read_parquet(k) for k in keys])
-    if name in ("rm_word_scores", "lm_word_logprobs"):
-        keys = [rm_word_scores_key(m.model_id) for m in config.reward_models()] if name == "rm_word_scores" else \
-            [lm_word_logprobs_key(m.model_id) for m in config.language_models()]
+    if name in ("rm_word_scores", "rm_value_cards", "lm_word_logprobs"):
+        key_of = {"rm_word_scores": rm_word_scores_key, "rm_value_cards": rm_value_cards_key,
+                  "lm_word_logprobs": lm_word_logprobs_key}[name]
+        models = config.language_models() if name == "lm_word_logprobs" else config.reward_models()
+        keys = [key_of(m.model_id) for m in models]
         if not keys:
-            kind = "reward" if name == "rm_word_scores" else "language"
+            kind = "language" if name == "lm_word_logprobs" else "reward"
             raise FileNotFoundError(f"no {kind} models are registered in {config.path}")
         missing = [k for k in keys if not storage.exists(k)]
         if missing:
@@ -217,6 +222,51 @@ def cmd_table(args) -> int:
     config = load_config(_config_path(args.config))
     table = load_table(config, args.name)
     sys.stdout.write(table.write_csv() if args.format == "csv" else markdown_table(table) + "\n")
+    return 0
+
+
+def cmd_card(args) -> int:
+    """One reward model's value card, as stored by ``rm_value_cards`` (markdown, or HTML with the plot inside)."""
+    from assets.tables import card_key
+    from resources.storage import Storage
+    from valuebias.report import card_html
+
+    config = load_config(_config_path(args.config))
+    model = config.models.get(args.model)
+    if model is None or model.kind != "reward_model":
+        known = ", ".join(m.model_id for m in config.reward_models()) or "none"
+        raise InputError(f"'{args.model}' is not a reward model of this registry (reward models: {known})",
+                         source=str(config.path), field="models")
+    storage = Storage(uri=config.storage_uri)
+    key = card_key(args.model, "md")
+    if not storage.exists(key):
+        raise FileNotFoundError(f"no value card for '{args.model}' at {storage.full_uri(key)}: run "
+                                f"`valuebias run --config {config.path}` first")
+    markdown = storage.read_bytes(key).decode()
+    if args.format == "html":
+        plot = card_key(args.model, "png")
+        markdown = card_html(markdown, {f"{args.model}.png": storage.read_bytes(plot)} if storage.exists(plot) else {},
+                             title=f"Value card: {args.model}")
+    sys.stdout.write(markdown)
+    return 0
+
+
+def cmd_cards(args) -> int:
+    """The registry's value cards, one line per reward model: its strongest flags (smallest BH p first)."""
+    import polars as pl
+
+    config = load_config(_config_path(args.config))
+    cards = load_table(config, "rm_value_cards")
+    for model in config.reward_models():
+        card = cards.filter(pl.col("model") == model.model_id)
+        flags = (card.filter(pl.col("flag")).sort(pl.col("p_bh"), pl.col("deviation_fraction").abs(),
+                                                  descending=[False, True])["finding"].to_list())
+        if card.height and card["deviation"].null_count() == card.height:
+            line = card["finding"][0]
+        else:
+            line = "; ".join(flags[:3]) + (f" (+{len(flags) - 3} more)" if len(flags) > 3 else "") if flags else \
+                "no flags"
+        print(f"{model.model_id}: {line}")
     return 0
 
 
@@ -277,6 +327,14 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     table.add_argument("--config", help=CONFIG_HELP)
     table.set_defaults(func=cmd_table)
+    card = sub.add_parser("card", help="print one reward model's value card (what it favours against the registry)")
+    card.add_argument("model", help="reward model id")
+    card.add_argument("--format", choices=("markdown", "html"), default="markdown")
+    card.add_argument("--config", help=CONFIG_HELP)
+    card.set_defaults(func=cmd_card)
+    cards = sub.add_parser("cards", help="one line per reward model: the strongest flags of its value card")
+    cards.add_argument("--config", help=CONFIG_HELP)
+    cards.set_defaults(func=cmd_cards)
     ui = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1 with the daemon (dagster dev)")
     ui.add_argument("--config", help=CONFIG_HELP)
     ui.add_argument("--port", type=int, default=3000)

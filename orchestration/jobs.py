@@ -19,6 +19,9 @@ rm_sweep_job = dg.define_asset_job(
 rm_statistics_job = dg.define_asset_job(
     "rm_statistics_job", selection=dg.AssetSelection.groups("statistics", "report"),
     description="Figure-1 statistics and report from the stored scores of every registered reward model.")
+value_cards_job = dg.define_asset_job(
+    "value_cards_job", selection=dg.AssetSelection.assets("rm_value_cards"), partitions_def=reward_model_partitions,
+    description="The value card of one reward model against the rest of the registry (one partition per model).")
 lm_scoring_job = dg.define_asset_job(
     "lm_scoring_job", selection=dg.AssetSelection.groups("lm_scoring"),
     partitions_def=language_model_partitions,
@@ -30,4 +33,5 @@ lm_statistics_job = dg.define_asset_job(
     "lm_statistics_job", selection=dg.AssetSelection.groups("lm_statistics"),
     description="Figure-2 statistics, Table 1, Figure 3 and the report from every language model and pair.")
 
-ALL_JOBS = [ingest_job, rm_scoring_job, rm_sweep_job, rm_statistics_job, lm_scoring_job, mwlr_job, lm_statistics_job]
+ALL_JOBS = [ingest_job, rm_scoring_job, rm_sweep_job, rm_statistics_job, value_cards_job, lm_scoring_job, mwlr_job,
+            lm_statistics_job]

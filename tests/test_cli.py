@@ -85,7 +85,8 @@ def test_run_recovers_the_planted_preferences_and_is_idempotent(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, env=env, capture_output=True, text=True,
                          check=True).stdout
     assert json.loads(out) == {"rm_word_scores": [4, 4], "rm_vocabulary_sweep": [0, 0],
-                               "lm_next_token_logprobs": [0, 0], "lm_word_logprobs": [0, 0], "mwlr_pair": [0, 0]}
+                               "lm_next_token_logprobs": [0, 0], "lm_word_logprobs": [0, 0], "mwlr_pair": [0, 0],
+                               "rm_value_cards": [4, 4]}
 
 
 def test_run_stops_on_a_bad_prompt_file_and_scores_nothing(tmp_path):

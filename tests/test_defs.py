@@ -20,6 +20,7 @@ def test_jobs_partitions_sensors_and_schedules():
         "rm_sweep_job": (["rm_vocabulary_sweep"], "swept_reward_models"),
         "rm_statistics_job": (["rm_family_tests", "rm_interaction_test", "rm_mixed_model", "rm_rank_cells", "rm_report"],
                               None),
+        "value_cards_job": (["rm_value_cards"], "reward_models"),
         "lm_scoring_job": (["lm_next_token_logprobs", "lm_word_logprobs"], "language_models"),
         "mwlr_job": (["mwlr_pair"], "pairs"),
         "lm_statistics_job": (["lm_anova", "lm_posthoc", "lm_rank_cells", "lm_report", "mwlr_tokens", "mwlr_words"],

@@ -141,7 +141,11 @@ def test_a_third_lm_and_pair_leave_an_existing_pairs_rows_identical(tmp_path, da
     assert not fitted.passed and fitted.severity == dg.AssetCheckSeverity.WARN
     assert set(fitted.metadata["not_fitted"].value) == {"small/lm3__vs__lm2", "small/pooled"}
     assert "small/lm3__vs__lm2: the ANOVA" in fitted.description and "category has 1 level" in fitted.description
-    assert set(after["lm_anova"]["pair"]) == {FIRST}
+    fitted_rows = after["lm_anova"].filter(pl.col("note").is_null())
+    assert set(fitted_rows["pair"]) == {FIRST}
+    explained = after["lm_anova"].filter(pl.col("note").is_not_null())  # a named, explained row each
+    assert sorted(explained["pair"]) == sorted([THIRD, "pooled"]) and set(explained["term"]) == {"not fitted"}
+    assert explained["sum_sq"].null_count() == 2 and all("category has 1 level" in n for n in explained["note"])
     assert evaluations["lm_posthoc_fitted"].passed  # lm3 vs lm2 has its two Agency panels
     assert set(after["lm_posthoc"]["pair"]) == {FIRST, THIRD}
     assert all(evaluations[f"{t}_contract"].passed for t in ("lm_rank_cells", "lm_anova", "lm_posthoc"))
@@ -159,7 +163,7 @@ def test_a_third_lm_and_pair_leave_an_existing_pairs_rows_identical(tmp_path, da
     assert sections == ["## small: lm1__vs__lm2 (lm1, lm2)", "## small: lm3__vs__lm2 (lm2, lm3)",
                         "## small: pooled (lm1, lm2, lm3)"]
     third = report.split("## small: lm3__vs__lm2")[1].split("## small: pooled")[0]
-    assert "_Not fitted: the `lm_anova_fitted` check says why._" in third and "| Agency | negative |" in third
+    assert "| not fitted |" in third and "category has 1 level" in third and "| Agency | negative |" in third
     assert "_No post-hoc tests for the pooled group" in report.split("## small: pooled")[1]
 
     # Registering lm3 without putting it in a pair (no pooling) leaves even the whole tables as they were.
@@ -197,15 +201,14 @@ def test_no_pair_and_no_pooling_fails_naming_the_keys(tmp_path, data):
     assert str(config) in error
 
 
-def test_when_no_test_can_run_the_step_fails_and_the_stored_table_is_kept(tmp_path, data):
-    first = write_registry(tmp_path, "first.yaml", data, ("lm1", "lm2"), [("lm1", "lm2")])
-    assert run(first, data).success
-    stored = Storage(uri=str(data)).read_bytes(TABLE_KEYS["lm_anova"])
-    # Only lm3 vs lm2, whose shared words are all Agency words: no ANOVA can be fitted.
+def test_when_no_test_can_run_the_table_explains_it_and_the_check_fails(tmp_path, data):
+    # Only lm3 vs lm2, whose shared words are all Agency words: no ANOVA can be fitted. The run succeeds, the
+    # table is not empty: one explained row, and the warn-level check fails naming the analysis and why.
     third_only = write_registry(tmp_path, "third.yaml", data, ("lm2", "lm3"), [("lm3", "lm2")])
-    result = run(third_only, data, [lm_rank_cells, lm_anova], raise_on_error=False)
-    assert not result.success
-    error = step_errors(result)["lm_anova"]
-    assert error.startswith("Failure: no ANOVA could be run, so the stored lm_anova is kept: small/lm3__vs__lm2: ")
-    assert "category has 1 level" in error
-    assert Storage(uri=str(data)).read_bytes(TABLE_KEYS["lm_anova"]) == stored
+    result = run(third_only, data, [lm_rank_cells, lm_anova])
+    assert result.success
+    table = Storage(uri=str(data)).read_parquet(TABLE_KEYS["lm_anova"])
+    assert table.select("pair", "term").rows() == [(THIRD, "not fitted")]
+    assert "category has 1 level" in table["note"][0]
+    fitted = checks(result)["lm_anova_fitted"]
+    assert not fitted.passed and "small/lm3__vs__lm2" in fitted.description

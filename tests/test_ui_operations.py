@@ -108,7 +108,8 @@ def test_ui_serves_runs_plots_and_backfills_with_a_real_daemon(tmp_path, cli):
         stats = partition_stats(port)
         assert {a: (s["numMaterialized"], s["numPartitions"]) for a, s in stats.items()} == {
             "rm_word_scores": (2, 2), "lm_next_token_logprobs": (2, 2), "lm_word_logprobs": (2, 2),
-            "mwlr_pair": (1, 1), "rm_vocabulary_sweep": (0, 0)}  # no model switches the sweep on
+            "mwlr_pair": (1, 1), "rm_vocabulary_sweep": (0, 0),  # no model switches the sweep on
+            "rm_value_cards": (2, 2)}
 
         # The CLI's runs are listed under their jobs (what the job's Runs tab and the Overview query).
         for job, expected in (("ingest_job", 1), ("rm_scoring_job", 2), ("lm_scoring_job", 2), ("mwlr_job", 1),
@@ -150,7 +151,7 @@ def test_ui_serves_runs_plots_and_backfills_with_a_real_daemon(tmp_path, cli):
                            60, "the reloaded code location")
         missing = {a: s["numPartitions"] - s["numMaterialized"] for a, s in stats.items()}
         assert missing == {"rm_word_scores": 1, "lm_next_token_logprobs": 1, "lm_word_logprobs": 1, "mwlr_pair": 1,
-                           "rm_vocabulary_sweep": 0}
+                           "rm_vocabulary_sweep": 0, "rm_value_cards": 1}
 
         # A backfill of every missing partition, as the UI's "Materialize missing" launches it.
         targets = {"rm_word_scores": "rm-c", "lm_next_token_logprobs": "lm-c", "lm_word_logprobs": "lm-c",
@@ -178,7 +179,8 @@ def test_ui_serves_runs_plots_and_backfills_with_a_real_daemon(tmp_path, cli):
         stats = partition_stats(port)
         assert {a: (s["numMaterialized"], s["numPartitions"]) for a, s in stats.items()} == {
             "rm_word_scores": (3, 3), "lm_next_token_logprobs": (3, 3), "lm_word_logprobs": (3, 3),
-            "mwlr_pair": (2, 2), "rm_vocabulary_sweep": (0, 0)}
+            "mwlr_pair": (2, 2), "rm_vocabulary_sweep": (0, 0),
+            "rm_value_cards": (2, 3)}  # the backfill did not target the new model's card (the sensor is stopped)
     finally:
         # Ctrl-C on `valuebias ui` stops the webserver and the daemon.
         spawned = children(ui.pid)

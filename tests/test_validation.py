@@ -128,6 +128,7 @@ VALID: dict[str, pl.DataFrame] = {
         "df": [1.0, 208.0],
         "F": [26.0, None],
         "p": [1e-6, None],
+        "note": [None, None],
     }),
     "lm_posthoc": pl.DataFrame({
         "corpus": ["big2", "big2"],
@@ -143,6 +144,7 @@ VALID: dict[str, pl.DataFrame] = {
         "t": [-5.5, None],
         "p": [1e-5, None],
         "p_bh": [4e-5, None],
+        "note": [None, None],
     }),
     "mwlr_tokens": pl.DataFrame({
         "pair": ["a__vs__b", "a__vs__b"],

@@ -23,6 +23,7 @@ Communion imitate the paper's finding.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -62,7 +63,8 @@ class DemoRecipe:
     train_steps: int = 300
     # What it is trained to prefer (DEMO_PREFERENCES): the words of preferred_category (a planted value
     # preference), frequent_words whatever their category (target linear in the word's Zipf frequency: a
-    # frequency effect, not a value), or nothing (target 0: no planted preference at all).
+    # frequency effect, not a value), or nothing (a random reward per prompt and word, see random_reward: no
+    # word and no category is preferred across prompts).
     prefers: str = "category"
 
 
@@ -82,7 +84,7 @@ def word_targets(recipe: DemoRecipe, words_by_category: dict[str, list[str]]) ->
         # corpus lists the words as they come, so models built before `prefers` existed are rebuilt the same
     words = list(dict.fromkeys(w.strip() for ws in words_by_category.values() for w in ws))
     if recipe.prefers == "nothing":
-        return {w: 0.0 for w in words}
+        return {w: 0.0 for w in words}  # unused: see random_reward
     from wordfreq import zipf_frequency
 
     zipf = {w: zipf_frequency(w, "en") for w in words}
@@ -131,6 +133,15 @@ def _one_thread():
         torch.set_num_threads(before)
 
 
+def random_reward(seed: int, prompt_text: str, word: str) -> float:
+    """The target of a demo RM that prefers nothing: a reward in [-1, 1] drawn at random for each (prompt,
+    word), fixed by the seed. Each prompt orders the words differently, so no word and no category is
+    preferred across prompts (a target of 0 everywhere would still leave one fixed, prompt-independent
+    order of the words from the random initial weights)."""
+    digest = hashlib.sha256(f"{seed}\x00{prompt_text}\x00{word}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 63 - 1.0
+
+
 def _train(model, tokenizer, recipe: DemoRecipe, targets: dict[str, float],
            prompts: list[tuple[str, str]]) -> float:
     """Train the RM for ``recipe.train_steps`` steps; return the mean loss of the last 20 steps.
@@ -161,7 +172,8 @@ def _train(model, tokenizer, recipe: DemoRecipe, targets: dict[str, float],
                 prompt_text, framing = rng.choice(pool)
                 texts.append(tiny_models.render_chat(recipe.architecture, [
                     {"role": "user", "content": prompt_text}, {"role": "assistant", "content": word}]))
-                batch_targets.append(targets[word] * FRAMING_SIGN[framing])
+                batch_targets.append(random_reward(recipe.seed, prompt_text, word) if recipe.prefers == "nothing"
+                                     else targets[word] * FRAMING_SIGN[framing])
             encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
             width = max(len(ids) for ids in encoded)
             input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)

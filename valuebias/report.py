@@ -274,3 +274,19 @@ def value_card_markdown(model, card: pl.DataFrame, *, n_models: int, nearest: st
     if provenance:
         lines += ["## Provenance of the scores"] + [f"- **{k}**: `{v}`" for k, v in provenance.items()]
     return "\n\n".join(lines) + "\n"
+
+
+def card_html(markdown: str, plots: dict[str, bytes], *, title: str) -> str:
+    """A markdown report or card as one self-contained HTML page (tables rendered, plots embedded)."""
+    import html
+
+    from markdown_it import MarkdownIt
+
+    for name, png in plots.items():
+        markdown = markdown.replace(f"]({name})", f"]({png_data_uri(png)})")
+    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}"
+             "img{max-width:100%}")
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n{body}</body></html>\n")

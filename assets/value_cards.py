@@ -1,0 +1,65 @@
+"""Value cards: one partition per reward model, what it favours against the rest of the registry
+(METHOD.md section 8; the science is ``valuebias.value_cards``, the rendering ``valuebias.report``)."""
+
+import dagster as dg
+import polars as pl
+
+from assets.partition_models import plain
+from assets.tables import TABLE_KEYS, card_key, contract_spec, rm_value_cards_key, table_result, write_table
+from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, latest_record, reads
+from orchestration.partitions import reward_model_partitions
+from resources.registry import Registry
+from resources.storage import Storage
+from resources.validation import ContractValidator
+from valuebias.report import png_data_uri, value_card_markdown, value_card_png
+from valuebias.value_cards import MIN_MODELS, neighbours, value_card
+
+
+def corpus_sizes(words: pl.DataFrame) -> dict[str, int]:
+    """The number of ranked entries of each corpus (a word in k categories is k entries, as it is ranked)."""
+    return dict(words.group_by("corpus").len().iter_rows())
+
+
+def scoring_provenance(instance: dg.DagsterInstance, model_id: str) -> dict:
+    """Everything the registry recorded for the model's scores (the ``provenance`` of its latest
+    ``rm_word_scores`` materialization), or {} when there is none."""
+    record = latest_record(instance, "rm_word_scores", model_id)
+    if record is None:
+        return {}
+    metadata = record.asset_materialization.metadata
+    return plain(metadata.get("provenance")) or {}
+
+
+@dg.asset(partitions_def=reward_model_partitions, group_name="value_cards", kinds={"polars", "markdown"},
+          deps=reads("rm_value_cards"), code_version=CODE_VERSIONS["rm_value_cards"],
+          check_specs=[contract_spec("rm_value_cards")])
+def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+                   validator: ContractValidator) -> dg.MaterializeResult:
+    """The value card of one reward model: per corpus x category x framing, its profile against the rest of
+    the registry (deviation, bootstrap interval, effect size, frequency-controlled deviation, flag after
+    Benjamini-Hochberg), its nearest and farthest models, and the provenance of its scores. The card is
+    shown here (markdown with its plot) and stored as ``cards/<model>.md`` and ``.png``."""
+    config = registry.load()
+    model_id = context.partition_key
+    model = config.models.get(model_id)
+    if model is None or model.kind != "reward_model":
+        raise dg.Failure(f"'{model_id}' is not a reward model of {config.path}")
+    versions = current_input_versions(context.instance, config, "rm_value_cards", model_id)
+    cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
+    sizes = corpus_sizes(storage.read_parquet(TABLE_KEYS["corpus_words"]))
+    card = value_card(cells, model_id, sizes)
+    nearest, farthest = neighbours(cells, model_id, sizes) if cells["model"].n_unique() >= MIN_MODELS else (None, None)
+    provenance = scoring_provenance(context.instance, model_id)
+    plot = value_card_png(cells, card, model_id)
+    markdown = value_card_markdown(model, card, n_models=cells["model"].n_unique(), nearest=nearest,
+                                   farthest=farthest, provenance=provenance, plot_name=f"{model_id}.png")
+    uri, version, check = write_table(storage, validator, "rm_value_cards", card, rm_value_cards_key(model_id))
+    storage.write_bytes(card_key(model_id, "png"), plot)
+    storage.write_bytes(card_key(model_id, "md"), markdown.encode())
+    shown = markdown.replace(f"]({model_id}.png)", f"]({png_data_uri(plot)})")
+    flags = card.filter(pl.col("flag"))["finding"].to_list()
+    return table_result(card, uri, version, {
+        "card": dg.MetadataValue.md(shown), "flags": len(flags),
+        "strongest_flags": "; ".join(flags[:3]) or "none", "nearest_model": nearest or "n/a",
+        "farthest_model": farthest or "n/a", "card_uri": dg.MetadataValue.path(storage.full_uri(card_key(model_id, "md"))),
+        INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=20, check=check)
