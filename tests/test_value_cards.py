@@ -114,6 +114,18 @@ def test_cards_end_to_end_on_demo_rms(tmp_path):
     data = tmp_path / ".valuebias" / "data" / "cards"
     assert (data / "demo-llama-1.png").read_bytes()[:4] == b"\x89PNG" and (data / "demo-llama-1.md").exists()
 
+    # Nothing changed: no card recomputes. One model's scores change: every card does (each compares its
+    # model with all the others).
+    unchanged = cli("run")
+    assert not [line for line in unchanged.splitlines() if " done in " in line and "ingest_job" not in line], unchanged
+    config.write_text(config.read_text().replace("prefers: nothing, seed: 3", "prefers: nothing, seed: 4"))
+    rerun = cli("run")
+    recomputed = {line.split("[")[1].split("]")[0] for line in rerun.splitlines()
+                  if line.startswith("value_cards_job[") and " done in " in line}
+    assert recomputed == {"demo-llama-1", "demo-llama-2", "demo-gemma-1", "demo-gemma-2", "neutral-1"}, rerun
+    assert [line for line in rerun.splitlines() if line.startswith("rm_scoring_job[") and " done in " in line] == [
+        next(line for line in rerun.splitlines() if line.startswith("rm_scoring_job[neutral-1]") and "done" in line)]
+
 
 def test_cards_of_the_papers_ten_rms_agree_with_the_family_difference(tmp_path):
     """On the authors' released scores (Big Two nouns), the average card of each family deviates in the
