@@ -154,3 +154,21 @@ def test_cards_of_the_papers_ten_rms_agree_with_the_family_difference(tmp_path):
     for framing, s in sign.items():
         assert s * deviation["llama", "Agency", framing] < 0 < s * deviation["gemma", "Agency", framing]
         assert s * deviation["gemma", "Communion", framing] < 0 < s * deviation["llama", "Communion", framing]
+
+
+def test_a_preference_that_vanishes_under_the_frequency_control_is_labelled_as_such():
+    raw = _cells({"a1": "Agency", "a2": "Agency", "c1": "Communion", "c2": "Communion", "n": None})
+    # after the frequency control a1's advantage is gone: at every prompt it sits at the others' mean, +-1
+    others = raw.filter(pl.col("model") != "a1")
+    mean = others.group_by("corpus", "category", "prompt", "framing").agg(pl.col("median_rank").mean())
+    a1 = (raw.filter(pl.col("model") == "a1").drop("median_rank")
+          .join(mean, on=["corpus", "category", "prompt", "framing"])
+          .with_columns(pl.col("median_rank") + pl.when(pl.col("prompt").str.ends_with("0") | pl.col("prompt")
+                        .str.ends_with("2") | pl.col("prompt").str.ends_with("4")).then(1.0).otherwise(-1.0)))
+    controlled = pl.concat([others, a1.select(others.columns)]).with_columns(pl.lit("frequency_controlled").alias("ranks"))
+    cells = pl.concat([raw, controlled])
+    card = value_card(cells, "a1", SIZES, draws=500)
+    agency = card.filter((pl.col("category") == "Agency") & (pl.col("framing") == "positive")).row(0, named=True)
+    assert agency["flag"] and agency["p_bootstrap_frequency_controlled"] > 0.05
+    assert agency["finding"] == ("ranks Agency words higher than the registry under positive framing (not under the "
+                                 "frequency control: a preference for frequent words, not for the value)")
