@@ -80,9 +80,6 @@ def test_cards_end_to_end_on_demo_rms(tmp_path):
         f" train_steps: 150}}\n"
         for arch, pref in (("llama", "Agency"), ("gemma", "Communion")) for seed in (1, 2))
     config = write_small_registry(tmp_path, models=planted + neutral)
-    # the paper's 54 prompts: the bootstrap over a framing's prompts needs more than the fixture's 3
-    config.write_text(config.read_text().replace("prompts: {uri: prompts.csv}",
-                                                 "prompts: {uri: package://valuebias/data/prompts_paper54.csv}"))
 
     def cli(*args: str) -> str:
         return valuebias_cli(config, *args)
@@ -110,7 +107,9 @@ def test_cards_end_to_end_on_demo_rms(tmp_path):
     html = cli("card", "demo-llama-1", "--format", "html")
     assert html.startswith("<!doctype html>") and "<table>" in html and 'src="data:image/png;base64,' in html
     index = cli("cards")
-    assert "demo-llama-1: ranks Agency words higher" in index and "neutral-1: " in index
+    lines = dict(line.split(": ", 1) for line in index.splitlines())
+    assert set(lines) == {"demo-llama-1", "demo-llama-2", "demo-gemma-1", "demo-gemma-2", "neutral-1"}
+    assert "ranks Agency words" in lines["demo-llama-1"] and "ranks Communion words" in lines["demo-gemma-1"]
     data = tmp_path / ".valuebias" / "data" / "cards"
     assert (data / "demo-llama-1.png").read_bytes()[:4] == b"\x89PNG" and (data / "demo-llama-1.md").exists()
 
