@@ -28,7 +28,7 @@ from valuebias.config import POOLED, RegistryConfig
 from valuebias.lm_statistics import common_words, lm_anova as fit_anova, lm_posthoc as welch_posthoc
 from valuebias.lm_statistics import lm_rank_cells as median_rank_cells
 from valuebias.report import figure3_png, markdown_table
-from valuebias.statistics import NotFittable
+from valuebias.statistics import NOT_FITTED, NotFittable
 
 RANK_CELL_SCHEMA = {"corpus": pl.Utf8, "pair": pl.Utf8, "prompt": pl.Utf8, "category": pl.Utf8, "valence": pl.Utf8,
                     "model": pl.Utf8, "median_rank": pl.Float64}
@@ -176,7 +176,7 @@ def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Sto
                 notes[name] = "fitted"
             parts.append(fit.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(group).alias("pair"),
                                           pl.lit(None, dtype=pl.Utf8).alias("note")).select(list(ANOVA_SCHEMA)))
-    table = pl.concat([*parts, explained_rows(ANOVA_SCHEMA, not_fitted, term="not fitted")])
+    table = pl.concat([*parts, explained_rows(ANOVA_SCHEMA, not_fitted, term=NOT_FITTED)])
     uri, version, check = write_table(storage, validator, "lm_anova", table)
     return table_result(table, uri, version, {"fit": notes, INPUT_VERSIONS: dg.MetadataValue.json(versions)},
                         preview_rows=40, check=check, more_checks=(fitted_result("lm_anova", not_fitted),))

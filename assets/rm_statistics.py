@@ -12,11 +12,11 @@ from resources.storage import Storage
 from resources.validation import ContractValidator
 from valuebias.config import RegistryConfig
 from valuebias.report import figure1_png, markdown_table
-from valuebias.statistics import (NotFittable, family_comparison_tests, fit_mixed_model, frequency_controlled,
-                                  INTERACTION_TEST, interaction_test, median_rank_cells, rank_words, word_frequencies)
+from valuebias.statistics import (FREQUENCY_CONTROLLED, INTERACTION_TEST, NOT_FITTED, RAW, NotFittable,
+                                  family_comparison_tests, fit_mixed_model, frequency_controlled, interaction_test,
+                                  median_rank_cells, rank_words, word_frequencies)
 
 RANK_CELL_COLUMNS = ["corpus", "ranks", "model", "family", "category", "prompt", "framing", "median_rank"]
-RAW, FREQUENCY_CONTROLLED = "raw", "frequency_controlled"
 
 
 def _analyses(cells: pl.DataFrame):
@@ -61,7 +61,7 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
         ranked = {RAW: rank_words(corpus_scores, dictionary, config.analysis.category_overlap)}
         if config.analysis.frequency_control:
             ranked[FREQUENCY_CONTROLLED] = frequency_controlled(
-                ranked[RAW], word_frequencies(ranked[RAW]["word"].to_list()))
+                ranked[RAW], word_frequencies(ranked[RAW]["word"].unique().to_list()))
         for ranks, table in ranked.items():
             cells = median_rank_cells(table, prompts, families)
             parts.append(cells.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(ranks).alias("ranks"))
@@ -74,9 +74,6 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
     uri, version, check = write_table(storage, validator, "rm_rank_cells", table)
     return table_result(table, uri, version, {"cells_per_corpus": per_corpus,
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
-
-
-NOT_FITTED = "not fitted"
 
 
 def _fit_each(cells: pl.DataFrame, fit, explained) -> tuple[pl.DataFrame, dict[str, str], dict[str, str]]:

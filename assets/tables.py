@@ -159,13 +159,12 @@ def report_result(storage: Storage, key: str, text: str, plots: dict[str, bytes]
     URI), so the UI shows the figures, not paths. The data version covers the text and the plots' bytes."""
     import hashlib
 
-    from valuebias.report import png_data_uri
+    from valuebias.report import embed_plots
 
     uri = storage.write_bytes(key, text.encode())
-    shown = text
+    shown = embed_plots(text, plots)
     digest = hashlib.sha256(text.encode())
     for name in sorted(plots):
-        shown = shown.replace(f"]({name})", f"]({png_data_uri(plots[name])})")
         digest.update(hashlib.sha256(plots[name]).digest())
     return dg.MaterializeResult(
         metadata={"report": dg.MetadataValue.md(shown), "uri": dg.MetadataValue.path(uri),

@@ -11,8 +11,8 @@ from orchestration.partitions import reward_model_partitions
 from resources.registry import Registry
 from resources.storage import Storage
 from resources.validation import ContractValidator
-from valuebias.report import png_data_uri, value_card_markdown, value_card_png
-from valuebias.value_cards import MIN_MODELS, neighbours, value_card
+from valuebias.report import embed_plots, value_card_markdown, value_card_png
+from valuebias.value_cards import MIN_MODELS, model_profiles, neighbours, value_card
 
 
 def corpus_sizes(words: pl.DataFrame) -> dict[str, int]:
@@ -47,16 +47,18 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
     versions = current_input_versions(context.instance, config, "rm_value_cards", model_id)
     cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
     sizes = corpus_sizes(storage.read_parquet(TABLE_KEYS["corpus_words"]))
-    card = value_card(cells, model_id, sizes)
-    nearest, farthest = neighbours(cells, model_id, sizes) if cells["model"].n_unique() >= MIN_MODELS else (None, None)
+    profiles = model_profiles(cells)
+    card = value_card(cells, model_id, sizes, profiles=profiles)
+    nearest, farthest = neighbours(profiles, model_id, sizes) if cells["model"].n_unique() >= MIN_MODELS else \
+        (None, None)
     provenance = scoring_provenance(context.instance, model_id)
-    plot = value_card_png(cells, card, model_id)
+    plot = value_card_png(profiles, card, model_id)
     markdown = value_card_markdown(model, card, n_models=cells["model"].n_unique(), nearest=nearest,
                                    farthest=farthest, provenance=provenance, plot_name=f"{model_id}.png")
     uri, version, check = write_table(storage, validator, "rm_value_cards", card, rm_value_cards_key(model_id))
     storage.write_bytes(card_key(model_id, "png"), plot)
     storage.write_bytes(card_key(model_id, "md"), markdown.encode())
-    shown = markdown.replace(f"]({model_id}.png)", f"]({png_data_uri(plot)})")
+    shown = embed_plots(markdown, {f"{model_id}.png": plot})
     flags = card.filter(pl.col("flag"))["finding"].to_list()
     return table_result(card, uri, version, {
         "card": dg.MetadataValue.md(shown), "flags": len(flags),

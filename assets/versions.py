@@ -104,13 +104,10 @@ def _hash(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
-def analysis_fingerprint(config: RegistryConfig, *fields: str) -> str:
-    """The hash of the ``analysis`` settings an asset uses."""
-    return _hash({name: getattr(config.analysis, name) for name in fields})
-
-
-def implicit_rewards_fingerprint(config: RegistryConfig, *fields: str) -> str:
-    return _hash({name: getattr(config.implicit_rewards, name) for name in fields})
+def settings_fingerprint(config: RegistryConfig, section: str, *fields: str) -> str:
+    """The hash of the settings of one config section (``analysis``, ``implicit_rewards``) an asset uses."""
+    settings = getattr(config, section)
+    return _hash({name: getattr(settings, name) for name in fields})
 
 
 # -------------------------------------------------------------------- what each asset reads, declared once
@@ -250,13 +247,13 @@ INPUTS: dict[str, tuple] = {
         Table("prompts"), Lineage("corpus_words"), Lineage("model_registry")),
     "rm_rank_cells": (Table("prompts"), Table("corpus_words"), REWARD_MODEL_SCORES,
                       Setting(lambda config, _: {f"family[{m.model_id}]": m.family for m in config.reward_models()}),
-                      Setting(lambda config, _: {"analysis": analysis_fingerprint(
-                          config, "frequency_control", "category_overlap")}),
+                      Setting(lambda config, _: {"analysis": settings_fingerprint(
+                          config, "analysis", "frequency_control", "category_overlap")}),
                       Lineage("model_registry")),
     "rm_mixed_model": (Table("rm_rank_cells"),),
     "rm_interaction_test": (Table("rm_rank_cells"),),
-    "rm_family_tests": (Table("rm_rank_cells"), Setting(lambda config, _: {"analysis": analysis_fingerprint(
-        config, "families", "comparisons", "permutations", "seed")})),
+    "rm_family_tests": (Table("rm_rank_cells"), Setting(lambda config, _: {"analysis": settings_fingerprint(
+        config, "analysis", "families", "comparisons", "permutations", "seed")})),
     # a card compares its model with every other one: any reward model's new scores move every card
     "rm_value_cards": (Setting(lambda config, p: {} if p in config.models else {"model": "removed"}),
                        Table("rm_rank_cells"), Table("corpus_words"), SamePartition("rm_word_scores")),
@@ -279,9 +276,9 @@ INPUTS: dict[str, tuple] = {
     "lm_posthoc": (Table("lm_rank_cells"),
                    Setting(lambda config, _: {"pairs": ", ".join(config.pair_models()) or "none"})),
     "mwlr_tokens": (EVERY_PAIR, Table("prompts"),
-                    Setting(lambda config, _: {"implicit_rewards": implicit_rewards_fingerprint(config, "top_n")})),
+                    Setting(lambda config, _: {"implicit_rewards": settings_fingerprint(config, "implicit_rewards", "top_n")})),
     "mwlr_words": (EVERY_PAIR, Table("prompts"),
-                   Setting(lambda config, _: {"implicit_rewards": implicit_rewards_fingerprint(config, "words")})),
+                   Setting(lambda config, _: {"implicit_rewards": settings_fingerprint(config, "implicit_rewards", "words")})),
     "lm_report": tuple(Table(name) for name in ("lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens",
                                                 "mwlr_words")),
 }

@@ -261,11 +261,12 @@ def cmd_cards(args) -> int:
         card = cards.filter(pl.col("model") == model.model_id)
         flags = (card.filter(pl.col("flag")).sort(pl.col("p_bh"), pl.col("deviation_fraction").abs(),
                                                   descending=[False, True])["finding"].to_list())
-        if card.height and card["deviation"].null_count() == card.height:
+        if card.height and card["deviation"].null_count() == card.height:  # too small a registry: no numbers
             line = card["finding"][0]
+        elif not flags:
+            line = "no flags"
         else:
-            line = "; ".join(flags[:3]) + (f" (+{len(flags) - 3} more)" if len(flags) > 3 else "") if flags else \
-                "no flags"
+            line = "; ".join(flags[:3]) + (f" (+{len(flags) - 3} more)" if len(flags) > 3 else "")
         print(f"{model.model_id}: {line}")
     return 0
 

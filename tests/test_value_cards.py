@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from valuebias.value_cards import TOO_SMALL, effect_size, neighbours, paired_bootstrap, value_card
+from valuebias.value_cards import (TOO_SMALL, effect_size, model_profiles, neighbours, paired_bootstrap,
+                                   value_card)
 
 def _cells(preferences: dict[str, str | None], prompts: int = 6, seed: int = 0) -> pl.DataFrame:
     """Median-rank cells of models preferring a category (rank 10 under positive framing, 30 under negative)
@@ -64,7 +65,7 @@ def test_bootstrap_effect_size_and_neighbours():
     assert effect_size(np.array([2.0, 2.0, 2.0])) is None  # undefined, not infinite
     assert effect_size(np.array([1.0, 3.0])) == pytest.approx(2.0 / np.std([1.0, 3.0], ddof=1))
     cells = _cells({"a1": "Agency", "a2": "Agency", "c1": "Communion", "n": None})
-    assert neighbours(cells, "a1", SIZES) == ("a2", "c1")
+    assert neighbours(model_profiles(cells), "a1", SIZES) == ("a2", "c1")
 
 
 def test_cards_end_to_end_on_demo_rms(tmp_path):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import random
 from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -76,20 +77,40 @@ def _fingerprint(recipe: DemoRecipe, words_by_category: dict[str, list[str]],
     return tiny_models.build_fingerprint(DEMO_CODE_VERSION, described, words_by_category, prompts)
 
 
-def word_targets(recipe: DemoRecipe, words_by_category: dict[str, list[str]]) -> dict[str, float]:
-    """The reward each training word is pushed towards under positive framing (negated under negative)."""
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a demo RM is trained on: the words half of every batch is drawn from (a category preference;
+    empty otherwise), the other words, and the reward each (prompt text, framing, word) is pushed towards."""
+
+    preferred: list[str]
+    others: list[str]
+    target: Callable[[str, str, str], float]
+
+    @property
+    def words(self) -> list[str]:
+        # preferred first: the tokenizer corpus lists the words in this order, so models built before
+        # `prefers` existed are rebuilt the same
+        return self.preferred + self.others
+
+
+def training_plan(recipe: DemoRecipe, words_by_category: dict[str, list[str]]) -> TrainingPlan:
+    """The plan of ``recipe.prefers``: +1 for the preferred category's words and -1 for the others under
+    positive framing (reversed under negative); a reward linear in Zipf frequency (also reversed); or a
+    random reward per prompt and word (:func:`random_reward`)."""
     if recipe.prefers == "category":
         preferred, others = tiny_models.split_words(words_by_category, recipe.preferred_category)
-        return {**{w: 1.0 for w in preferred}, **{w: -1.0 for w in others}}  # in this order: the tokenizer
-        # corpus lists the words as they come, so models built before `prefers` existed are rebuilt the same
+        chosen = set(preferred)
+        return TrainingPlan(preferred, others,
+                            lambda _, framing, word: (1.0 if word in chosen else -1.0) * FRAMING_SIGN[framing])
     words = list(dict.fromkeys(w.strip() for ws in words_by_category.values() for w in ws))
     if recipe.prefers == "nothing":
-        return {w: 0.0 for w in words}  # unused: see random_reward
+        return TrainingPlan([], words, lambda prompt_text, _, word: random_reward(recipe.seed, prompt_text, word))
     from wordfreq import zipf_frequency
 
     zipf = {w: zipf_frequency(w, "en") for w in words}
     low, high = min(zipf.values()), max(zipf.values())
-    return {w: (2.0 * (z - low) / (high - low) - 1.0) if high > low else 0.0 for w, z in zipf.items()}
+    scaled = {w: (2.0 * (z - low) / (high - low) - 1.0) if high > low else 0.0 for w, z in zipf.items()}
+    return TrainingPlan([], words, lambda _, framing, word: scaled[word] * FRAMING_SIGN[framing])
 
 
 def _validate(recipe: DemoRecipe, words_by_category: dict[str, list[str]], prompts: list[tuple[str, str]],
@@ -142,8 +163,7 @@ def random_reward(seed: int, prompt_text: str, word: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2 ** 63 - 1.0
 
 
-def _train(model, tokenizer, recipe: DemoRecipe, targets: dict[str, float],
-           prompts: list[tuple[str, str]]) -> float:
+def _train(model, tokenizer, recipe: DemoRecipe, plan: TrainingPlan, prompts: list[tuple[str, str]]) -> float:
     """Train the RM for ``recipe.train_steps`` steps; return the mean loss of the last 20 steps.
 
     The target is an interaction (category sign x framing sign), which gradient descent from a random
@@ -152,8 +172,6 @@ def _train(model, tokenizer, recipe: DemoRecipe, targets: dict[str, float],
     under negative framing). The learning rate decays linearly to 0. A category preference draws half of
     each batch from the preferred words; the other preferences draw words uniformly.
     """
-    preferred = [w for w, t in targets.items() if t > 0] if recipe.prefers == "category" else []
-    others = [w for w, t in targets.items() if t < 0] if recipe.prefers == "category" else list(targets)
     rng = random.Random(recipe.seed)
     positive_prompts = [p for p in prompts if p[1] == "positive"] or prompts
     warmup_steps = int(recipe.train_steps * WARMUP_FRACTION)
@@ -168,12 +186,11 @@ def _train(model, tokenizer, recipe: DemoRecipe, targets: dict[str, float],
             pool = positive_prompts if step < warmup_steps else prompts
             texts, batch_targets = [], []
             for j in range(BATCH_SIZE):
-                word = rng.choice(preferred if preferred and j % 2 == 0 else others)
+                word = rng.choice(plan.preferred if plan.preferred and j % 2 == 0 else plan.others)
                 prompt_text, framing = rng.choice(pool)
                 texts.append(tiny_models.render_chat(recipe.architecture, [
                     {"role": "user", "content": prompt_text}, {"role": "assistant", "content": word}]))
-                batch_targets.append(random_reward(recipe.seed, prompt_text, word) if recipe.prefers == "nothing"
-                                     else targets[word] * FRAMING_SIGN[framing])
+                batch_targets.append(plan.target(prompt_text, framing, word))
             encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
             width = max(len(ids) for ids in encoded)
             input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)
@@ -209,9 +226,9 @@ def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: d
     if tiny_models.read_build_fingerprint(out_dir) == fingerprint:
         return out_dir
 
-    targets = word_targets(recipe, words_by_category)
+    plan = training_plan(recipe, words_by_category)
     # Tokenizer corpus: every word once (with the prompts taken in turn) and every prompt once.
-    words = list(targets)
+    words = plan.words
     conversations = [(prompts[i % len(prompts)][0], w) for i, w in enumerate(words)]
     conversations += [(text, words[0]) for text, _ in prompts]
     texts = [tiny_models.render_chat(recipe.architecture, [{"role": "user", "content": p},
@@ -221,15 +238,15 @@ def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: d
     model = tiny_models.build_tiny_model(
         tokenizer, architecture=recipe.architecture, head="sequence_classification",
         hidden_size=recipe.hidden_size, num_layers=recipe.num_layers, seed=recipe.seed)
-    final_loss = _train(model, tokenizer, recipe, targets, prompts)
+    final_loss = _train(model, tokenizer, recipe, plan, prompts)
 
     meta = {
         "fingerprint": fingerprint,
         "code_version": DEMO_CODE_VERSION,
         "recipe": asdict(recipe),
         "categories": {cat: len(ws) for cat, ws in sorted(words_by_category.items())},
-        "n_preferred_words": sum(t > 0 for t in targets.values()),
-        "n_other_words": sum(t <= 0 for t in targets.values()),
+        "n_preferred_words": len(plan.preferred),
+        "n_other_words": len(plan.others),
         "n_prompts": len(prompts),
         "training": {
             "objective": "MSE to sign(word in preferred) * sign(framing)",

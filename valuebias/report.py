@@ -198,16 +198,21 @@ def png_data_uri(png: bytes) -> str:
     return f"data:image/png;base64,{base64.b64encode(png).decode()}"
 
 
-def value_card_png(cells: pl.DataFrame, card: pl.DataFrame, model: str) -> bytes:
+def embed_plots(markdown: str, plots: dict[str, bytes]) -> str:
+    """``markdown`` with every image linked by name (``![...](<name>)``) replaced by the plot itself."""
+    for name in sorted(plots):
+        markdown = markdown.replace(f"]({name})", f"]({png_data_uri(plots[name])})")
+    return markdown
+
+
+def value_card_png(profiles: pl.DataFrame, card: pl.DataFrame, model: str) -> bytes:
     """A value card's plot, as PNG bytes: one panel per corpus x framing; per category, every registered
-    reward model's profile (mean median rank over the framing's prompts, 1 = best at the top) as grey
-    points, this model as a red diamond, its flagged panels marked ``*``."""
+    reward model's profile (``valuebias.value_cards.model_profiles``: mean median rank over the framing's
+    prompts, 1 = best at the top) as grey points, this model as a red diamond, its flagged panels marked ``*``."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    profiles = (cells.filter(pl.col("ranks") == "raw")
-                .group_by("model", "corpus", "category", "framing").agg(pl.col("median_rank").mean().alias("profile")))
     corpora = sorted(profiles["corpus"].unique().to_list())
     framings = _framing_panels(profiles["framing"].unique().to_list())
     flagged = {(r["corpus"], r["category"], r["framing"]) for r in card.filter(pl.col("flag")).iter_rows(named=True)}
@@ -282,9 +287,7 @@ def card_html(markdown: str, plots: dict[str, bytes], *, title: str) -> str:
 
     from markdown_it import MarkdownIt
 
-    for name, png in plots.items():
-        markdown = markdown.replace(f"]({name})", f"]({png_data_uri(png)})")
-    body = MarkdownIt("commonmark").enable("table").render(markdown)
+    body = MarkdownIt("commonmark").enable("table").render(embed_plots(markdown, plots))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}"
              "img{max-width:100%}")

@@ -26,6 +26,8 @@ from valuebias.errors import InputError
 from valuebias.table_checks import require_columns, require_no_nulls
 
 MIXED_MODEL_FORMULA = "median_rank ~ family * category * framing"
+#: The two rankings of ``rm_rank_cells.ranks``: the paper's, and residualised on word frequency.
+RAW, FREQUENCY_CONTROLLED = "raw", "frequency_controlled"
 GROUP_VAR_TERM = "Group Var"
 
 
@@ -36,6 +38,10 @@ def _normalise_word(column: str = "word") -> pl.Expr:
 class NotFittable(Exception):
     """A statistical design that cannot be fitted or tested (too few models or families, a missing cell, a
     singular fit). Deliberately not a ValueError: bad input (``InputError``) must fail the run instead."""
+
+
+#: The ``term`` of the row that stands for an analysis that could not be fitted (the reason is in ``note``).
+NOT_FITTED = "not fitted"
 
 
 def rank_words(scores: pl.DataFrame, dictionary: pl.DataFrame,

@@ -29,6 +29,7 @@ import numpy as np
 import polars as pl
 
 from valuebias.lm_statistics import benjamini_hochberg
+from valuebias.statistics import FREQUENCY_CONTROLLED, RAW
 
 DRAWS = 2000
 SEED = 0
@@ -36,7 +37,6 @@ ALPHA = 0.05
 MIN_MODELS = 3
 TOO_SMALL = (f"the registry has fewer than {MIN_MODELS} reward models: a comparison with the rest of the registry "
              "is too small to give numbers")
-RAW, FREQUENCY_CONTROLLED = "raw", "frequency_controlled"
 
 CARD_SCHEMA = {
     "model": pl.Utf8, "corpus": pl.Utf8, "category": pl.Utf8, "framing": pl.Utf8, "prompts": pl.Int64,
@@ -91,20 +91,21 @@ def finding(category: str, framing: str, deviation: float, controlled_p: float |
 
 
 def value_card(cells: pl.DataFrame, model: str, corpus_sizes: dict[str, int], *, draws: int = DRAWS,
-               seed: int = SEED) -> pl.DataFrame:
+               seed: int = SEED, profiles: pl.DataFrame | None = None) -> pl.DataFrame:
     """One model's card: a row per corpus x category x framing (``CARD_SCHEMA``).
 
     ``cells`` is ``rm_rank_cells`` (columns ``corpus, ranks, model, category, prompt, framing,
     median_rank``; ``ranks`` raw and, if present, frequency_controlled). ``corpus_sizes``: the number of
     ranked entries of each corpus (the denominator of ``deviation_fraction``). With fewer than
     ``MIN_MODELS`` models in ``cells`` every number is null and ``finding`` says the comparison is too small.
+    ``profiles``: :func:`model_profiles` of ``cells``, when the caller has them already.
     """
     raw = cells.filter(pl.col("ranks") == RAW)
     controlled = cells.filter(pl.col("ranks") == FREQUENCY_CONTROLLED)
     n_models = raw["model"].n_unique()
     panels = prompt_matrix(raw, model)
     controlled_panels = prompt_matrix(controlled, model) if controlled.height else {}
-    positions = panel_positions(raw)
+    positions = panel_positions(model_profiles(cells) if profiles is None else profiles)
     rows = []
     for (corpus, category, framing), (own, reference, n_others) in sorted(panels.items()):
         row = {"model": model, "corpus": corpus, "category": category, "framing": framing, "prompts": len(own),
@@ -144,19 +145,19 @@ def model_profiles(cells: pl.DataFrame) -> pl.DataFrame:
             .agg(pl.col("median_rank").mean().alias("profile")))
 
 
-def panel_positions(cells: pl.DataFrame) -> dict[tuple[str, str, str, str], int]:
+def panel_positions(profiles: pl.DataFrame) -> dict[tuple[str, str, str, str], int]:
     """{(model, corpus, category, framing): where the model sits among all models (1 = ranks the category
-    highest, i.e. the lowest mean median rank)}."""
-    ranked = model_profiles(cells).with_columns(
+    highest, i.e. the lowest mean median rank)}; ``profiles`` from :func:`model_profiles`."""
+    ranked = profiles.with_columns(
         pl.col("profile").rank(method="min").over("corpus", "category", "framing").cast(pl.Int64).alias("position"))
     return {(r["model"], r["corpus"], r["category"], r["framing"]): r["position"]
             for r in ranked.iter_rows(named=True)}
 
 
-def neighbours(cells: pl.DataFrame, model: str, corpus_sizes: dict[str, int]) -> tuple[str | None, str | None]:
-    """(nearest, farthest) other model by profile: Euclidean distance over every corpus x category x framing
-    profile, each as a fraction of its corpus size."""
-    profiles = model_profiles(cells).with_columns(
+def neighbours(profiles: pl.DataFrame, model: str, corpus_sizes: dict[str, int]) -> tuple[str | None, str | None]:
+    """(nearest, farthest) other model by profile (``profiles`` from :func:`model_profiles`): Euclidean distance
+    over every corpus x category x framing profile, each as a fraction of its corpus size."""
+    profiles = profiles.with_columns(
         (pl.col("profile") / pl.col("corpus").replace_strict(corpus_sizes, return_dtype=pl.Float64)).alias("scaled"))
     wide = profiles.pivot(on=["corpus", "category", "framing"], index="model", values="scaled").sort("model")
     if model not in wide["model"].to_list() or wide.height < 2:
