@@ -94,12 +94,13 @@ def test_cards_end_to_end_on_demo_rms(tmp_path):
                                & (pl.col("framing") == "positive")).row(0, named=True)
         assert positive["flag"] and positive["deviation"] < 0, positive
         assert positive["finding"] == f"ranks {category} words higher than the registry under positive framing"
-    # The RM trained without a preference deviates far less than the planted ones under positive framing
-    # (where the planted preferences balance in the reference). It is not flag-free: these tiny models order
-    # the words almost identically for every prompt, so the bootstrap over prompts finds even a small fixed
-    # idiosyncrasy consistent (see the issue note).
+    # Under positive framing the planted preferences balance in the reference (two Agency RMs, two Communion
+    # RMs), and the RM trained without a preference gets no flag there and deviates far less than the planted
+    # ones. Under negative framing these small Llama RMs do not learn the sign flip, so the registry itself
+    # ranks Agency high there: a model without preference truly ranks Agency lower than this registry does.
     neutral = rows.filter((pl.col("model") == "neutral-1") & (pl.col("framing") == "positive"))
     planted_rows = rows.filter((pl.col("model") != "neutral-1") & (pl.col("framing") == "positive"))
+    assert not neutral["flag"].any(), neutral
     assert neutral["deviation"].abs().max() < planted_rows["deviation"].abs().min() / 4
 
     card = cli("card", "demo-llama-1")

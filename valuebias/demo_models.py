@@ -45,6 +45,8 @@ DEMO_REGISTRY_NOTE = (
 
 # Bump when the training code changes in a way that changes the models it builds.
 DEMO_CODE_VERSION = "1"
+# How a demo RM that prefers nothing is trained (part of its fingerprint: a change rebuilds only those models).
+NOTHING_TARGET = "centred random reward per prompt and word"
 
 BATCH_SIZE = 64
 LEARNING_RATE = 3e-3  # peak; decays linearly to 0
@@ -64,8 +66,8 @@ class DemoRecipe:
     train_steps: int = 300
     # What it is trained to prefer (DEMO_PREFERENCES): the words of preferred_category (a planted value
     # preference), frequent_words whatever their category (target linear in the word's Zipf frequency: a
-    # frequency effect, not a value), or nothing (a random reward per prompt and word, see random_reward: no
-    # word and no category is preferred across prompts).
+    # frequency effect, not a value), or nothing (a random reward per prompt and word, centred per word over
+    # the prompts of each framing, see random_reward: no word and no category is preferred across prompts).
     prefers: str = "category"
 
 
@@ -74,6 +76,8 @@ def _fingerprint(recipe: DemoRecipe, words_by_category: dict[str, list[str]],
     described = asdict(recipe)
     if recipe.prefers == "category":  # recipes from before `prefers` existed keep their fingerprint
         del described["prefers"]
+    if recipe.prefers == "nothing":
+        described["target"] = NOTHING_TARGET
     return tiny_models.build_fingerprint(DEMO_CODE_VERSION, described, words_by_category, prompts)
 
 
@@ -93,10 +97,11 @@ class TrainingPlan:
         return self.preferred + self.others
 
 
-def training_plan(recipe: DemoRecipe, words_by_category: dict[str, list[str]]) -> TrainingPlan:
+def training_plan(recipe: DemoRecipe, words_by_category: dict[str, list[str]],
+                  prompts: list[tuple[str, str]]) -> TrainingPlan:
     """The plan of ``recipe.prefers``: +1 for the preferred category's words and -1 for the others under
     positive framing (reversed under negative); a reward linear in Zipf frequency (also reversed); or a
-    random reward per prompt and word (:func:`random_reward`)."""
+    random reward per prompt and word, centred (:func:`centred_random_rewards`)."""
     if recipe.prefers == "category":
         preferred, others = tiny_models.split_words(words_by_category, recipe.preferred_category)
         chosen = set(preferred)
@@ -104,7 +109,8 @@ def training_plan(recipe: DemoRecipe, words_by_category: dict[str, list[str]]) -
                             lambda _, framing, word: (1.0 if word in chosen else -1.0) * FRAMING_SIGN[framing])
     words = list(dict.fromkeys(w.strip() for ws in words_by_category.values() for w in ws))
     if recipe.prefers == "nothing":
-        return TrainingPlan([], words, lambda prompt_text, _, word: random_reward(recipe.seed, prompt_text, word))
+        rewards = centred_random_rewards(recipe.seed, prompts, words)
+        return TrainingPlan([], words, lambda prompt_text, _, word: rewards[prompt_text, word])
     from wordfreq import zipf_frequency
 
     zipf = {w: zipf_frequency(w, "en") for w in words}
@@ -155,12 +161,27 @@ def _one_thread():
 
 
 def random_reward(seed: int, prompt_text: str, word: str) -> float:
-    """The target of a demo RM that prefers nothing: a reward in [-1, 1] drawn at random for each (prompt,
-    word), fixed by the seed. Each prompt orders the words differently, so no word and no category is
-    preferred across prompts (a target of 0 everywhere would still leave one fixed, prompt-independent
-    order of the words from the random initial weights)."""
+    """A reward in [-1, 1] drawn at random for a (prompt, word), fixed by the seed."""
     digest = hashlib.sha256(f"{seed}\x00{prompt_text}\x00{word}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2 ** 63 - 1.0
+
+
+def centred_random_rewards(seed: int, prompts: list[tuple[str, str]], words: list[str]) -> dict[tuple[str, str], float]:
+    """The targets of a demo RM that prefers nothing: {(prompt text, word): reward}, a :func:`random_reward`
+    per prompt and word minus that word's mean over the prompts of the same framing.
+
+    Each prompt orders the words differently, and every word's mean target over a framing's prompts is
+    exactly 0, so no word and no category is preferred across prompts. Uncentred, a word's mean of random
+    draws over a few dozen prompts is itself a fixed random preference, the part a tiny model learns first
+    (and a target of 0 everywhere would leave the fixed word order of the random initial weights)."""
+    rewards = {}
+    for framing in dict.fromkeys(f for _, f in prompts):
+        texts = list(dict.fromkeys(t for t, f in prompts if f == framing))
+        for word in words:
+            drawn = [random_reward(seed, text, word) for text in texts]
+            mean = sum(drawn) / len(drawn)
+            rewards.update({(text, word): value - mean for text, value in zip(texts, drawn)})
+    return rewards
 
 
 def _train(model, tokenizer, recipe: DemoRecipe, plan: TrainingPlan, prompts: list[tuple[str, str]]) -> float:
@@ -226,7 +247,7 @@ def build_demo_reward_model(out_dir, recipe: DemoRecipe, *, words_by_category: d
     if tiny_models.read_build_fingerprint(out_dir) == fingerprint:
         return out_dir
 
-    plan = training_plan(recipe, words_by_category)
+    plan = training_plan(recipe, words_by_category, prompts)
     # Tokenizer corpus: every word once (with the prompts taken in turn) and every prompt once.
     words = plan.words
     conversations = [(prompts[i % len(prompts)][0], w) for i, w in enumerate(words)]
