@@ -1,6 +1,6 @@
 """Per-language-model log-probabilities: one partition per registered language model (METHOD.md section 4).
 
-Like the reward-model scores, the work runs out of process (``resources.scoring_worker`` through Dagster
+Like the reward-model scores, the work runs out of process (``scoring_worker`` through Dagster
 Pipes); these assets say what to compute, then validate and publish what the worker wrote."""
 
 import dagster as dg

@@ -1,8 +1,10 @@
 """Per-model reward-model word scores: one partition per registered model (METHOD.md section 3).
 
-The scoring itself runs out of process (``resources.scoring_worker`` through Dagster Pipes, see
+The scoring itself runs out of process (``scoring_worker`` through Dagster Pipes, see
 ``resources.scoring_launcher``); these assets say what to score, then validate and publish what the
 worker wrote."""
+
+import warnings
 
 import dagster as dg
 
@@ -15,10 +17,50 @@ from resources.registry import Registry
 from resources.scoring_launcher import ScoringLauncher
 from resources.storage import Storage
 from resources.validation import ContractValidator
+from valuebias.invariance import AUDITED, WORDS_PER_PROMPT, audit_failures
 from valuebias.report import markdown_table
 
 #: The stored tables every scoring worker reads.
 SCORING_INPUTS = {"prompts": TABLE_KEYS["prompts"], "corpus_words": TABLE_KEYS["corpus_words"]}
+
+#: The warn-level check of the invariance audit of each ``rm_word_scores`` partition (``valuebias.invariance``).
+INVARIANCE_CHECK = "rm_word_scores_invariance"
+#: What the check says of outputs adopted from a record made before the audit existed.
+NOT_AUDITED_ADOPTED = ("not audited: outputs adopted from a run recorded before the invariance audit existed; "
+                       "materialize the partition again to audit it (its scores come from the score cache)")
+
+
+def invariance_spec() -> dg.AssetCheckSpec:
+    """The check, partitioned like its asset: each model's result is its own (an unpartitioned check keeps only
+    the latest partition's). Partitioned checks are a preview feature of Dagster 1.13; its warning is silenced
+    here only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.AssetCheckSpec(INVARIANCE_CHECK, asset="rm_word_scores", blocking=False,
+                                 partitions_def=reward_model_partitions, description=(
+            f"A seeded sample of the partition's sequences (one prompt per adjective, up to {WORDS_PER_PROMPT} "
+            "words each), scored again one at a time, gets the same scores and the same word order: max "
+            "|difference|, Kendall's tau per prompt and the share of flipped word pairs within the thresholds of "
+            "valuebias/invariance.py. Imported (published) scores are not audited."))
+
+
+def invariance_result(metadata: dict) -> dg.AssetCheckResult:
+    """``rm_word_scores_invariance`` from the ``invariance_*`` metadata the worker recorded: passes within the
+    thresholds, fails at WARN past them naming each figure; passes, saying so, when nothing was audited
+    (imported scores, adopted outputs)."""
+    figures = {key: plain(value) for key, value in metadata.items() if key.startswith("invariance_")}
+    status = figures.get("invariance_audit", NOT_AUDITED_ADOPTED)
+    if status != AUDITED:
+        return dg.AssetCheckResult(check_name=INVARIANCE_CHECK, passed=True, severity=dg.AssetCheckSeverity.WARN,
+                                   description=status, metadata={"invariance_audit": status})
+    failures = audit_failures(figures)
+    summary = (f"{figures['invariance_sequences']} sequences re-scored one at a time: max |difference| "
+               f"{figures['invariance_max_abs_diff']:.3g}, min Kendall's tau {figures['invariance_min_kendall_tau']:.4f}, "
+               f"flipped pairs {figures['invariance_flipped_pair_share']:.3%}")
+    return dg.AssetCheckResult(
+        check_name=INVARIANCE_CHECK, passed=not failures, severity=dg.AssetCheckSeverity.WARN,
+        description=summary if not failures else "scores depend on the batch: " + "; ".join(failures),
+        metadata=figures)
 
 
 @dg.asset(
@@ -28,6 +70,7 @@ SCORING_INPUTS = {"prompts": TABLE_KEYS["prompts"], "corpus_words": TABLE_KEYS["
     deps=reads("rm_word_scores"),
     pool="gpu",
     code_version=CODE_VERSIONS["rm_word_scores"],
+    check_specs=[invariance_spec()],
 )
 def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                    validator: ContractValidator, scoring: ScoringLauncher) -> dg.MaterializeResult:
@@ -39,13 +82,15 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
     adopted = adopt_recorded_outputs(context, "rm_word_scores", model, input_versions, storage=storage,
                                      scoring=scoring, config=config, outputs=[final], version_of=content_version)
     if adopted is not None:
-        return adopted
+        return dg.MaterializeResult(metadata=adopted.metadata, data_version=adopted.data_version,
+                                    check_results=[invariance_result(adopted.metadata)])
     staged = staging_key(context.run_id, final)
     metadata, version = scoring.score(context, config, "rm_word_scores", model, storage.store().to_spec(),
                                       inputs=SCORING_INPUTS, outputs={"table": staged})
     table = promote_validated(storage, validator, staged, final, "rm_word_scores", f"scores of '{model.model_id}'")
     return table_result(table, storage.full_uri(final), version,
-                        record_scoring(metadata, model, "rm_word_scores", input_versions))
+                        record_scoring(metadata, model, "rm_word_scores", input_versions),
+                        more_checks=(invariance_result(metadata),))
 
 
 @dg.asset(

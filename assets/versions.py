@@ -28,6 +28,9 @@ from valuebias.model_content import ContentIdentity, DigestCache, describe_chang
 #: tables do not bump. The asset's Dagster ``code_version`` is this value, so the UI agrees.
 CODE_VERSIONS = {
     "prompts": "1", "corpus_words": "1", "model_registry": "1",
+    # Not bumped for the read-at-the-last-real-token fix (valuebias.model_content.SCORING_CONVENTION): that would
+    # rescore every model of every state on upgrade; the fix changes the scores of pad == EOS models only, and
+    # their next scoring misses the old cache (`valuebias run --all` recomputes them now).
     "rm_word_scores": "1", "rm_vocabulary_sweep": "1",
     # 2: a `ranks` column (raw, frequency_controlled), k families, comparisons with the correction named
     "rm_rank_cells": "2", "rm_mixed_model": "2", "rm_family_tests": "2", "rm_interaction_test": "1",
@@ -59,7 +62,7 @@ class ContentCheck:
 
     def identity(self, model: ModelConfig) -> ContentIdentity | None:
         if model.model_id not in self._known:
-            from resources.object_store import read_input_uri
+            from object_store import read_input_uri
 
             if self._digests is None:  # one digest cache (one read of its file) for every model
                 self._digests = DigestCache(self.config.digest_cache_path)

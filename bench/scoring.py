@@ -65,7 +65,8 @@ def build(shape: str, device: str, dtype: torch.dtype, prompts, words):
     import jinja2
     import transformers
 
-    from valuebias import scoring, tiny_models
+    from demo_models import tiny_models
+from valuebias import rm_scoring as scoring
 
     env = jinja2.Template(LLAMA31_TEMPLATE, keep_trailing_newline=True)
     texts = [env.render(messages=[{"role": "user", "content": t}, {"role": "assistant", "content": w}],
@@ -105,7 +106,7 @@ def main(argv=None) -> None:
                         help="the device's peak dense TFLOP/s for this dtype, to print the achieved fraction")
     args = parser.parse_args(argv)
 
-    from valuebias import engine, scoring
+    from valuebias import engine, rm_scoring as scoring
     from valuebias.prompts import paper_prompt_table
 
     torch.set_num_threads(args.threads)

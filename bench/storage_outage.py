@@ -21,7 +21,7 @@ def main() -> None:
 
     import s3fs
 
-    from resources.object_store import ObjectStore
+    from object_store import ObjectStore
 
     store = ObjectStore("s3://bench/prefix", endpoint, retries=0)
     ours = []

@@ -42,8 +42,27 @@ def prepare_instance(config: RegistryConfig):
     from orchestration.partitions import sync_model_partitions
 
     instance = project_instance(config)
-    instance.event_log_storage.set_concurrency_slots("gpu", config.gpu_concurrency)
+    instance.event_log_storage.set_concurrency_slots("gpu", scoring_slots(config))
     return instance, sync_model_partitions(instance, config)
+
+
+def gpu_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU to CUDA (without importing torch: the CLI stays light)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def scoring_slots(config: RegistryConfig) -> int:
+    """Scoring partitions that run at once (the ``gpu`` pool's limit): ``concurrency.gpu`` when set; else one
+    on a GPU machine (two partitions would fight over its memory) and, without a GPU, as many as the CPU
+    cores allow at ``scoring.threads`` each (torch's default, 0, takes every core: one at a time)."""
+    if config.gpu_concurrency is not None:
+        return config.gpu_concurrency
+    if gpu_visible() or not config.scoring_threads:
+        return 1
+    return max(1, (os.cpu_count() or 1) // config.scoring_threads)
 
 
 def content_check(config: RegistryConfig, verify: bool):
@@ -71,8 +90,9 @@ def cmd_run(args) -> int:
 
 def run_registry(args, config: RegistryConfig) -> int:
     """``valuebias run`` with the state folder's run lock held."""
-    from orchestration.jobs import ALL_JOBS
-    from orchestration.launch import JobRuns
+    from orchestration.jobs import ALL_JOBS, SCORING_JOBS
+    from orchestration.launch import JobRuns, RunOutcome, RunRequest
+    from orchestration.progress import ProgressMonitor
     from orchestration.plan import INGEST_JOB, errors, ready_work, registry_states
 
     from orchestration.state import remove_finished_staging
@@ -89,25 +109,46 @@ def run_registry(args, config: RegistryConfig) -> int:
     if added or removed:
         print(f"valuebias: model partitions added {added or '[]'}, removed {removed or '[]'}")
 
+    slots = scoring_slots(config)
+    # Scoring runs go to child processes when they can run side by side, or one at a time where a terminal
+    # can show their progress bars; otherwise (one slot, no terminal: CI, tests) they run here.
+    side_by_side = slots > 1 or sys.stderr.isatty()
+    children: set[int] = set()
+    monitor: list[ProgressMonitor] = []  # the display while scoring runs go side by side
+
+    def say(text: str, *, error: bool = False) -> None:
+        if monitor:
+            monitor[0].say(text, error=error)
+        else:
+            print(text, file=sys.stderr if error else sys.stdout, flush=True)
+
     with JobRuns(instance) as runs:
-        def step(label: str, job_name: str, partition: str | None, assets: list[str] | None) -> bool:
-            print(f"{label} ...", flush=True)
-            started = time.perf_counter()
-            outcome = runs.execute(job_name, partition=partition, assets=assets, verbose=args.verbose)
+        def started(request: RunRequest) -> None:
+            say(f"{request.label} ...")
+            clock[request.label] = time.perf_counter()
+
+        def finished(request: RunRequest, outcome: RunOutcome) -> bool:
             if outcome.success:
-                print(f"{label} done in {time.perf_counter() - started:.1f} s", flush=True)
+                say(f"{request.label} done in {time.perf_counter() - clock[request.label]:.1f} s")
                 for message in outcome.errors:  # warn-level checks that failed (e.g. a test not fitted)
-                    print(f"  warning: {message}", file=sys.stderr)
-                for asset in assets or ():
-                    report_adopted(instance, asset, partition, outcome.run_id)
+                    say(f"  warning: {message}", error=True)
+                for asset in request.assets or ():
+                    report_adopted(instance, asset, request.partition, outcome.run_id)
                 return True
             for message in outcome.errors:
-                print(f"  error: {message}", file=sys.stderr)
-            print(f"  run {outcome.run_id} failed; see `valuebias ui` for its logs", file=sys.stderr)
+                say(f"  error: {message}", error=True)
+            if outcome.run_id:
+                say(f"  run {outcome.run_id} failed; see `valuebias ui` for its logs", error=True)
             return False
 
+        def run_here(request: RunRequest) -> bool:
+            started(request)
+            return finished(request, runs.execute(request.job, partition=request.partition, assets=request.assets,
+                                                  verbose=args.verbose))
+
+        clock: dict[str, float] = {}
         # Ingest is cheap and re-reads the files every time; unchanged content keeps its data version.
-        if not step(INGEST_JOB, INGEST_JOB, None, None):
+        if not run_here(RunRequest(INGEST_JOB, INGEST_JOB, None, None)):
             return 1
         done: set[tuple[str, str | None]] = set()
         rounds = 0
@@ -119,10 +160,23 @@ def run_registry(args, config: RegistryConfig) -> int:
             if not work:
                 break
             rounds += 1
-            for item in work:
-                if not step(f"{item.label} ({item.reason})", item.job, item.partition, list(item.assets)):
+            # A round's runs are independent: scoring runs go side by side (as many as the gpu pool has slots),
+            # then the cheap ones run here, one after the other
+            requests = [RunRequest(f"{w.label} ({w.reason})", w.job, w.partition, list(w.assets)) for w in work]
+            scoring = [r for r in requests if r.job in SCORING_JOBS] if side_by_side else []
+            if scoring:
+                with ProgressMonitor(instance, lambda: set(children)) as active:
+                    monitor.append(active)
+                    try:
+                        succeeded = runs.execute_side_by_side(scoring, slots, verbose=args.verbose, started=started,
+                                                              finished=finished, children=children)
+                    finally:
+                        monitor.clear()
+                if not succeeded:
                     return 1
-                done.add((item.job, item.partition, item.assets))
+            if not all(run_here(r) for r in requests if r not in scoring):
+                return 1
+            done.update((item.job, item.partition, item.assets) for item in work)
         ran = {(job, partition) for job, partition, _ in done}
         for job in ALL_JOBS:
             if job.name == INGEST_JOB:

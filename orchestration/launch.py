@@ -6,13 +6,21 @@ location instead (``instance.create_run`` with the remote job's origin and snaps
 the daemon; here the same run record is created from an in-process code location named like the one in
 ``workspace.yaml`` and executed at once in this process (``execute_run``, in-process executor): no daemon
 needed, no process start-up per run, and the run is the one the UI would have launched.
+
+Independent runs go side by side (:meth:`JobRuns.execute_side_by_side`), each in a child process: a Dagster
+run captures its process's standard output and error while its steps run, so two runs cannot share one
+process. The children are forked from a fork server that imported Dagster and the definitions once (a fork
+of this process itself would inherit the thread pool polars started here without its threads, and hang).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.connection
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import dagster as dg
 import yaml
@@ -24,6 +32,16 @@ WORKSPACE = PROJECT_ROOT / "workspace.yaml"
 def workspace_target() -> dict:
     """The code location ``workspace.yaml`` declares (module, attribute, location name): read, not repeated."""
     return yaml.safe_load(WORKSPACE.read_text())["load_from"][0]["python_module"]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One run to make: a job, its partition, the assets it materializes, and how to name it to people."""
+
+    label: str
+    job: str
+    partition: str | None
+    assets: list[str] | None
 
 
 @dataclass
@@ -61,8 +79,49 @@ class JobRuns:
     def execute(self, job_name: str, *, partition: str | None, assets: list[str] | None,
                 verbose: bool = False) -> RunOutcome:
         """Creates the run (job origin, snapshots, partition tag, asset selection) and executes it here."""
-        from dagster._core.definitions.selector import JobSubsetSelector
         from dagster._core.execution.api import execute_run
+
+        run = self._create_run(job_name, partition=partition, assets=assets, verbose=verbose)
+        result = execute_run(self.reconstructable.get_reconstructable_job(job_name), run, self.instance)
+        return RunOutcome(run.run_id, result.success, failure_messages(self.instance, run.run_id))
+
+    def execute_side_by_side(self, requests: list[RunRequest], slots: int, *, verbose: bool = False,
+                             started: Callable[[RunRequest], None], finished: Callable[[RunRequest, RunOutcome], bool],
+                             children: set[int] | None = None) -> bool:
+        """Executes ``requests``, at most ``slots`` at a time, each in a forked child process (see the module
+        docstring); ``started(request)`` and ``finished(request, outcome)`` run here, in order of events.
+        ``finished`` says whether to go on: after a failure no new run starts, the running ones finish. The pids
+        of the running children are kept in ``children`` (for :class:`orchestration.progress.ProgressMonitor`).
+        True when every run succeeded. The ``gpu`` pool's limit holds as well: each run's executor claims its
+        slots from the instance."""
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(CHILD_PRELOAD))
+        children = set() if children is None else children
+        pending, running, ok = list(requests), {}, True
+        while running or (pending and ok):
+            while pending and ok and len(running) < max(1, slots):
+                request = pending.pop(0)
+                receive, send = context.Pipe(duplex=False)
+                child = context.Process(target=_execute_in_child, args=(request, verbose, send),
+                                        name=f"valuebias-{request.label}")
+                started(request)
+                child.start()
+                send.close()
+                children.add(child.pid)
+                running[child.sentinel] = (request, child, receive)
+            for sentinel in multiprocessing.connection.wait(list(running)):
+                request, child, receive = running.pop(sentinel)
+                outcome = receive.recv() if receive.poll() else None
+                child.join()
+                children.discard(child.pid)
+                if outcome is None:
+                    outcome = RunOutcome("", False, [f"{request.label}: the process running it exited with code "
+                                                     f"{child.exitcode}"])
+                ok = finished(request, outcome) and ok
+        return ok
+
+    def _create_run(self, job_name: str, *, partition: str | None, assets: list[str] | None, verbose: bool):
+        from dagster._core.definitions.selector import JobSubsetSelector
 
         keys = [dg.AssetKey(a) for a in assets] if assets else None
         selector = JobSubsetSelector(location_name=self.location.name, repository_name=self.repository.name,
@@ -82,9 +141,27 @@ class JobRuns:
             parent_job_snapshot=remote_job.parent_job_snapshot, remote_job_origin=remote_job.get_remote_origin(),
             job_code_origin=remote_job.get_python_origin(), asset_selection=frozenset(keys) if keys else None,
             asset_check_selection=None, asset_graph=self.repository.asset_graph)
-        result = execute_run(self.reconstructable.get_reconstructable_job(job_name), run, self.instance)
-        return RunOutcome(run.run_id, result.success, failure_messages(self.instance,
-                                                                                                  run.run_id))
+        return run
+
+
+#: What the fork server imports once for every child (Dagster, the definitions and what they import).
+CHILD_PRELOAD = ("orchestration.launch", "orchestration.definitions")
+
+
+def _execute_in_child(request: RunRequest, verbose: bool, send) -> None:
+    """A child of :meth:`JobRuns.execute_side_by_side`: the instance and the code location of this process
+    (``DAGSTER_HOME`` and ``VALUEBIAS_CONFIG`` come from the parent), one run, its outcome sent back."""
+    import warnings
+
+    # the parent process shows Dagster's preview warning about Pipes once; a child would repeat it
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*expected_writer_count")
+    try:
+        with JobRuns(dg.DagsterInstance.get()) as runs:
+            outcome = runs.execute(request.job, partition=request.partition, assets=request.assets, verbose=verbose)
+    except BaseException as error:  # a crash outside the run's steps still reaches the parent, named
+        outcome = RunOutcome("", False, [f"{request.label}: {type(error).__name__}: {error}"])
+    send.send(outcome)
+    send.close()
 
 
 def _readable(error) -> str:

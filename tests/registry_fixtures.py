@@ -66,7 +66,7 @@ def valuebias_cli(config: Path, *args: str) -> str:
 
 def build_random_reward_model(path: Path, *, architecture: str, seed: int, words: list[str] | None = None) -> Path:
     """A tiny untrained sequence-classification RM (random weights) saved offline at ``path``."""
-    from valuebias import tiny_models
+    from demo_models import tiny_models
 
     words = words or (AGENCY + COMMUNION)
     texts = [tiny_models.render_chat(architecture, [{"role": "user", "content": text},
@@ -101,7 +101,7 @@ def build_random_language_model(path: Path, *, architecture: str, seed: int) -> 
     """A tiny untrained causal LM (random weights) with a chat template, saved offline at ``path``. Its tokenizer
     also learns the bare words, so every word is one token in both styles and a llama / gemma pair shares words
     (a gemma-style tokenizer otherwise only learns them glued to the template's last newline)."""
-    from valuebias import tiny_models
+    from demo_models import tiny_models
 
     texts = [tiny_models.render_chat(architecture, [{"role": "user", "content": text}], add_generation_prompt=True)
              + w for text in PROMPTS.values() for w in AGENCY + COMMUNION] + AGENCY + COMMUNION

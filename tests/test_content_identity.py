@@ -319,5 +319,16 @@ def test_upgrading_adopts_the_recorded_scores(tmp_path, weights, cli, release):
                                                     reward_model_partitions)
         assert {key: status.value for key, status in statuses.items()} == {"llama": "MATERIALIZED",
                                                                            "gemma-pub": "MATERIALIZED"}
+        # an adopted partition reports its invariance check too: passed, saying it was not audited
+        from assets.rm_scores import INVARIANCE_CHECK, NOT_AUDITED_ADOPTED
+
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(dg.AssetKey("rm_word_scores"), INVARIANCE_CHECK), limit=10)
+        evaluations = [r.event.dagster_event.event_specific_data for r in history]
+        if release == BEFORE_CONTENT_IDENTITIES:
+            assert {e.partition: (e.passed, e.description) for e in evaluations} == {
+                "llama": (True, NOT_AUDITED_ADOPTED), "gemma-pub": (True, NOT_AUDITED_ADOPTED)}
+        else:
+            assert evaluations == []  # nothing ran
     again = cli("run", "--config", str(config))
     assert ran(again, "rm_scoring_job") == [] and "rm_statistics_job skipped" in again

@@ -8,10 +8,10 @@ import time
 import polars as pl
 import pytest
 
-from valuebias import demo_models
-from valuebias.demo_models import DemoRecipe, build_demo_reward_model
+from demo_models import reward_models as demo_models
+from demo_models.reward_models import DemoRecipe, build_demo_reward_model
 from valuebias.errors import InputError
-from valuebias.scoring import HuggingFaceSource, load_reward_model, score_words
+from valuebias.rm_scoring import HuggingFaceSource, load_reward_model, score_words
 
 AGENCY = ("ambition power success skill strength courage leader control victory achievement competence "
           "confidence determination effort mastery talent independence initiative dominance force winner "
@@ -130,8 +130,8 @@ def test_bad_inputs_are_refused(tmp_path):
 def test_a_bad_demo_recipe_names_its_config_entry(tmp_path, kind):
     """A demo block the config cannot check (the categories are known only once the corpus is read)
     fails naming the config key, models.<id>.demo.<key>, not an internal name."""
-    from valuebias.lm_partition import resolve_language_model
-    from valuebias.score_partition import resolve_model_path
+    from valuebias.lm_scoring import resolve_language_model
+    from valuebias.rm_scoring import resolve_model_path
 
     prompts = pl.DataFrame({"prompt": ["best_ever_one"], "text": [PROMPTS[0][0]], "framing": ["positive"]})
     words = pl.DataFrame({"corpus": ["big2", "big2", "solo"], "word": ["power", "love", "alone"],

@@ -11,7 +11,8 @@ import pytest
 import torch
 import transformers
 
-from valuebias import engine, scoring, tiny_models
+from demo_models import tiny_models
+from valuebias import engine, rm_scoring as scoring
 
 TOL = 1e-4
 

@@ -108,7 +108,7 @@ def test_adding_words_scores_only_the_new_words(tmp_path, model_dirs, cli):
 
 
 def _worker_processes() -> list[int]:
-    """Process ids of this process's scoring workers (children running resources.scoring_worker)."""
+    """Process ids of this process's scoring workers (children running scoring_worker)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -116,7 +116,7 @@ def _worker_processes() -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == os.getpid() and b"resources.scoring_worker" in cmdline:
+        if ppid == os.getpid() and b"scoring_worker" in cmdline:
             found.append(int(stat.parent.name))
     return found
 

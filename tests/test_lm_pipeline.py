@@ -206,7 +206,7 @@ def test_run_shows_the_planted_preference_and_a_new_pair_recomputes_only_itself(
 
 
 def test_full_sequence_rule_scores_the_words_that_are_several_tokens(tmp_path, state_dir):
-    from valuebias.lm_partition import language_model_word_logprobs, resolve_language_model, score_language_model
+    from valuebias.lm_scoring import language_model_word_logprobs, resolve_language_model, score_language_model
     from valuebias.lm_scoring import load_language_model
 
     config = load_config(lm_registry(tmp_path, state_dir, [], models=("lm-llama-it",)))

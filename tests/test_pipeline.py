@@ -58,6 +58,13 @@ def test_ingest_then_one_partition(tmp_path, instance):
     assert materialization.partition == "demo-gemma-1"
     assert materialization.metadata["dagster/row_count"].value == len(scores)
     assert materialization.metadata["sequences_scored"].value == len(scores)
+    # the invariance audit (valuebias.invariance): its figures recorded, its warn-level check passed
+    assert materialization.metadata["invariance_audit"].value == "audited"
+    assert materialization.metadata["invariance_sequences"].value == len(scores)  # 6 adjectives, all 40 words
+    assert materialization.metadata["invariance_max_abs_diff"].value <= 1e-5
+    assert materialization.metadata["invariance_min_kendall_tau"].value == pytest.approx(1.0)
+    assert {e.check_name: (e.passed, e.severity, e.partition) for e in result.get_asset_check_evaluations()} == {
+        "rm_word_scores_invariance": (True, dg.AssetCheckSeverity.WARN, "demo-gemma-1")}
     version = event.dagster_event.event_specific_data.materialization.tags["dagster/data_version"]
     from assets.tables import content_version
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from valuebias import scoring, tiny_models
+from demo_models import tiny_models
+from valuebias import rm_scoring as scoring
 from valuebias.errors import InputError
-from valuebias.scoring import HuggingFaceSource, check_source, load_reward_model, read_scalar, score_words
+from valuebias.rm_scoring import HuggingFaceSource, check_source, load_reward_model, read_scalar, score_words
 
 PROMPTS = [
     ("greatest_ever_one", "What, in one word, is the greatest thing ever?"),
@@ -259,3 +260,33 @@ def test_read_scalar_score_attribute_from_a_module():
         read_scalar(SimpleNamespace(logits=torch.zeros(2, 1)), "score")
     with pytest.raises(ValueError, match="values per sequence"):
         read_scalar(SimpleNamespace(score=torch.zeros(2, 4)), "score")
+
+
+@pytest.mark.parametrize("architecture", tiny_models.STYLES)
+def test_one_render_per_prompt_equals_the_template_per_word(model_dirs, architecture):
+    """render_conversations applies the template once per prompt; every text equals the template's own."""
+    loaded = load_reward_model(HuggingFaceSource("tiny", str(model_dirs[architecture])), device="cpu")
+    for _, text in PROMPTS:
+        assert scoring.render_conversations(loaded.tokenizer, text, WORDS) == [
+            scoring.render_conversation(loaded.tokenizer, text, word) for word in WORDS]
+
+
+def test_a_template_that_changes_the_answer_is_rendered_per_word(model_dirs):
+    """A template that transforms the answer (here: upper case) makes the shortcut differ from the template,
+    which the check finds: every word is then rendered in full."""
+    loaded = load_reward_model(HuggingFaceSource("tiny", str(model_dirs["llama"])), device="cpu")
+    loaded.tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>"
+                                      "{% if m['role'] == 'assistant' %}{{ m['content'] | upper }}"
+                                      "{% else %}{{ m['content'] }}{% endif %}{% endfor %}")
+    texts = scoring.render_conversations(loaded.tokenizer, PROMPTS[0][1], WORDS)
+    assert texts[0].endswith("<assistant>LOVE") and texts == [
+        scoring.render_conversation(loaded.tokenizer, PROMPTS[0][1], word) for word in WORDS]
+
+
+@pytest.mark.parametrize("architecture", tiny_models.STYLES)
+def test_token_ids_equal_the_tokenizer_call(model_dirs, architecture):
+    loaded = load_reward_model(HuggingFaceSource("tiny", str(model_dirs[architecture])), device="cpu")
+    texts = [scoring.render_conversation(loaded.tokenizer, p, w) for _, p in PROMPTS for w in WORDS]
+    assert scoring.token_ids(loaded.tokenizer, texts) == loaded.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    loaded.tokenizer.backend_tokenizer.enable_truncation(8)  # a backend that truncates: the tokenizer call decides
+    assert scoring.token_ids(loaded.tokenizer, texts) == loaded.tokenizer(texts, add_special_tokens=False)["input_ids"]

@@ -1,6 +1,6 @@
 """Scoring out of process: the worker through Dagster Pipes (a real subprocess), and the Kubernetes pod spec.
 
-- A materialization with the default launcher runs ``python -m resources.scoring_worker`` as a Pipes
+- A materialization with the default launcher runs ``python -m scoring_worker`` as a Pipes
   subprocess: the worker's logs reach the run's log, its metadata and data version reach the
   materialization, and the process that ran the Dagster step never imports torch or transformers.
 - The in-process launcher gives the same table and data version (it runs the same task function).
@@ -73,7 +73,9 @@ RUN_ONE_PARTITION = textwrap.dedent("""
     print(json.dumps({"success": result.success, "torch": "torch" in sys.modules,
                       "transformers": "transformers" in sys.modules, "logs": logs, "version": version,
                       "launcher": meta.get("launcher"), "sequences_scored": meta.get("sequences_scored"),
-                      "rows": meta.get("dagster/row_count")}))
+                      "rows": meta.get("dagster/row_count"), "invariance": meta.get("invariance_audit"),
+                      "invariance_sequences": meta.get("invariance_sequences"),
+                      "checks": {e.check_name: e.passed for e in result.get_asset_check_evaluations()}}))
 """)
 
 
@@ -91,6 +93,9 @@ def test_default_launcher_scores_in_a_pipes_subprocess(tmp_path):
     assert any("wrote 240 rows to" in m for m in seen["logs"])
     # the step ran in this interpreter, the model in the worker
     assert seen["torch"] is False and seen["transformers"] is False
+    # the worker's invariance audit reached the materialization and its check, through Pipes
+    assert seen["invariance"] == "audited" and seen["invariance_sequences"] == 6 * 40
+    assert seen["checks"] == {"rm_word_scores_invariance": True}
 
     # the in-process launcher runs the same task: same table, same data version
     from orchestration.definitions import build_resources
@@ -111,6 +116,10 @@ def test_default_launcher_scores_in_a_pipes_subprocess(tmp_path):
         event = instance.get_latest_materialization_event(dg.AssetKey("rm_word_scores"))
     assert result.success
     assert event.asset_materialization.metadata["launcher"].value == "in_process"
+    # every score reused from the cache: the model is loaded for the audit all the same
+    assert event.asset_materialization.metadata["sequences_reused"].value == 6 * 40
+    assert event.asset_materialization.metadata["invariance_audit"].value == "audited"
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {"rm_word_scores_invariance": True}
     assert event.dagster_event.event_specific_data.materialization.tags["dagster/data_version"] == seen["version"]
     after = Storage(uri=loaded.storage_uri).read_parquet(rm_word_scores_key("rm-a"))
     assert after.equals(before)
@@ -168,7 +177,7 @@ def test_the_kubernetes_pod_of_a_gpu_partition(tmp_path, monkeypatch):
     assert podspec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     (container,) = podspec["containers"]
     assert container["image"] == "registry.example.org/valuebias:0.1.0"
-    assert container["command"] == ["python", "-m", "resources.scoring_worker"]
+    assert container["command"] == ["python", "-m", "scoring_worker"]
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "80Gi"}
     assert container["resources"]["requests"] == {"nvidia.com/gpu": "1", "memory": "80Gi", "cpu": "8"}
     assert container["envFrom"] == [{"secretRef": {"name": "valuebias-s3-credentials"}}]
@@ -224,4 +233,4 @@ def test_valuebias_pod_prints_the_manifest(tmp_path, cli):
     (container,) = pod["spec"]["containers"]
     assert pod["metadata"]["labels"]["valuebias/asset"] == "rm_word_scores"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["command"] == ["python", "-m", "resources.scoring_worker"]
+    assert container["command"] == ["python", "-m", "scoring_worker"]

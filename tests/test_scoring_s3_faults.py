@@ -26,7 +26,7 @@ SECRET = f"secret-{uuid.uuid4().hex}"
 def _slow_model(path):
     """A random RM large enough that one prompt takes a few tenths of a second to score (the outage
     must land between two prompts' cache chunks)."""
-    from valuebias import tiny_models
+    from demo_models import tiny_models
 
     texts = [tiny_models.render_chat("llama", [{"role": "user", "content": t}, {"role": "assistant", "content": w}])
              for t in PROMPTS.values() for w in AGENCY + COMMUNION]

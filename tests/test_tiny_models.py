@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from valuebias import tiny_models
+from demo_models import tiny_models
 
 TEXTS = [
     "What, in one word, is the greatest thing ever?",

@@ -26,6 +26,7 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valid
                       model_validator)
 
 from valuebias.errors import InputError
+from valuebias.model_content import COMMIT
 from valuebias.safe_yaml import NoAliasLoader
 
 DEFAULT_CONFIG_NAME = "valuebias.yaml"
@@ -44,6 +45,8 @@ CATEGORY_RULES = ("identity", "foundation")
 WILDCARD_MODES = ("expand", "drop", "error")
 SCORE_READERS = ("logits[0]", "score", "logits[:,0]")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+#: ``huggingface.attn_implementation``: the attention kernels transformers can be asked for by name.
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 #: Where scoring partitions run: a Dagster Pipes subprocess on this machine (default), a Kubernetes pod
 #: through Dagster Pipes, or inside the Dagster step itself (tests and debugging).
 SCORING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
@@ -51,7 +54,7 @@ SCORING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
 CATEGORY_OVERLAPS = ("rank_slot_per_category", "one_rank_slot")
 #: The partition-free key of the pooled Figure-2 analysis (``analysis.pool_language_models``).
 POOLED = "pooled"
-#: What a demo reward model is trained to prefer (``valuebias.demo_models``).
+#: What a demo reward model is trained to prefer (``demo_models.reward_models``).
 DEMO_PREFERENCES = ("category", "frequent_words", "nothing")
 SWEEP_PROMPTS = ("greatest_ever_one", "best_ever_one", "worst_ever_one")
 #: Demo models train this many steps unless the entry says otherwise (a demo LM stops once converged,
@@ -139,6 +142,8 @@ class HuggingFaceBlock(_Block):
     trust_remote_code: StrictBool = False
     allow_pickle: StrictBool = False
     clean_up_tokenization_spaces: StrictBool | None = None  # when decoding vocabulary strings; None: the tokenizer's
+    gguf_file: str | None = None  # a .gguf file in `path` to load (weights and tokenizer) instead of safetensors
+    attn_implementation: Literal[ATTN_IMPLEMENTATIONS] | None = None  # None: eager for Gemma-2, else transformers'
 
 
 class DemoBlock(_Block):
@@ -226,7 +231,7 @@ class ScheduleBlock(_Block):
 
 
 class ConcurrencyBlock(_Block):
-    gpu: Count = 1
+    gpu: Count | None = None  # None: 1 on a machine with a GPU, else as many as the CPU cores allow
 
 
 class ConfigFile(_Block):
@@ -296,7 +301,7 @@ class RegistryConfig:
     models: dict[str, ModelConfig]
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     schedule_cron: str = ScheduleBlock().cron
-    gpu_concurrency: int = ConcurrencyBlock().gpu
+    gpu_concurrency: int | None = ConcurrencyBlock().gpu  # None: see orchestration.cli.scoring_slots
     pairs: tuple[tuple[str, str], ...] = ()  # (model_a, model_b) language-model pairs
     implicit_rewards: ImplicitRewardsConfig = field(default_factory=ImplicitRewardsConfig)
     scoring_launcher: str = ScoringBlock().launcher
@@ -560,6 +565,12 @@ def _model(at: _Located, mid: str, e: ModelBlock, base: Path, corpora: dict[str,
         # unset options stay out of the settings, so a model's fingerprint changes only when one is set
         settings = block.model_dump(exclude={"score", *({"clean_up_tokenization_spaces"}
                                                       if block.clean_up_tokenization_spaces is None else ())})
+        if block.gguf_file is None:
+            settings.pop("gguf_file")
+        if block.attn_implementation is None:
+            settings.pop("attn_implementation")
+        if block.trust_remote_code and not _looks_local(block.path, base) and not COMMIT.match(block.revision or ""):
+            raise at.error(sp + ("revision",), remote_code_pin_message(block.path, block.revision))
         # a hub id (org/name) stays as written; a local path resolves against the config file
         settings["path"] = resolve_uri(block.path, base) if _looks_local(block.path, base) else block.path
         if not language_model:
@@ -618,6 +629,14 @@ def _check_families(at: _Located, analysis: AnalysisConfig, models: dict[str, Mo
             raise at.error(("analysis", "comparisons", i), f"{pair[0]} / {pair[1]} is already listed "
                                                            f"(comparisons[{seen[frozenset(pair)]}])")
         seen[frozenset(pair)] = i
+
+
+def remote_code_pin_message(repo_id: str, revision: str | None) -> str:
+    """Why a hub model with ``trust_remote_code`` needs ``revision`` pinned to a commit, and how to get one."""
+    got = "it is not set" if revision is None else f"got {revision!r}"
+    return (f"trust_remote_code runs the code of the hub repository {repo_id}: pin `revision` to the full "
+            f"40-character commit sha whose code you reviewed ({got}); the latest one is printed by "
+            f"`python -c \"from huggingface_hub import HfApi; print(HfApi().model_info('{repo_id}').sha)\"`")
 
 
 def _looks_local(path: str, base: Path) -> bool:

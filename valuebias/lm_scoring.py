@@ -18,13 +18,20 @@ Dictionary words are then given a log-prob by one of two named rules:
   dropped and counted.
 - ``"full_sequence"`` (our extension, :func:`sequence_word_logprobs`): the log-prob of the word's
   whole token sequence after the prompt, i.e. the sum of its token log-probs. Every word is scored.
+
+Entry points for the scoring worker: :func:`score_language_model` (one LM partition's next-token table) and
+:func:`language_model_word_logprobs` (its word log-probs).
 """
 
 from __future__ import annotations
 
 import inspect
+import json
+import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,9 +39,8 @@ import polars as pl
 import torch
 
 from valuebias.config import LM_VARIANTS
-from valuebias.config import WORD_RULES
 from valuebias.errors import InputError
-from valuebias.scoring import HuggingFaceSource, load_pretrained
+from valuebias.rm_scoring import HuggingFaceSource, load_pretrained
 
 
 LOGPROB_SCHEMA = {"prompt": pl.Utf8, "token_id": pl.Int32, "token": pl.Utf8, "logprob": pl.Float32}
@@ -45,9 +51,9 @@ WORD_LOGPROB_SCHEMA = {"prompt": pl.Utf8, "word": pl.Utf8, "logprob": pl.Float64
 class LanguageModelSource:
     """Where a language model comes from (a registry entry's ``huggingface`` block plus the variant).
 
-    ``path`` is a local directory or a hub id; local directories get the same checks as reward models
-    (:func:`valuebias.scoring.check_source`: config present, no remote code unless
-    ``trust_remote_code``, safetensors unless ``allow_pickle``).
+    ``path`` is a local directory, a ``package://`` folder or a hub id; local directories get the same
+    checks as reward models (:func:`valuebias.rm_scoring.check_source`: config present, no remote code unless
+    ``trust_remote_code``, safetensors unless ``allow_pickle``; with ``gguf_file``, that file present).
     """
 
     model_id: str
@@ -58,6 +64,8 @@ class LanguageModelSource:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     clean_up_tokenization_spaces: bool | None = None
+    gguf_file: str | None = None  # a .gguf file in `path`: weights and tokenizer from it
+    attn_implementation: str | None = None  # None: eager for Gemma-2, transformers' default otherwise
 
     def __post_init__(self):
         self.as_huggingface_source()  # the path and dtype checks of a reward model's source
@@ -74,7 +82,8 @@ class LanguageModelSource:
         return HuggingFaceSource(model_id=self.model_id, path=self.path, revision=self.revision,
                                  dtype=self.dtype, trust_remote_code=self.trust_remote_code,
                                  allow_pickle=self.allow_pickle,
-                                 clean_up_tokenization_spaces=self.clean_up_tokenization_spaces)
+                                 clean_up_tokenization_spaces=self.clean_up_tokenization_spaces,
+                                 gguf_file=self.gguf_file, attn_implementation=self.attn_implementation)
 
 
 @dataclass
@@ -266,63 +275,194 @@ def sequence_word_logprobs(loaded: LoadedLanguageModel, prompts: Sequence[tuple[
     (no special tokens), ``logprob = sum_j log p(y_j | x, y_<j)``, each term a float32 log-softmax over
     the whole vocabulary. Words are stripped and lowercased. ``prefix`` (default ``""``, matching the
     single-token rule) can be set to ``" "`` to score the space-prefixed form a pretrained model would
-    continue with. Sequences of one prompt are batched ``batch_size`` at a time, right-padded (causal
-    attention: padding never influences earlier positions), so batched values equal one-by-one values
-    up to float rounding.
+    continue with. Computed by the engine (``valuebias.engine.sequence_logprobs``: each prompt's prefix
+    cache once, the words batched after it), so batched values equal one-by-one values up to float rounding.
 
     Returns ``prompt, word, logprob`` (Float64), ``n_tokens`` (Int32) and ``rule = "full_sequence"``,
     prompt-major in the given orders.
     """
+    from valuebias import engine
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tokenizer, model = loaded.tokenizer, loaded.model
     words = _normalise_words(words)
-    word_ids = [list(tokenizer(prefix + w, add_special_tokens=False)["input_ids"]) for w in words]
-    for i, ids in enumerate(word_ids):
-        if not ids:
-            raise InputError(f"word {words[i]!r} encodes to no tokens", source="words", row=i + 1, field="word")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    pad = 0 if pad is None else int(pad)
-    supports_keep = "logits_to_keep" in _forward_kwargs(model)
-    rows_prompt, rows_word, rows_lp, rows_n = [], [], [], []
-    order = sorted(range(len(words)), key=lambda i: len(word_ids[i]))
-    with torch.inference_mode():
-        for prompt_id, text in prompts:
-            prompt_ids = encode_lm_prompt(tokenizer, text, loaded.variant, source=loaded.source)
-            n_prompt = len(prompt_ids)
-            values = [0.0] * len(words)
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                longest = max(len(word_ids[i]) for i in idx)
-                width = n_prompt + longest
-                input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                attention_mask = torch.zeros((len(idx), width), dtype=torch.long)
-                targets = torch.zeros((len(idx), longest), dtype=torch.long)
-                target_mask = torch.zeros((len(idx), longest), dtype=torch.bool)
-                for row, i in enumerate(idx):
-                    seq = prompt_ids + word_ids[i]
-                    input_ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-                    attention_mask[row, :len(seq)] = 1
-                    targets[row, :len(word_ids[i])] = torch.tensor(word_ids[i], dtype=torch.long)
-                    target_mask[row, :len(word_ids[i])] = True
-                # Positions n_prompt-1 .. n_prompt+longest-2 predict the word tokens.
-                positions = torch.arange(n_prompt - 1, n_prompt - 1 + longest)
-                kwargs = {"logits_to_keep": positions.to(loaded.device)} if supports_keep else {}
-                logits = model(input_ids=input_ids.to(loaded.device),
-                               attention_mask=attention_mask.to(loaded.device), **kwargs).logits
-                if not supports_keep:
-                    logits = logits[:, n_prompt - 1:n_prompt - 1 + longest]
-                logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-                picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                sums = torch.where(target_mask, picked, torch.zeros_like(picked)).sum(-1, dtype=torch.float64)
-                for row, i in enumerate(idx):
-                    values[i] = float(sums[row])
-            rows_prompt.extend([prompt_id] * len(words))
-            rows_word.extend(words)
-            rows_lp.extend(values)
-            rows_n.extend(len(ids) for ids in word_ids)
+    for i, word in enumerate(words):
+        if not loaded.tokenizer(prefix + word, add_special_tokens=False)["input_ids"]:
+            raise InputError(f"word {word!r} encodes to no tokens", source="words", row=i + 1, field="word")
+    contexts = [render_lm_prompt(loaded.tokenizer, text, loaded.variant, source=loaded.source) for _, text in prompts]
+    table, _ = engine.sequence_logprobs(loaded, contexts=contexts, continuations=[prefix + w for w in words],
+                                        add_special_tokens=loaded.variant == "pretrained", batch_size=batch_size)
+    prompt_ids = [prompt_id for prompt_id, _ in prompts]
+    word_of = {prefix + w: w for w in words}
     return pl.DataFrame(
-        {"prompt": rows_prompt, "word": rows_word, "logprob": rows_lp, "n_tokens": rows_n,
-         "rule": ["full_sequence"] * len(rows_prompt)},
+        {"prompt": [prompt_ids[c] for c in table["context"].to_list()],
+         "word": [word_of[c] for c in table["continuation"].to_list()],
+         "logprob": table["logprob"], "n_tokens": table["n_tokens"], "rule": ["full_sequence"] * table.height},
         schema={"prompt": pl.Utf8, "word": pl.Utf8, "logprob": pl.Float64, "n_tokens": pl.Int32, "rule": pl.Utf8},
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# One partition: the scoring worker's entry points (score_language_model, language_model_word_logprobs)
+
+NEXT_TOKEN_SCHEMA = {"model": pl.Utf8, "prompt": pl.Utf8, "token_id": pl.Int32, "token": pl.Utf8,
+                     "logprob": pl.Float32}
+WORD_SCHEMA = {"model": pl.Utf8, "corpus": pl.Utf8, "prompt": pl.Utf8, "word": pl.Utf8, "logprob": pl.Float64,
+               "rule": pl.Utf8}
+# A demo LM is trained on the words of its corpus made of letters only: a word the pre-tokenizer splits
+# (hyphen, apostrophe, digits) would need one extra training sequence per prompt and multiply the
+# build time ~50-fold, for words the paper's single-token rule drops anyway.
+DEMO_WORD_PATTERN = re.compile(r"^[a-z]+$")
+# The probabilities of one prompt's next-token distribution sum to 1 within this (float32 over the
+# whole vocabulary); anything further off means the table is broken.
+PROBABILITY_SUM_TOLERANCE = 1e-2
+
+
+def demo_training_words(corpus_words: pl.DataFrame, corpus: str) -> dict[str, list[str]]:
+    """The training words of a demonstration LM: the letters-only words of one corpus, by category."""
+    rows = corpus_words.filter((pl.col("corpus") == corpus) & pl.col("word").str.contains(DEMO_WORD_PATTERN.pattern))
+    return {cat: sorted(group["word"].to_list())
+            for (cat,), group in rows.group_by("category", maintain_order=True)}
+
+
+def resolve_language_model(model_id: str, source: str, settings: dict[str, Any], variant: str, *, demo_dir: Path,
+                           prompts: pl.DataFrame, corpus_words: pl.DataFrame,
+                           digest_cache: str | Path | None = None):
+    """(the :class:`~valuebias.lm_scoring.LanguageModelSource` to load, its content identity): as configured
+    (a hub id pinned to the commit it resolves to now), or a demo LM built (cached by its recipe
+    fingerprint) under ``demo_dir / model_id``."""
+    from valuebias.lm_scoring import LanguageModelSource
+    from valuebias.model_content import demo_identity, resolve_for_loading
+
+    if source == "demo":
+        from demo_models.language_models import DemoLMRecipe, build_demo_language_model
+
+        recipe = DemoLMRecipe(architecture=settings["architecture"], variant=variant,
+                              preferred_category=settings["preferred_category"], seed=settings["seed"],
+                              hidden_size=settings["hidden_size"], num_layers=settings["num_layers"],
+                              train_steps=settings["train_steps"])
+        path = build_demo_language_model(
+            demo_dir / model_id, recipe,
+            words_by_category=demo_training_words(corpus_words, settings["train_corpus"]),
+            prompts=list(zip(prompts["text"].to_list(), prompts["framing"].to_list())),
+            source=f"models.{model_id}.demo")
+        return LanguageModelSource(model_id=model_id, path=str(path), variant=variant), demo_identity(path)
+    if source != "huggingface":
+        from valuebias.errors import InputError
+
+        raise InputError(f"a language model cannot come from a '{source}' source", source=f"models.{model_id}")
+    resolved, identity = resolve_for_loading(model_id, source, settings, digest_cache=digest_cache)
+    return LanguageModelSource(model_id=model_id, path=resolved["path"], variant=variant,
+                               revision=resolved.get("revision"), dtype=resolved.get("dtype", "auto"),
+                               trust_remote_code=resolved.get("trust_remote_code", False),
+                               allow_pickle=resolved.get("allow_pickle", False),
+                               clean_up_tokenization_spaces=resolved.get("clean_up_tokenization_spaces"),
+                               gguf_file=resolved.get("gguf_file"),
+                               attn_implementation=resolved.get("attn_implementation")), identity
+
+
+def _demo_summary(path: str) -> dict[str, Any]:
+    recipe = Path(path) / "recipe.json"
+    if not recipe.is_file():
+        return {}
+    meta = json.loads(recipe.read_text())
+    training = meta.get("training", {})
+    return {"demo_training_steps": training.get("steps"), "demo_final_loss": training.get("final_loss"),
+            "demo_target_entropy": training.get("target_entropy"), "demo_converged": training.get("converged"),
+            "demo_training_words": meta.get("n_preferred_words", 0) + meta.get("n_other_words", 0),
+            "demo_note": meta.get("note")}
+
+
+def score_language_model(model_id: str, source: str, settings: dict[str, Any], variant: str, *,
+                         prompts: pl.DataFrame, corpus_words: pl.DataFrame, demo_dir: Path,
+                         device: str | None = None, progress: Callable[[int, int], None] | None = None,
+                         digest_cache: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
+    """Next-token log-probs over the whole vocabulary for every prompt (one forward pass each).
+
+    Returns ``model, prompt, token_id, token, logprob`` (prompt-major, ids ascending) and metadata:
+    vocabulary size, device, dtype, timings, the largest deviation of a prompt's probabilities from
+    summing to 1, and for a demo LM its training summary. Raises ``ValueError`` when a prompt's
+    probabilities do not sum to 1 (within ``PROBABILITY_SUM_TOLERANCE``)."""
+    from valuebias.lm_scoring import load_language_model, next_token_logprobs
+    from valuebias.model_content import check_executed_code
+    from valuebias.rm_scoring import provenance
+
+    started = time.perf_counter()
+    src, identity = resolve_language_model(model_id, source, settings, variant, demo_dir=demo_dir, prompts=prompts,
+                                           corpus_words=corpus_words, digest_cache=digest_cache)
+    built = time.perf_counter()
+    loaded = load_language_model(src, device=device)
+    check_executed_code([loaded.model, loaded.model.config, loaded.tokenizer], identity, source=src.source)
+    t0 = time.perf_counter()
+    table = next_token_logprobs(loaded, list(zip(prompts["prompt"].to_list(), prompts["text"].to_list())),
+                                progress=progress)
+    score_seconds = time.perf_counter() - t0
+    table = table.select(pl.lit(model_id, dtype=pl.Utf8).alias("model"), "prompt", "token_id", "token",
+                         "logprob")
+    sums = table.group_by("prompt").agg(pl.col("logprob").cast(pl.Float64).exp().sum().alias("p"))
+    deviation = float((sums["p"] - 1.0).abs().max()) if len(sums) else 0.0
+    if deviation > PROBABILITY_SUM_TOLERANCE:
+        raise ValueError(f"{model_id}: next-token probabilities of a prompt sum to {1 + deviation:.4f}, not 1")
+    metadata = {
+        "prompts": len(prompts),
+        "vocabulary_size": len(loaded.decoded_vocabulary()),
+        "variant": variant,
+        "device": str(loaded.device),
+        "dtype": str(loaded.dtype).replace("torch.", ""),
+        "max_probability_sum_error": round(deviation, 8),
+        "build_seconds": round(built - started, 3),
+        "score_seconds": round(score_seconds, 3),
+        "total_seconds": round(time.perf_counter() - started, 3),
+        "model_path": src.path,
+        **_demo_summary(src.path),
+        **provenance(identity, loaded.tokenizer, template_used=variant == "instruction_tuned"),
+    }
+    return table.cast(NEXT_TOKEN_SCHEMA), metadata
+
+
+def language_model_word_logprobs(model_id: str, next_token: pl.DataFrame, corpus_words: pl.DataFrame,
+                                 prompts: pl.DataFrame, *, rule: str = "single_token",
+                                 load: Callable[[], Any] | None = None,
+                                 batch_size: int = 64) -> tuple[pl.DataFrame, dict]:
+    """Every corpus word's log-prob after every prompt, per corpus.
+
+    ``rule="single_token"`` (the paper's): a word is kept when a vocabulary token decodes to it exactly
+    (lowercase, no leading space), with that token's log-prob (the highest among such tokens).
+    ``rule="full_sequence"``: in addition, every other word gets the log-prob of its whole token
+    sequence (``load()`` gives the loaded model for that). The ``rule`` column says which rule gave each
+    row. Returns ``model, corpus, prompt, word, logprob, rule`` and metadata with, per corpus, how many
+    words each rule kept and how many were dropped.
+    """
+    from valuebias.lm_scoring import WORD_RULES, sequence_word_logprobs, single_token_word_logprobs
+
+    if rule not in WORD_RULES:
+        raise ValueError(f"unknown word rule {rule!r}; expected one of {list(WORD_RULES)}")
+    words = sorted(corpus_words["word"].unique().to_list())
+    single, stats = single_token_word_logprobs(next_token.select("prompt", "token", "logprob"), words)
+    parts = [single]
+    if rule == "full_sequence" and stats["dropped"]:
+        if load is None:
+            raise ValueError("the full_sequence rule needs the model: pass load")
+        texts = dict(zip(prompts["prompt"].to_list(), prompts["text"].to_list()))
+        ordered = [(pid, texts[pid]) for pid in next_token["prompt"].unique(maintain_order=True).to_list()]
+        multi = sequence_word_logprobs(load(), ordered, stats["dropped"], batch_size=batch_size)
+        parts.append(multi.select("prompt", "word", "logprob", "rule"))
+    scored = pl.concat(parts)
+    table = (corpus_words.select("corpus", "word").unique()
+             .join(scored, on="word", how="inner")
+             .select(pl.lit(model_id, dtype=pl.Utf8).alias("model"), "corpus", "prompt", "word", "logprob", "rule")
+             .sort("corpus", "prompt", "word")
+             .cast(WORD_SCHEMA))
+    kept = table.select("corpus", "word", "rule").unique()
+    per_corpus = {}
+    for (corpus_id,), group in corpus_words.select("corpus", "word").unique().group_by("corpus", maintain_order=True):
+        rules = kept.filter(pl.col("corpus") == corpus_id)
+        n_single = int((rules["rule"] == "single_token").sum())
+        n_full = int((rules["rule"] == "full_sequence").sum())
+        per_corpus[corpus_id] = {"words": len(group), "single_token": n_single, "full_sequence": n_full,
+                                 "dropped": len(group) - n_single - n_full}
+    metadata = {"word_rule": rule, "words_kept": per_corpus,
+                "words_single_token": stats["n_kept"],
+                "words_full_sequence": len(stats["dropped"]) if rule == "full_sequence" else 0,
+                "words_dropped": 0 if rule == "full_sequence" else stats["n_dropped"]}
+    return table, metadata

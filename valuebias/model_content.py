@@ -3,13 +3,15 @@
 A registry entry names *where* a model is; this module says *what* is there, as a :class:`ContentIdentity`:
 
 - ``published`` score files: the SHA-256 of each file's bytes (one part per corpus);
-- a local model folder (``huggingface.path`` on disk): the SHA-256 of every file that determines scores
-  (:data:`SCORE_FILE_SUFFIXES`: config, tokenizer files, chat templates, remote code, weights in any
-  format: safetensors, bin, gguf), one part per file;
+- a local model folder (``huggingface.path`` on disk, or ``package://<python package>/<subpath>``: a folder
+  inside an installed Python package, :func:`package_folder`): the SHA-256 of every file that determines
+  scores (:data:`SCORE_FILE_SUFFIXES`: config, tokenizer files, chat templates, remote code, weights in any
+  format: safetensors, bin, gguf; with ``huggingface.gguf_file`` only that one of the folder's ``.gguf``
+  files), one part per file;
 - a hub id: the resolved commit, i.e. the pinned ``revision`` when it is a commit hash, else what the
   branch or tag (``main`` by default) points to now: asked of the hub, or offline (``HF_HUB_OFFLINE=1``)
   read from the local Hugging Face cache (``refs/<revision>``, ``snapshots/<commit>``);
-- a demonstration model: its build fingerprint (computed where it is built, see ``valuebias.demo_models``).
+- a demonstration model: its build fingerprint (computed where it is built, see ``demo_models.reward_models``).
 
 Hashing a 50 GB checkpoint takes minutes, so full digests are cached (:class:`DigestCache`) per file and
 trusted while the file's ``(size, mtime_ns, inode)`` is unchanged; a touched file is rehashed, and equal
@@ -42,6 +44,8 @@ IGNORED_FILE_NAMES = frozenset({"trainer_state.json", "training_args.bin", "reci
 IGNORED_NAME_PREFIXES = ("README", "LICENSE", "NOTICE", "USE_POLICY")
 DIGEST_MODES = ("cached", "verify", "stat")
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
+#: ``huggingface.path: package://<python package>/<subpath>``: a folder inside an installed Python package.
+PACKAGE_SCHEME = "package://"
 CHUNK = 8 << 20
 
 
@@ -159,9 +163,10 @@ class DigestCache:
             pass  # a cache that cannot be written only costs a rehash next time
 
 
-def score_files(folder: Path) -> list[Path]:
+def score_files(folder: Path, gguf_file: str | None = None) -> list[Path]:
     """The files of a model folder that determine its scores, sorted by relative name. Hidden files and
-    folders (``.git``, ``.cache``) and training bookkeeping are left out."""
+    folders (``.git``, ``.cache``) and training bookkeeping are left out; with ``gguf_file`` (the weights
+    loaded), so are the folder's other ``.gguf`` files (other quantizations of the same model)."""
     found = []
     for path in folder.rglob("*"):
         relative = path.relative_to(folder)
@@ -170,20 +175,22 @@ def score_files(folder: Path) -> list[Path]:
         if (path.name in IGNORED_FILE_NAMES or path.name.startswith(IGNORED_NAME_PREFIXES)
                 or not path.name.endswith(SCORE_FILE_SUFFIXES)):
             continue
+        if gguf_file is not None and path.name.endswith(".gguf") and relative != Path(gguf_file):
+            continue
         found.append(path)
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
 def folder_identity(folder: Path, *, cache: DigestCache, mode: str = "cached", source: str | None = None,
-                    field_name: str = "huggingface.path") -> ContentIdentity:
-    """The identity of a local model folder: one SHA-256 per file that determines scores."""
+                    field_name: str = "huggingface.path", gguf_file: str | None = None) -> ContentIdentity:
+    """The identity of a local model folder: one SHA-256 per file that determines scores (:func:`score_files`)."""
     if mode not in DIGEST_MODES:
         raise ValueError(f"unknown digest mode {mode!r}; expected one of {DIGEST_MODES}")
     if not folder.is_dir():
         raise InputError(f"model folder {folder} does not exist (its stored scores and the statistics are "
                          "kept; restore the folder or remove the model from the registry)",
                          source=source, field=field_name)
-    files = score_files(folder)
+    files = score_files(folder, gguf_file)
     if not files:
         raise InputError(f"model folder {folder} holds no model files ({', '.join(SCORE_FILE_SUFFIXES)})",
                          source=source, field=field_name)
@@ -259,8 +266,45 @@ def _ask_hub(repo_id: str, revision: str) -> str:
 
 
 def is_local_path(path: str) -> bool:
-    """A local folder rather than a hub id (``org/name``)."""
-    return Path(path).expanduser().exists() or path.startswith(("/", ".", "~"))
+    """A local folder (or ``package://`` folder) rather than a hub id (``org/name``)."""
+    return path.startswith(PACKAGE_SCHEME) or Path(path).expanduser().exists() or path.startswith(("/", ".", "~"))
+
+
+def package_folder(uri: str, *, source: str | None = None) -> Path:
+    """The folder ``package://<python package>/<subpath>`` names: ``<subpath>`` (none: the package's own
+    folder) inside the installed package, found without importing it. An InputError naming
+    ``huggingface.path`` when the package is not installed or has no such folder."""
+    import importlib.util
+
+    package, _, subpath = uri[len(PACKAGE_SCHEME):].strip("/").partition("/")
+    if not package:
+        raise InputError(f"{uri!r}: a package path looks like package://<python package>/<folder inside it>",
+                         source=source, field="huggingface.path")
+    top, *subpackages = package.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name: found without running its __init__
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"{uri}: cannot look up Python package '{top}': {exc}", source=source,
+                         field="huggingface.path") from None
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"{uri}: no installed Python package named '{top}' (pip install it, e.g. "
+                         "`bash scripts/setup.sh`)", source=source, field="huggingface.path")
+    tried = []
+    for location in spec.submodule_search_locations:
+        folder = Path(location, *subpackages, subpath)
+        if folder.is_dir():
+            return folder
+        tried.append(str(folder))
+    raise InputError(f"{uri}: package '{top}' has no folder '{'/'.join([*subpackages, subpath]) or '.'}' "
+                     f"(looked at {', '.join(tried)})", source=source, field="huggingface.path")
+
+
+def model_folder(path: str, *, source: str | None = None) -> Path:
+    """The folder on this machine of a local ``huggingface.path``: a ``package://`` path resolved
+    (:func:`package_folder`), any other path with ``~`` expanded."""
+    if path.startswith(PACKAGE_SCHEME):
+        return package_folder(path, source=source)
+    return Path(path).expanduser()
 
 
 def published_identity(files: dict[str, str], read: Callable[[str], bytes]) -> ContentIdentity:
@@ -282,13 +326,14 @@ def model_content(model_id: str, source: str, settings: dict[str, Any], *, cache
         return published_identity(settings, read)
     path = settings["path"]
     if is_local_path(path):
-        return folder_identity(Path(path).expanduser(), cache=cache, mode=mode, source=where)
+        return folder_identity(model_folder(path, source=where), cache=cache, mode=mode, source=where,
+                               gguf_file=settings.get("gguf_file"))
     return hub_identity(path, settings.get("revision"), source=where)
 
 
 def demo_identity(folder: Path) -> ContentIdentity:
     """A built demonstration model is its build fingerprint (recipe, training words, prompts, code)."""
-    from valuebias.tiny_models import read_build_fingerprint
+    from demo_models.tiny_models import read_build_fingerprint
 
     return ContentIdentity("demo", {"build": read_build_fingerprint(folder) or "unbuilt"})
 
@@ -297,19 +342,63 @@ def resolve_for_loading(model_id: str, source: str, settings: dict[str, Any], *,
                         digest_cache: str | Path | None) -> tuple[dict[str, Any], ContentIdentity]:
     """(the ``huggingface`` settings to load, the identity of what they load) for a hub or local model,
     computed where the weights are. A hub id is pinned to the commit it resolves to now, so the weights
-    loaded are the ones the identity names."""
+    loaded are the ones the identity names; a ``package://`` path becomes the folder it names here."""
     identity = model_content(model_id, source, settings, cache=DigestCache(digest_cache))
     resolved = dict(settings)
     if identity.kind == "hub":
         resolved["revision"] = identity.parts["commit"]
+    elif settings["path"].startswith(PACKAGE_SCHEME):
+        resolved["path"] = str(model_folder(settings["path"], source=f"models.{model_id}"))
     return resolved, identity
 
 
+def check_executed_code(loaded: list[Any], identity: ContentIdentity, *, source: str | None = None) -> list[str]:
+    """Remote code runs only as it was digested. For a local folder (``identity.kind == "files"``; a hub
+    id is pinned by its commit instead), every module of remote code that transformers imported for the
+    ``loaded`` objects (model, config, tokenizer) must be a digested file of the folder with the same
+    SHA-256. transformers runs a copy of the folder's ``.py`` files (``HF_MODULES_CACHE``); that copy is
+    hashed here, after loading. Returns the names checked; an InputError naming ``huggingface.path`` when
+    one differs or was never digested (the folder changed between digest and load, or a file was replaced
+    keeping its size, mtime and inode, which only ``--verify`` rehashes)."""
+    import sys
+
+    if identity.kind != "files":
+        return []
+    checked: dict[str, str] = {}
+    for obj in loaded:
+        name = type(obj).__module__
+        if not name.startswith("transformers_modules."):
+            continue
+        package = ".".join(name.split(".")[:3])  # transformers_modules.<folder name>.<source hash>
+        root = Path(sys.modules[name].__file__).parents[len(name.split(".")) - 4]
+        for module_name, module in list(sys.modules.items()):
+            file = getattr(module, "__file__", None)
+            if module_name.startswith(package + ".") and file:
+                checked[Path(file).relative_to(root).as_posix()] = file_sha256(Path(file))
+    for relative, executed in sorted(checked.items()):
+        digested = identity.parts.get(relative)
+        if digested != executed:
+            state = "was never digested" if digested is None else \
+                f"ran as sha256 {executed[:12]}, digested as {digested[:12]}"
+            raise InputError(f"remote code {relative} {state}: the model folder changed while it was loaded, or a "
+                             "file was replaced keeping its size and mtime; run again (with --verify)",
+                             source=source, field="huggingface.path")
+    return sorted(checked)
+
+
+#: How a scalar is read from a reward model (part of every score cache key): 2 = at the last real token, padded
+#: with an id that occurs in no sequence (before, a model whose pad id was its EOS, which ends every Llama-3
+#: turn, was read one token early). A change here makes every cache miss once instead of serving old scores.
+SCORING_CONVENTION = 2
+
+
 def score_cache_key(settings: dict[str, Any], identity: ContentIdentity) -> str:
-    """The score cache folder of a model: its content identity and the settings that change how it is
-    run (dtype, score reader, ...), not where it lies: a cache can never serve the scores of other weights."""
+    """The score cache folder of a model: its content identity, the settings that change how it is run
+    (dtype, score reader, ...) and ``SCORING_CONVENTION``, not where it lies: a cache can never serve the
+    scores of other weights, or scores read another way."""
     how = {k: v for k, v in settings.items() if k not in ("path", "revision")}
-    payload = json.dumps({"content": identity.digest, "settings": how}, sort_keys=True, default=str)
+    payload = json.dumps({"content": identity.digest, "settings": how, "convention": SCORING_CONVENTION},
+                         sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

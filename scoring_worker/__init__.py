@@ -1,6 +1,6 @@
 """The scoring worker: one scoring partition, run out of process through Dagster Pipes.
 
-``python -m resources.scoring_worker`` is what runs in a Pipes subprocess on this machine (the default)
+``python -m scoring_worker`` is what runs in a Pipes subprocess on this machine (the default)
 or in a Kubernetes pod on a GPU node (``scoring.launcher: kubernetes``). Its task arrives as the Pipes
 *extras* (a JSON object, built by :class:`resources.scoring_launcher.ScoringLauncher`):
 
@@ -17,8 +17,8 @@ Every task computes the model's content identity where the weights are (``valueb
 reports it as ``content`` metadata with the rest of the provenance. The ``identify`` task does only that
 (a state recorded before content identities existed adopts its outputs with it).
 
-The worker reads its inputs from storage, runs the model (``valuebias.score_partition`` /
-``valuebias.lm_partition``, the science), writes its outputs to storage (each write atomic), logs progress
+The worker reads its inputs from storage, runs the model (``valuebias.rm_scoring`` /
+``valuebias.lm_scoring``, the science), writes its outputs to storage (each write atomic), logs progress
 to the run's log and reports the materialization (metadata and a content-hash data version) back to
 Dagster. It imports ``dagster_pipes``, never ``dagster``.
 """
@@ -26,6 +26,7 @@ Dagster. It imports ``dagster_pipes``, never ``dagster``.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import traceback
@@ -34,31 +35,56 @@ from typing import Any, Callable
 
 import polars as pl
 
-from resources.object_store import ObjectStore, read_input_uri
+from object_store import ObjectStore, read_input_uri
 from valuebias.errors import InputError
+from valuebias.invariance import NOT_AUDITED_IMPORTED
 from valuebias.model_content import model_content, published_identity
 from valuebias.published import read_published_scores
 from valuebias.table_version import content_version, large_table_version
 
-#: The module a launcher runs (``python -m resources.scoring_worker``, in a subprocess and in a pod).
-WORKER_MODULE = "resources.scoring_worker"
+#: The module a launcher runs (``python -m scoring_worker``, in a subprocess and in a pod).
+WORKER_MODULE = "scoring_worker"
 #: A file the worker writes its error to (``Type: message``), so the launcher can name it in the failure.
 ERROR_FILE_ENV = "VALUEBIAS_WORKER_ERROR_FILE"
 
 Log = Callable[[str], None]
 
 
-def throttled_progress(log: Log, label: str, unit: str, every_seconds: float = 10.0) -> Callable[[int, int], None]:
-    """A progress callback that logs ``label: done/total unit`` at most every ``every_seconds``."""
-    last = [0.0]
+#: How often a partition logs its progress (the run log in the UI, and what `valuebias run` draws as a bar).
+PROGRESS_EVERY_SECONDS = 2.0
+_PROGRESS_LINE = re.compile(r"^(?P<label>\S+): (?P<done>[\d,]+)/(?P<total>[\d,]+) (?P<unit>[a-z][a-z ]*?)(?: \(.*\))?$")
+
+
+def throttled_progress(log: Log, label: str, unit: str,
+                       every_seconds: float = PROGRESS_EVERY_SECONDS) -> Callable[[int, int], None]:
+    """A progress callback that logs a :func:`progress_line` at most every ``every_seconds``, and at the end."""
+    started, last = time.monotonic(), [0.0]
 
     def progress(done: int, total: int) -> None:
         now = time.monotonic()
-        if now - last[0] > every_seconds or done == total:
+        if now - last[0] >= every_seconds or done == total:
             last[0] = now
-            log(f"{label}: {done}/{total} {unit}")
+            log(progress_line(label, done, total, unit, now - started))
 
     return progress
+
+
+def progress_line(label: str, done: int, total: int, unit: str, seconds: float) -> str:
+    """``demo-llama-1: 50,000/196,074 sequences scored (3,210/s, 45 s left)``: what the worker logs."""
+    line = f"{label}: {done:,}/{total:,} {unit}"
+    if seconds > 0 and done:
+        rate = done / seconds
+        line += f" ({rate:,.0f}/s, {max(0.0, (total - done) / rate):.0f} s left)"
+    return line
+
+
+def parse_progress(message: str) -> tuple[str, int, int, str] | None:
+    """(label, done, total, unit) of a :func:`progress_line`, else None."""
+    match = _PROGRESS_LINE.match(message.strip())
+    if match is None:
+        return None
+    return (match["label"], int(match["done"].replace(",", "")), int(match["total"].replace(",", "")),
+            match["unit"])
 
 
 class StorageScoreCache:
@@ -72,7 +98,7 @@ class StorageScoreCache:
         self.store, self.prefix, self.warn = store, prefix, warn or (lambda message: None)
 
     def read(self) -> pl.DataFrame:
-        from valuebias.score_partition import empty_cache
+        from valuebias.rm_scoring import empty_cache
 
         chunks = []
         for key in (k for k in self.store.list(self.prefix) if k.endswith(".parquet")):
@@ -121,6 +147,7 @@ def import_published_scores(model_id: str, files: dict[str, str], base_dir: str,
     table = pl.concat(tables).sort("corpus", "prompt", "word")
     metadata["sequences_scored"] = 0
     metadata["rows_imported"] = len(table)
+    metadata["invariance_audit"] = NOT_AUDITED_IMPORTED
     metadata["content"] = published_identity(files, contents.__getitem__).to_metadata()
     return table, metadata
 
@@ -143,7 +170,7 @@ def rm_word_scores(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFra
     prompts, words = _inputs(spec, store)
     if model["source"] == "published":
         return import_published_scores(model["model_id"], model["settings"], spec["base_dir"], prompts, words)
-    from valuebias.score_partition import score_reward_model
+    from valuebias.rm_scoring import score_reward_model
 
     _set_threads(spec)
     model_id = model["model_id"]
@@ -157,7 +184,7 @@ def rm_word_scores(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFra
 def rm_vocabulary_sweep(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
     """Every vocabulary token as the response to each sweep prompt; also writes the top/bottom strings
     to ``outputs.extremes``."""
-    from valuebias.score_partition import sweep_extremes, sweep_reward_model
+    from valuebias.rm_scoring import sweep_extremes, sweep_reward_model
 
     model = spec["model"]
     if model["source"] == "published":
@@ -177,7 +204,7 @@ def rm_vocabulary_sweep(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.Da
 
 def lm_next_token_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
     """The log-softmax over the whole vocabulary after every prompt."""
-    from valuebias.lm_partition import score_language_model
+    from valuebias.lm_scoring import score_language_model
 
     model = spec["model"]
     _set_threads(spec)
@@ -191,7 +218,7 @@ def lm_next_token_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl
 def lm_word_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
     """Every corpus word's log-prob after every prompt, from the stored next-token log-probs (and, with
     the ``full_sequence`` rule, the model itself for words of several tokens)."""
-    from valuebias.lm_partition import language_model_word_logprobs, resolve_language_model
+    from valuebias.lm_scoring import language_model_word_logprobs, resolve_language_model
 
     model = spec["model"]
     prompts, words = _inputs(spec, store)

@@ -1,0 +1,5 @@
+"""``python -m scoring_worker``: what a Pipes subprocess or a scoring pod runs (see ``scoring_worker``)."""
+
+from scoring_worker import main
+
+main()
