@@ -38,9 +38,9 @@ import numpy as np
 import polars as pl
 import torch
 
-from valuebias.config import LM_VARIANTS
+from valuebias.config import LM_VARIANTS, WORD_RULES
 from valuebias.errors import InputError
-from valuebias.rm_scoring import HuggingFaceSource, load_pretrained
+from valuebias.rm_scoring import HuggingFaceSource, load_pretrained, provenance
 
 
 LOGPROB_SCHEMA = {"prompt": pl.Utf8, "token_id": pl.Int32, "token": pl.Utf8, "logprob": pl.Float32}
@@ -331,7 +331,6 @@ def resolve_language_model(model_id: str, source: str, settings: dict[str, Any],
     """(the :class:`~valuebias.lm_scoring.LanguageModelSource` to load, its content identity): as configured
     (a hub id pinned to the commit it resolves to now), or a demo LM built (cached by its recipe
     fingerprint) under ``demo_dir / model_id``."""
-    from valuebias.lm_scoring import LanguageModelSource
     from valuebias.model_content import demo_identity, resolve_for_loading
 
     if source == "demo":
@@ -383,9 +382,7 @@ def score_language_model(model_id: str, source: str, settings: dict[str, Any], v
     vocabulary size, device, dtype, timings, the largest deviation of a prompt's probabilities from
     summing to 1, and for a demo LM its training summary. Raises ``ValueError`` when a prompt's
     probabilities do not sum to 1 (within ``PROBABILITY_SUM_TOLERANCE``)."""
-    from valuebias.lm_scoring import load_language_model, next_token_logprobs
     from valuebias.model_content import check_executed_code
-    from valuebias.rm_scoring import provenance
 
     started = time.perf_counter()
     src, identity = resolve_language_model(model_id, source, settings, variant, demo_dir=demo_dir, prompts=prompts,
@@ -433,7 +430,6 @@ def language_model_word_logprobs(model_id: str, next_token: pl.DataFrame, corpus
     row. Returns ``model, corpus, prompt, word, logprob, rule`` and metadata with, per corpus, how many
     words each rule kept and how many were dropped.
     """
-    from valuebias.lm_scoring import WORD_RULES, sequence_word_logprobs, single_token_word_logprobs
 
     if rule not in WORD_RULES:
         raise ValueError(f"unknown word rule {rule!r}; expected one of {list(WORD_RULES)}")

@@ -455,7 +455,6 @@ def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, 
     run metadata (``sequences_scored``, ``sequences_reused``, engine, timings, and the ``invariance_*``
     figures of the invariance audit, ``valuebias.invariance``)."""
     from valuebias import engine
-    from valuebias.rm_scoring import HuggingFaceSource, check_source, load_reward_model, render_conversations
 
     started = time.perf_counter()
     hf, identity = resolve_model_path(model_id, source, settings, demo_dir=demo_dir, prompts=prompts,
@@ -541,7 +540,6 @@ def sweep_reward_model(model_id: str, source: str, settings: dict[str, Any], swe
     Returns (model, prompt, token_id, token, score) and metadata."""
     from valuebias import engine
     from valuebias.lm_scoring import decoded_vocabulary
-    from valuebias.rm_scoring import HuggingFaceSource, load_reward_model
 
     chosen = prompts.filter(pl.col("prompt").is_in(sweep["prompts"]))
     unknown = sorted(set(sweep["prompts"]) - set(chosen["prompt"].to_list()))
