@@ -19,6 +19,8 @@ indices and values at fault, a one-line-per-failure :meth:`~ValidationReport.sum
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import math
 import re
 import threading
@@ -32,6 +34,9 @@ import polars as pl
 import yaml
 
 from valuebias.errors import InputError
+
+#: The Great Expectations release installed (read without importing it: the import takes seconds).
+GX_VERSION = importlib.metadata.version("great-expectations")
 
 DEFAULT_CONTRACTS_DIR = str(Path(__file__).resolve().parent.parent / "data_contracts")
 
@@ -483,3 +488,10 @@ class ContractValidator(dg.ConfigurableResource):
 
     def validate(self, df: pl.DataFrame, contract: str) -> ValidationReport:
         return validate_frame(df, self.contract(contract))
+
+    def contract_digest(self, contract: str) -> str:
+        """SHA-256 of the contract file and the Great Expectations release that checks it: a table validated
+        under the same digest with the same content needs no second validation."""
+        path = Path(contract) if contract.endswith((".yaml", ".yml")) else Path(self.contracts_dir) / f"{contract}.yaml"
+        self.contract(contract)  # an unknown or malformed contract fails here, as in validate()
+        return hashlib.sha256(path.read_bytes() + f"\0great-expectations=={GX_VERSION}".encode()).hexdigest()[:16]

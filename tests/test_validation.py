@@ -461,3 +461,29 @@ def test_nan_free_values_in_reports(validator):
     assert rules["median_rank is not null"].unexpected_values == [None]
     assert not any(isinstance(v, float) and math.isnan(v)
                    for r in rules.values() for v in r.unexpected_values)
+
+
+def test_a_table_validated_before_is_not_validated_again_until_its_content_or_contract_changes(tmp_path):
+    """write_table runs Great Expectations once per (contract, content): the same table again reuses the passed
+    result; other content, or an edited contract, is validated anew (and a bad table still fails)."""
+    import shutil
+
+    from assets.tables import write_table
+    from resources.storage import Storage
+
+    contracts = tmp_path / "contracts"
+    shutil.copytree(DEFAULT_CONTRACTS_DIR, contracts)
+    storage, validator = Storage(uri=str(tmp_path / "data")), ContractValidator(contracts_dir=str(contracts))
+    prompts = pl.DataFrame({"prompt": ["best_ever_one"], "text": ["What is the best thing ever?"],
+                            "adjective": ["best"], "superlative": ["ever"], "style": ["one"],
+                            "framing": ["positive"]})
+    first = write_table(storage, validator, "prompts", prompts)[2]
+    again = write_table(storage, validator, "prompts", prompts)[2]
+    assert first.passed and again.passed and "validated" not in first.metadata
+    assert again.metadata["validated"].value == "earlier, on this same content"
+    changed = write_table(storage, validator, "prompts", prompts.with_columns(pl.lit("ok?").alias("text")))[2]
+    assert "validated" not in changed.metadata
+    (contracts / "prompts.yaml").write_text((contracts / "prompts.yaml").read_text() + "\n# edited\n")
+    assert "validated" not in write_table(storage, validator, "prompts", prompts)[2].metadata
+    with pytest.raises(dg.Failure, match="prompts_contract failed"):
+        write_table(storage, validator, "prompts", prompts.with_columns(pl.lit("sideways").alias("framing")))
