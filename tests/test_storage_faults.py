@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from resources import object_store
+import object_store
 from object_store import ObjectStore, StorageError, _is_transient
 from resources.storage import Storage
 from tests.conftest import RestartableS3
