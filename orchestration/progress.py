@@ -9,6 +9,7 @@ terminal, prints one of them per partition every ``PLAIN_EVERY_SECONDS``.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 import time
@@ -103,6 +104,8 @@ class ProgressMonitor:
 
             bar = self._bars.get(run_id)
             if bar is None:
+                # the terminal's width, 100 where it reports none (a pseudo-terminal without a size)
+                width = shutil.get_terminal_size((100, 24)).columns
                 bar = self._bars[run_id] = tqdm(total=total, desc=label, unit=f" {unit.split()[0]}", unit_scale=True,
-                                                dynamic_ncols=True, leave=False, file=sys.stderr)
+                                                ncols=width, leave=False, file=sys.stderr)
             bar.update(done - bar.n)
