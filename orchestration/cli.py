@@ -90,7 +90,7 @@ def cmd_run(args) -> int:
 
 def run_registry(args, config: RegistryConfig) -> int:
     """``valuebias run`` with the state folder's run lock held."""
-    from orchestration.jobs import ALL_JOBS, SCORING_JOBS
+    from orchestration.jobs import ALL_JOBS
     from orchestration.launch import JobRuns, RunOutcome, RunRequest
     from orchestration.progress import ProgressMonitor
     from orchestration.plan import INGEST_JOB, errors, ready_work, registry_states
@@ -113,16 +113,10 @@ def run_registry(args, config: RegistryConfig) -> int:
     # Scoring runs go to child processes when they can run side by side, or one at a time where a terminal
     # can show their progress bars; otherwise (one slot, no terminal: CI, tests) they run here.
     side_by_side = slots > 1 or sys.stderr.isatty()
-    children: set[int] = set()
-    monitor: list[ProgressMonitor] = []  # the display while scoring runs go side by side
+    children: set[int] = set()  # the child processes running scoring runs now: the monitor follows their runs
+    with JobRuns(instance) as runs, ProgressMonitor(instance, lambda: set(children)) as progress:
+        say = progress.say
 
-    def say(text: str, *, error: bool = False) -> None:
-        if monitor:
-            monitor[0].say(text, error=error)
-        else:
-            print(text, file=sys.stderr if error else sys.stdout, flush=True)
-
-    with JobRuns(instance) as runs:
         def started(request: RunRequest) -> None:
             say(f"{request.label} ...")
             clock[request.label] = time.perf_counter()
@@ -163,17 +157,10 @@ def run_registry(args, config: RegistryConfig) -> int:
             # A round's runs are independent: scoring runs go side by side (as many as the gpu pool has slots),
             # then the cheap ones run here, one after the other
             requests = [RunRequest(f"{w.label} ({w.reason})", w.job, w.partition, list(w.assets)) for w in work]
-            scoring = [r for r in requests if r.job in SCORING_JOBS] if side_by_side else []
-            if scoring:
-                with ProgressMonitor(instance, lambda: set(children)) as active:
-                    monitor.append(active)
-                    try:
-                        succeeded = runs.execute_side_by_side(scoring, slots, verbose=args.verbose, started=started,
-                                                              finished=finished, children=children)
-                    finally:
-                        monitor.clear()
-                if not succeeded:
-                    return 1
+            scoring = [r for r in requests if r.job in graph.scoring_jobs] if side_by_side else []
+            if scoring and not runs.execute_side_by_side(scoring, slots, verbose=args.verbose, started=started,
+                                                         finished=finished, children=children):
+                return 1
             if not all(run_here(r) for r in requests if r not in scoring):
                 return 1
             done.update((item.job, item.partition, item.assets) for item in work)

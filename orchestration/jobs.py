@@ -33,9 +33,5 @@ lm_statistics_job = dg.define_asset_job(
     "lm_statistics_job", selection=dg.AssetSelection.groups("lm_statistics"),
     description="Figure-2 statistics, Table 1, Figure 3 and the report from every language model and pair.")
 
-#: The jobs whose steps score models (the ``gpu`` pool): `valuebias run` runs these side by side, as many as the
-#: pool has slots, each in a process of its own; the other jobs are cheap and run one after the other.
-SCORING_JOBS = (rm_scoring_job.name, rm_sweep_job.name, lm_scoring_job.name)
-
 ALL_JOBS = [ingest_job, rm_scoring_job, rm_sweep_job, rm_statistics_job, value_cards_job, lm_scoring_job, mwlr_job,
             lm_statistics_job]

@@ -71,6 +71,9 @@ class RegistryGraph:
         for job in ALL_JOBS:
             for key in job.selection.resolve(graph):
                 self.job_of.setdefault(key.to_user_string(), job.name)
+        # the jobs whose steps score models: their assets run in the ``gpu`` pool
+        self.scoring_jobs = {self.job_of[key.to_user_string()] for key in keys
+                             if "gpu" in (graph.get(key).pools or ())}
 
     def applies(self, asset: str, config: RegistryConfig) -> bool:
         """Whether the registry has anything for ``asset``: an unpartitioned table computed from partitioned

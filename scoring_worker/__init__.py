@@ -228,10 +228,10 @@ def lm_word_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataF
         from valuebias.lm_scoring import load_language_model
 
         _set_threads(spec)
-        source, _ = resolve_language_model(model["model_id"], model["source"], model["settings"], model["variant"],
-                                           demo_dir=Path(spec["demo_dir"]), prompts=prompts, corpus_words=words,
-                                           digest_cache=spec.get("digest_cache"))
-        return load_language_model(source, device=spec.get("device"))
+        source, identity = resolve_language_model(model["model_id"], model["source"], model["settings"],
+                                                  model["variant"], demo_dir=Path(spec["demo_dir"]), prompts=prompts,
+                                                  corpus_words=words, digest_cache=spec.get("digest_cache"))
+        return load_language_model(source, device=spec.get("device"), identity=identity)
 
     return language_model_word_logprobs(model["model_id"], next_token, words, prompts, rule=spec["word_rule"],
                                         load=load, batch_size=int(spec["batch_size"]))

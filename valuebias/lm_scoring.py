@@ -40,6 +40,7 @@ import torch
 
 from valuebias.config import LM_VARIANTS, WORD_RULES
 from valuebias.errors import InputError
+from valuebias.model_content import ContentIdentity
 from valuebias.rm_scoring import HuggingFaceSource, load_pretrained, provenance
 
 
@@ -111,15 +112,18 @@ def _output_size(model) -> int:
     return int(config.vocab_size)
 
 
-def load_language_model(src: LanguageModelSource, device: str | None = None) -> LoadedLanguageModel:
+def load_language_model(src: LanguageModelSource, device: str | None = None,
+                        identity: ContentIdentity | None = None) -> LoadedLanguageModel:
     """Load the LM (``AutoModelForCausalLM``) and its tokenizer in eval mode on ``device``.
 
     Default device: CUDA if available. dtype ``"auto"``: bfloat16 on CUDA, float32 on CPU; an explicit
-    dtype is honoured. An IT model whose tokenizer has no chat template is refused.
+    dtype is honoured. An IT model whose tokenizer has no chat template is refused. ``identity``: as in
+    :func:`valuebias.rm_scoring.load_pretrained`.
     """
     from transformers import AutoModelForCausalLM
 
-    model, tokenizer, device, dtype = load_pretrained(src.as_huggingface_source(), AutoModelForCausalLM, device)
+    model, tokenizer, device, dtype = load_pretrained(src.as_huggingface_source(), AutoModelForCausalLM, device,
+                                                      identity)
     if src.variant == "instruction_tuned" and not getattr(tokenizer, "chat_template", None):
         raise InputError("variant 'instruction_tuned' needs a chat template, the tokenizer has none "
                          "(use variant 'pretrained' for a base model)", source=src.source, field="variant")
@@ -382,14 +386,11 @@ def score_language_model(model_id: str, source: str, settings: dict[str, Any], v
     vocabulary size, device, dtype, timings, the largest deviation of a prompt's probabilities from
     summing to 1, and for a demo LM its training summary. Raises ``ValueError`` when a prompt's
     probabilities do not sum to 1 (within ``PROBABILITY_SUM_TOLERANCE``)."""
-    from valuebias.model_content import check_executed_code
-
     started = time.perf_counter()
     src, identity = resolve_language_model(model_id, source, settings, variant, demo_dir=demo_dir, prompts=prompts,
                                            corpus_words=corpus_words, digest_cache=digest_cache)
     built = time.perf_counter()
-    loaded = load_language_model(src, device=device)
-    check_executed_code([loaded.model, loaded.model.config, loaded.tokenizer], identity, source=src.source)
+    loaded = load_language_model(src, device=device, identity=identity)
     t0 = time.perf_counter()
     table = next_token_logprobs(loaded, list(zip(prompts["prompt"].to_list(), prompts["text"].to_list())),
                                 progress=progress)

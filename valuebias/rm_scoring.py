@@ -167,11 +167,14 @@ def check_source(src: HuggingFaceSource) -> dict:
     return kwargs
 
 
-def load_pretrained(src: HuggingFaceSource, model_class, device: str | None = None):
+def load_pretrained(src: HuggingFaceSource, model_class, device: str | None = None,
+                    identity: ContentIdentity | None = None):
     """``(model, tokenizer, device, dtype)``: ``src`` checked (:func:`check_source`), tokenizer and
     ``model_class`` loaded, the model in eval mode on ``device`` (default: CUDA if available). dtype
     ``"auto"`` means bfloat16 on CUDA and float32 on CPU; an explicit dtype is honoured. A hub model that
-    needs remote code it was not allowed is an InputError naming the setting."""
+    needs remote code it was not allowed is an InputError naming the setting. With the folder's content
+    ``identity``, the remote code that ran must be the code that was digested
+    (:func:`valuebias.model_content.check_executed_code`)."""
     from transformers import AutoTokenizer
 
     kwargs = check_source(src)
@@ -199,6 +202,8 @@ def load_pretrained(src: HuggingFaceSource, model_class, device: str | None = No
         # recent transformers skip the clean-up for BPE tokenizers unless told so: `true` means applied
         tokenizer.clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output = \
             src.clean_up_tokenization_spaces
+    if identity is not None:
+        check_executed_code([model, model.config, tokenizer], identity, source=src.source)
     return model.to(device).eval(), tokenizer, device, dtype
 
 
@@ -229,11 +234,12 @@ def _config_model_type(kwargs: dict) -> str | None:
         return None
 
 
-def load_reward_model(src: HuggingFaceSource, device: str | None = None) -> LoadedModel:
+def load_reward_model(src: HuggingFaceSource, device: str | None = None,
+                      identity: ContentIdentity | None = None) -> LoadedModel:
     """Load the RM (``AutoModelForSequenceClassification``) and its tokenizer with :func:`load_pretrained`."""
     from transformers import AutoModelForSequenceClassification
 
-    model, tokenizer, device, dtype = load_pretrained(src, AutoModelForSequenceClassification, device)
+    model, tokenizer, device, dtype = load_pretrained(src, AutoModelForSequenceClassification, device, identity)
     if src.score == "logits[0]" and model.config.num_labels != 1:
         raise InputError(f"score 'logits[0]' needs a 1-label head, the model has num_labels="
                          f"{model.config.num_labels} (use 'logits[:,0]' for a multi-output head)",
@@ -473,9 +479,7 @@ def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, 
         missing = [w for w, k in zip(words, keys) if k not in known]
         if missing:
             if loaded is None:
-                loaded = load_reward_model(src, device=device)
-                check_executed_code([loaded.model, loaded.model.config, loaded.tokenizer, tokenizer], identity,
-                                    source=src.source)
+                loaded = load_reward_model(src, device=device, identity=identity)
             t0 = time.perf_counter()
             table, info = engine.score_prefix_cached(loaded, score=src.score, prompts=[(prompt_id, text)],
                                                      words=missing, batch_size=batch_size)
@@ -521,9 +525,7 @@ def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, 
     from valuebias.invariance import audit_partition
 
     if loaded is None:
-        loaded = load_reward_model(src, device=device)
-        check_executed_code([loaded.model, loaded.model.config, loaded.tokenizer, tokenizer], identity,
-                            source=src.source)
+        loaded = load_reward_model(src, device=device, identity=identity)
     metadata.update(audit_partition(loaded, score=src.score, prompts=prompts, scores=scores))
     metadata["total_seconds"] = round(time.perf_counter() - started, 3)
     return table.cast(SCORE_SCHEMA), metadata
@@ -552,8 +554,7 @@ def sweep_reward_model(model_id: str, source: str, settings: dict[str, Any], swe
     hf, identity = resolve_model_path(model_id, source, settings, demo_dir=demo_dir, prompts=prompts,
                                       corpus_words=corpus_words, digest_cache=digest_cache)
     src = HuggingFaceSource(model_id=model_id, **hf)
-    loaded = load_reward_model(src, device=device)
-    check_executed_code([loaded.model, loaded.model.config, loaded.tokenizer], identity, source=src.source)
+    loaded = load_reward_model(src, device=device, identity=identity)
     vocabulary = decoded_vocabulary(loaded.tokenizer, len(loaded.tokenizer))
     strings = sorted(set(vocabulary.drop_nulls().to_list()))
     scores, info = engine.score_prefix_cached(loaded, score=src.score,
