@@ -13,8 +13,9 @@ from resources.validation import ContractValidator
 from valuebias.config import RegistryConfig
 from valuebias.report import figure1_png, markdown_table
 from valuebias.statistics import (FREQUENCY_CONTROLLED, INTERACTION_TEST, NOT_FITTED, RAW, NotFittable,
-                                  family_comparison_tests, fit_mixed_model, frequency_controlled, interaction_test,
-                                  median_rank_cells, rank_words, word_frequencies)
+                                  corpus_rankings, family_comparison_tests, fit_mixed_model, interaction_test,
+                                  median_rank_cells)
+from valuebias.value_cards import rank_sums
 
 RANK_CELL_COLUMNS = ["corpus", "ranks", "model", "family", "category", "prompt", "framing", "median_rank"]
 
@@ -58,10 +59,8 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
             per_corpus[corpus_id] = "no model has scores for this corpus"
             continue
         dictionary = words.filter(pl.col("corpus") == corpus_id).select("word", "category")
-        ranked = {RAW: rank_words(corpus_scores, dictionary, config.analysis.category_overlap)}
-        if config.analysis.frequency_control:
-            ranked[FREQUENCY_CONTROLLED] = frequency_controlled(
-                ranked[RAW], word_frequencies(ranked[RAW]["word"].unique().to_list()))
+        ranked = corpus_rankings(corpus_scores, dictionary, config.analysis.category_overlap,
+                                 config.analysis.frequency_control)
         for ranks, table in ranked.items():
             cells = median_rank_cells(table, prompts, families)
             parts.append(cells.with_columns(pl.lit(corpus_id).alias("corpus"), pl.lit(ranks).alias("ranks"))
@@ -73,6 +72,47 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
     table = pl.concat(parts)
     uri, version, check = write_table(storage, validator, "rm_rank_cells", table)
     return table_result(table, uri, version, {"cells_per_corpus": per_corpus,
+                                              INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
+
+
+def model_rankings(config: RegistryConfig, model_id: str, scores: pl.DataFrame, words: pl.DataFrame):
+    """One reward model's word ranks per corpus and ranking, as the rank cells and the rank sums use them:
+    tables of ``corpus, ranks, prompt, word, category, rank`` (raw and, with ``analysis.frequency_control``,
+    frequency-controlled; ``valuebias.statistics.corpus_rankings``)."""
+    for corpus_id in config.corpora:
+        corpus_scores = scores.filter(pl.col("corpus") == corpus_id)
+        if corpus_scores.is_empty():
+            continue
+        dictionary = words.filter(pl.col("corpus") == corpus_id).select("word", "category")
+        ranked = corpus_rankings(corpus_scores.select(pl.lit(model_id).alias("model"), "prompt", "word", "score"),
+                                 dictionary, config.analysis.category_overlap, config.analysis.frequency_control)
+        for ranks, table in ranked.items():
+            yield table.select(pl.lit(corpus_id).alias("corpus"), pl.lit(ranks).alias("ranks"), "prompt", "word",
+                               "category", "rank")
+
+
+@dg.asset(group_name="statistics", kinds={"polars", "parquet"}, deps=reads("rm_rank_sums"),
+          code_version=CODE_VERSIONS["rm_rank_sums"], check_specs=[contract_spec("rm_rank_sums")])
+def rm_rank_sums(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
+                 validator: ContractValidator) -> dg.MaterializeResult:
+    """The registry's rank sums: per (corpus, ranks, prompt, word, category), the sum of the ranks every
+    registered reward model gives the entry and how many models ranked it. A value card reads the other
+    models' mean rank from it as (sum - own rank) / (models - 1), without reading their tables."""
+    config = registry.load()
+    versions = current_input_versions(context.instance, config, "rm_rank_sums")
+    words = storage.read_parquet(TABLE_KEYS["corpus_words"])
+
+    def every_model():
+        for model in config.reward_models():
+            key = rm_word_scores_key(model.model_id)
+            if not storage.exists(key):
+                raise dg.Failure(f"no scores for model '{model.model_id}' at {storage.full_uri(key)}: "
+                                 f"materialize rm_word_scores for partition '{model.model_id}' first")
+            yield from model_rankings(config, model.model_id, storage.read_parquet(key), words)
+
+    table = rank_sums(every_model())
+    uri, version, check = write_table(storage, validator, "rm_rank_sums", table)
+    return table_result(table, uri, version, {"models": len(config.reward_models()),
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
 
 

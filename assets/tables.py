@@ -15,6 +15,7 @@ TABLE_KEYS = {
     "corpus_words": "tables/corpus_words.parquet",
     "model_registry": "tables/model_registry.parquet",
     "rm_rank_cells": "tables/rm_rank_cells.parquet",
+    "rm_rank_sums": "tables/rm_rank_sums.parquet",
     "rm_mixed_model": "tables/rm_mixed_model.parquet",
     "rm_interaction_test": "tables/rm_interaction_test.parquet",
     "rm_family_tests": "tables/rm_family_tests.parquet",

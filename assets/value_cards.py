@@ -1,18 +1,21 @@
 """Value cards: one partition per reward model, what it favours against the rest of the registry
-(METHOD.md section 8; the science is ``valuebias.value_cards``, the rendering ``valuebias.report``)."""
+(METHOD.md section 8, docs/METHOD.md; the science is ``valuebias.value_cards``, the rendering ``valuebias.report``)."""
 
 import dagster as dg
 import polars as pl
 
 from assets.partition_models import plain
-from assets.tables import TABLE_KEYS, card_key, contract_spec, rm_value_cards_key, table_result, write_table
+from assets.rm_statistics import model_rankings
+from assets.tables import (TABLE_KEYS, card_key, contract_spec, rm_value_cards_key, rm_word_scores_key, table_result,
+                           write_table)
 from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, latest_record, reads
 from orchestration.partitions import reward_model_partitions
 from resources.registry import Registry
 from resources.storage import Storage
 from resources.validation import ContractValidator
 from valuebias.report import embed_plots, value_card_markdown, value_card_png
-from valuebias.value_cards import MIN_MODELS, model_profiles, neighbours, value_card
+from valuebias.value_cards import (MIN_OTHER_MODELS, model_profiles, neighbours, panel_positions, reference_note,
+                                   value_card)
 
 
 def corpus_sizes(words: pl.DataFrame) -> dict[str, int]:
@@ -35,26 +38,32 @@ def scoring_provenance(instance: dg.DagsterInstance, model_id: str) -> dict:
           check_specs=[contract_spec("rm_value_cards")])
 def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                    validator: ContractValidator) -> dg.MaterializeResult:
-    """The value card of one reward model: per corpus x category x framing, its profile against the rest of
-    the registry (deviation, bootstrap interval, effect size, frequency-controlled deviation, flag after
-    Benjamini-Hochberg), its nearest and farthest models, and the provenance of its scores. The card is
-    shown here (markdown with its plot) and stored as ``cards/<model>.md`` and ``.png``."""
+    """The value card of one reward model: per corpus x category x framing, how its word ranks deviate from
+    the other reward models' (D, in ranks and as a share of the corpus, with an interval and p that allow for
+    both the prompts and the words, effect size A, the frequency-controlled D, the flag after
+    Benjamini-Hochberg), its nearest and farthest models, and the provenance of its scores. The card is shown
+    here (markdown with its plot) and stored as ``cards/<model>.md`` and ``.png``."""
     config = registry.load()
     model_id = context.partition_key
     model = config.models.get(model_id)
     if model is None or model.kind != "reward_model":
         raise dg.Failure(f"'{model_id}' is not a reward model of {config.path}")
     versions = current_input_versions(context.instance, config, "rm_value_cards", model_id)
-    cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
-    sizes = corpus_sizes(storage.read_parquet(TABLE_KEYS["corpus_words"]))
-    profiles = model_profiles(cells)
-    card = value_card(cells, model_id, sizes, profiles=profiles)
-    nearest, farthest = neighbours(profiles, model_id, sizes) if cells["model"].n_unique() >= MIN_MODELS else \
-        (None, None)
-    provenance = scoring_provenance(context.instance, model_id)
-    plot = value_card_png(profiles, card, model_id)
-    markdown = value_card_markdown(model, card, n_models=cells["model"].n_unique(), nearest=nearest,
-                                   farthest=farthest, provenance=provenance, plot_name=f"{model_id}.png")
+    words = storage.read_parquet(TABLE_KEYS["corpus_words"])
+    sizes = corpus_sizes(words)
+    own_ranks = pl.concat(list(model_rankings(config, model_id, storage.read_parquet(rm_word_scores_key(model_id)),
+                                              words)))
+    framings = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
+    profiles = model_profiles(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]))
+    reference = {m.model_id: m.family for m in config.reward_models() if m.model_id != model_id}
+    card = value_card(own_ranks, storage.read_parquet(TABLE_KEYS["rm_rank_sums"]), framings, model_id, sizes,
+                      reference, positions=panel_positions(profiles))
+    nearest, farthest = neighbours(profiles, model_id, sizes) if len(reference) >= MIN_OTHER_MODELS else (None, None)
+    note = reference_note(reference)
+    plot = value_card_png(card, model_id, sizes)
+    markdown = value_card_markdown(model, card, corpus_sizes=sizes, reference=reference, reference_note=note,
+                                   nearest=nearest, farthest=farthest, plot_name=f"{model_id}.png",
+                                   provenance=scoring_provenance(context.instance, model_id))
     uri, version, check = write_table(storage, validator, "rm_value_cards", card, rm_value_cards_key(model_id))
     storage.write_bytes(card_key(model_id, "png"), plot)
     storage.write_bytes(card_key(model_id, "md"), markdown.encode())
@@ -62,6 +71,7 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
     flags = card.filter(pl.col("flag"))["finding"].to_list()
     return table_result(card, uri, version, {
         "card": dg.MetadataValue.md(shown), "flags": len(flags),
-        "strongest_flags": "; ".join(flags[:3]) or "none", "nearest_model": nearest or "n/a",
-        "farthest_model": farthest or "n/a", "card_uri": dg.MetadataValue.path(storage.full_uri(card_key(model_id, "md"))),
+        "strongest_flags": "; ".join(flags[:3]) or "none", "reference": note or f"{len(reference)} other models",
+        "nearest_model": nearest or "n/a", "farthest_model": farthest or "n/a",
+        "card_uri": dg.MetadataValue.path(storage.full_uri(card_key(model_id, "md"))),
         INPUT_VERSIONS: dg.MetadataValue.json(versions)}, preview_rows=20, check=check)

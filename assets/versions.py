@@ -34,7 +34,8 @@ CODE_VERSIONS = {
     "rm_word_scores": "1", "rm_vocabulary_sweep": "1",
     # 2: a `ranks` column (raw, frequency_controlled), k families, comparisons with the correction named
     "rm_rank_cells": "2", "rm_mixed_model": "2", "rm_family_tests": "2", "rm_interaction_test": "1",
-    "rm_value_cards": "1",
+    "rm_rank_sums": "1",
+    "rm_value_cards": "2",  # 2: deviation from the leave-one-out mean of word ranks, crossed words x prompts interval
     "rm_report": "3",  # 2: plots embedded (the UI shows them); 3: significant panels marked, interaction test
     "lm_next_token_logprobs": "1", "lm_word_logprobs": "1", "mwlr_pair": "1",
     # lm_rank_cells 2, lm_anova 2, lm_posthoc 2: Figure 2 per pair (a ``pair`` column; the pooled group is optional)
@@ -233,6 +234,9 @@ def _entry(config: RegistryConfig, partition: str | None) -> dict[str, str]:
 
 
 MODEL_ENTRY = Setting(_entry)
+REWARD_MODEL_FAMILIES = Setting(lambda config, _: {f"family[{m.model_id}]": m.family for m in config.reward_models()})
+RANKING_SETTINGS = Setting(lambda config, _: {"analysis": settings_fingerprint(
+    config, "analysis", "frequency_control", "category_overlap")})
 REWARD_MODEL_SCORES = Partitions("rm_word_scores", lambda config, _: [m.model_id for m in config.reward_models()])
 # Figure 2 reads only the language models of its groups (the pairs, and every LM when pooled), so a model in no
 # group changes no Figure-2 table.
@@ -248,18 +252,18 @@ INPUTS: dict[str, tuple] = {
         MODEL_ENTRY, Setting(lambda config, p: {"sweep": _hash(config.models[p].vocabulary_sweep
                                                                if p in config.models else None)}),
         Table("prompts"), Lineage("corpus_words"), Lineage("model_registry")),
-    "rm_rank_cells": (Table("prompts"), Table("corpus_words"), REWARD_MODEL_SCORES,
-                      Setting(lambda config, _: {f"family[{m.model_id}]": m.family for m in config.reward_models()}),
-                      Setting(lambda config, _: {"analysis": settings_fingerprint(
-                          config, "analysis", "frequency_control", "category_overlap")}),
-                      Lineage("model_registry")),
+    "rm_rank_cells": (Table("prompts"), Table("corpus_words"), REWARD_MODEL_SCORES, REWARD_MODEL_FAMILIES,
+                      RANKING_SETTINGS, Lineage("model_registry")),
+    "rm_rank_sums": (Table("corpus_words"), REWARD_MODEL_SCORES, RANKING_SETTINGS, Lineage("model_registry")),
     "rm_mixed_model": (Table("rm_rank_cells"),),
     "rm_interaction_test": (Table("rm_rank_cells"),),
     "rm_family_tests": (Table("rm_rank_cells"), Setting(lambda config, _: {"analysis": settings_fingerprint(
         config, "analysis", "families", "comparisons", "permutations", "seed")})),
-    # a card compares its model with every other one: any reward model's new scores move every card
+    # a card compares its model with every other one: any reward model's new scores move every card (through
+    # the rank sums); the others' families only change the card's wording about its reference
     "rm_value_cards": (Setting(lambda config, p: {} if p in config.models else {"model": "removed"}),
-                       Table("rm_rank_cells"), Table("corpus_words"), SamePartition("rm_word_scores")),
+                       Table("rm_rank_sums"), Table("rm_rank_cells"), Table("corpus_words"), Table("prompts"),
+                       SamePartition("rm_word_scores"), REWARD_MODEL_FAMILIES, RANKING_SETTINGS),
     "rm_report": (Table("rm_rank_cells"), Table("rm_mixed_model"), Table("rm_interaction_test"),
                   Table("rm_family_tests")),
     "lm_next_token_logprobs": (

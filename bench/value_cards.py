@@ -1,59 +1,88 @@
-"""How long value cards take as the registry grows: every card of a registry of N reward models.
+"""What a value card costs as the registry grows (METHOD.md section 8, acceptance test 4: under 1 s per card
+for 160 models, about 2,300 entries, 54 prompts).
 
-Cards recompute whenever any reward model's scores change (each compares its model with all others), so
-what matters is the cost of all N cards. Synthetic rank cells shaped like the default registry's (Big
-Two: 2 categories, MFD2: 5; 54 prompts; raw and frequency-controlled ranks), 2,000 bootstrap draws.
-Prints the time of one card and of all N cards for N = 10 and 160, and their ratio to N = 10.
+A card reads two tables: its model's own word ranks and the registry's rank sums
+(``valuebias.value_cards.rank_sums``), whose size is that of one model. The baseline, measured side by side
+in the same run, is what a card would do without the sums: read every model's ranks and average the others.
+Synthetic ranks shaped like the default registry (Big Two: 2 categories x 131 words, MFD2: 5 x 408 = 2,302
+entries; 27 prompts per framing; raw and frequency-controlled rankings).
 
-    .venv/bin/python -m bench.value_cards
+    .venv/bin/python -m bench.value_cards            # 10, 40 and 160 models
+    .venv/bin/python -m bench.value_cards --smoke    # seconds: a tiny registry, every code path
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
 import polars as pl
 
-from valuebias.value_cards import value_card
+from valuebias.statistics import FREQUENCY_CONTROLLED, RAW
+from valuebias.value_cards import ENTRY_KEYS, rank_sums, value_card
 
-CORPORA = {"big2": ["Agency", "Communion"], "mfd2": ["Authority", "Care", "Fairness", "Loyalty", "Sanctity"]}
-SIZES = {"big2": 1700, "mfd2": 2050}
+FULL = {"corpora": {"big2": (2, 131), "mfd2": (5, 408)}, "prompts": 27, "models": (10, 40, 160), "baseline_up_to": 40}
+SMOKE = {"corpora": {"big2": (2, 12), "mfd2": (3, 10)}, "prompts": 3, "models": (4, 8), "baseline_up_to": 8}
 
 
-def cells(n_models: int, seed: int = 0) -> pl.DataFrame:
+def entries(corpora: dict[str, tuple[int, int]]) -> pl.DataFrame:
+    """``corpus, word, category``: made-up words (each its own family)."""
+    return pl.DataFrame([(corpus, f"w{corpus}{c}x{i}", f"C{c}") for corpus, (cats, n) in corpora.items()
+                         for c in range(cats) for i in range(n)], schema=["corpus", "word", "category"], orient="row")
+
+
+def model_ranks(words: pl.DataFrame, prompts: list[str], seed: int) -> pl.DataFrame:
+    """One model's ranks (``ENTRY_KEYS`` + ``rank``): a random order per (corpus, prompt), both rankings."""
     rng = np.random.default_rng(seed)
-    rows = {k: [] for k in ("corpus", "ranks", "model", "family", "category", "prompt", "framing", "median_rank")}
-    for m in range(n_models):
-        for corpus, categories in CORPORA.items():
-            for category in categories:
-                bias = rng.normal(0, 50)
-                for p in range(54):
-                    framing = "positive" if p < 27 else "negative"
-                    for ranks in ("raw", "frequency_controlled"):
-                        for key, value in (("corpus", corpus), ("ranks", ranks), ("model", f"rm-{m}"),
-                                           ("family", f"f{m % 3}"), ("category", category), ("prompt", f"p{p}"),
-                                           ("framing", framing),
-                                           ("median_rank", SIZES[corpus] / 2 + bias + rng.normal(0, 20))):
-                            rows[key].append(value)
-    return pl.DataFrame(rows)
+    parts = []
+    for (corpus,), group in words.group_by("corpus", maintain_order=True):
+        n = group.height
+        ranks = np.argsort(rng.random((len(prompts), n)), axis=1).argsort(axis=1) + 1.0
+        for ranking, shift in ((RAW, 0.0), (FREQUENCY_CONTROLLED, 0.25)):
+            parts.append(pl.DataFrame({
+                "corpus": corpus, "ranks": ranking, "prompt": np.repeat(prompts, n),
+                "word": np.tile(group["word"].to_numpy(), len(prompts)),
+                "category": np.tile(group["category"].to_numpy(), len(prompts)),
+                "rank": ranks.reshape(-1) + shift}))
+    return pl.concat(parts).select(*ENTRY_KEYS, "rank")
 
 
-def main() -> None:
-    baseline = None
-    for n in (10, 160):
-        table = cells(n)
+def baseline_reference(all_ranks: list[pl.DataFrame], own: int) -> pl.DataFrame:
+    """Without the rank sums: the other models' mean rank per entry, from every model's table."""
+    others = pl.concat([t for i, t in enumerate(all_ranks) if i != own])
+    return others.group_by(ENTRY_KEYS).agg(pl.col("rank").sum().alias("rank_sum"), pl.len().alias("models"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="a tiny registry: seconds, every code path")
+    setup = SMOKE if parser.parse_args(argv).smoke else FULL
+    words = entries(setup["corpora"])
+    prompts = [f"{f}_{i}" for f in ("positive", "negative") for i in range(setup["prompts"])]
+    framings = pl.DataFrame({"prompt": prompts, "framing": [p.split("_")[0] for p in prompts]})
+    sizes = dict(words.group_by("corpus").len().iter_rows())
+    print(f"entries={words.height} prompts={len(prompts)} rankings=2")
+    for n in setup["models"]:
+        all_ranks = [model_ranks(words, prompts, seed) for seed in range(n)]
+        sums = rank_sums(all_ranks)
+        cards = min(n, 5)
         started = time.perf_counter()
-        value_card(table, "rm-0", SIZES)
-        one = time.perf_counter() - started
-        started = time.perf_counter()
-        for m in range(n):
-            value_card(table, f"rm-{m}", SIZES)
-        every = time.perf_counter() - started
-        baseline = baseline or every
-        print(f"models={n} one_card={one:.3f}s all_cards={every:.2f}s per_card={every / n:.3f}s "
-              f"ratio_to_10_models={every / baseline:.1f}")
+        for i in range(cards):
+            value_card(all_ranks[i], sums, framings, f"rm-{i}", sizes,
+                       {f"rm-{j}": "ab"[j % 2] for j in range(n) if j != i})
+        per_card = (time.perf_counter() - started) / cards
+        line = f"models={n} per_card={per_card:.3f}s all_{n}_cards~{per_card * n:.1f}s"
+        if n <= setup["baseline_up_to"]:
+            started = time.perf_counter()
+            for i in range(cards):
+                baseline_reference(all_ranks, i)
+            baseline = (time.perf_counter() - started) / cards
+            line += f" baseline_reference_only={baseline:.3f}s ratio_card_with_sums/baseline={per_card / baseline:.2f}"
+        print(line, flush=True)
+        del all_ranks
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

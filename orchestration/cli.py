@@ -27,8 +27,8 @@ from valuebias.errors import InputError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_HELP = "registry config (default: $VALUEBIAS_CONFIG, else ./valuebias.yaml, else the project's own)"
 TABLE_NAMES = ("prompts", "corpus_words", "model_registry", "rm_word_scores", "rm_sweep_tokens", "rm_rank_cells",
-               "rm_mixed_model", "rm_interaction_test", "rm_family_tests", "rm_value_cards", "lm_word_logprobs",
-               "lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words")
+               "rm_rank_sums", "rm_mixed_model", "rm_interaction_test", "rm_family_tests", "rm_value_cards",
+               "lm_word_logprobs", "lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words")
 
 
 def _config_path(arg: str | None) -> Path:

@@ -77,14 +77,21 @@ VALID: dict[str, pl.DataFrame] = {
     }),
     "rm_value_cards": pl.DataFrame({
         "model": ["m1", "m1"], "corpus": ["big2", "big2"], "category": ["Agency", "Communion"],
-        "framing": ["positive", "positive"], "prompts": [27, 27], "reference_models": [9, 9],
-        "profile": [120.5, 140.0], "reference": [130.0, 131.0], "deviation": [-9.5, 9.0],
-        "deviation_fraction": [-0.036, 0.034], "ci_low": [-12.0, 6.5], "ci_high": [-7.0, 11.5],
-        "p_bootstrap": [0.0, 0.0], "p_bh": [0.0, 0.0], "effect_size": [-1.8, None],
-        "deviation_frequency_controlled": [-8.0, None], "p_bootstrap_frequency_controlled": [0.001, None],
+        "framing": ["positive", "positive"], "prompts": [27, 27], "entries": [104, 159], "families": [80, 121],
+        "reference_models": [9, 9], "deviation": [-9.5, 9.0], "deviation_fraction": [-0.036, 0.034],
+        "se": [1.2, 1.1], "df": [150.5, 140.25], "ci_low": [-12.0, 6.5], "ci_high": [-7.0, 11.5],
+        "p": [0.0001, 0.0002], "p_bh": [0.0002, 0.0002], "effect_size_a": [0.64, 0.36],
+        "deviation_frequency_controlled": [-8.0, None], "p_frequency_controlled": [0.001, None],
         "position": [2, 9], "flag": [True, True],
-        "finding": ["ranks Agency words higher than the registry under positive framing",
-                    "ranks Communion words lower than the registry under positive framing"],
+        "finding": ["ranks Agency words higher than the registry under positive framing: -3.6 % of the corpus "
+                    "(95 % interval -4.6 to -2.7), A = 0.64",
+                    "ranks Communion words lower than the registry under positive framing: +3.4 % of the corpus "
+                    "(95 % interval +2.5 to +4.4), A = 0.36"],
+    }),
+    "rm_rank_sums": pl.DataFrame({
+        "corpus": ["big2", "big2"], "ranks": ["raw", "frequency_controlled"], "prompt": ["best_ever_one"] * 2,
+        "word": ["love", "love"], "category": ["Communion", "Communion"], "rank_sum": [1250.5, -3.25],
+        "models": [10, 10],
     }),
     "rm_family_tests": pl.DataFrame({
         "corpus": ["big2", "big2"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections import Counter
 
 import polars as pl
 
@@ -205,77 +206,95 @@ def embed_plots(markdown: str, plots: dict[str, bytes]) -> str:
     return markdown
 
 
-def value_card_png(profiles: pl.DataFrame, card: pl.DataFrame, model: str) -> bytes:
-    """A value card's plot, as PNG bytes: one panel per corpus x framing; per category, every registered
-    reward model's profile (``valuebias.value_cards.model_profiles``: mean median rank over the framing's
-    prompts, 1 = best at the top) as grey points, this model as a red diamond, its flagged panels marked ``*``."""
-    import numpy as np
+def value_card_png(card: pl.DataFrame, model: str, corpus_sizes: dict[str, int]) -> bytes:
+    """A value card's plot, as PNG bytes: one panel per corpus; per category and framing, the model's
+    deviation D from the registry as a share of the corpus (negative, at the top: ranks the category higher)
+    with its 95 % interval (words and prompts), flagged cells filled and marked ``*``, the frequency-controlled
+    D as a hollow square. Cells without numbers are left out."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    corpora = sorted(profiles["corpus"].unique().to_list())
-    framings = _framing_panels(profiles["framing"].unique().to_list())
-    flagged = {(r["corpus"], r["category"], r["framing"]) for r in card.filter(pl.col("flag")).iter_rows(named=True)}
-    fig = Figure(figsize=(4.5 * len(framings), 3.6 * len(corpora)), layout="constrained")
+    numbers = card.filter(pl.col("deviation").is_not_null())
+    corpora = sorted(numbers["corpus"].unique().to_list()) or ["(no numbers)"]
+    framings = _framing_panels(card["framing"].unique().to_list())
+    fig = Figure(figsize=(7.5, 1.6 + 0.55 * max(1, numbers.select("corpus", "category").unique().height)),
+                 layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(corpora), len(framings), squeeze=False)
-    rng = np.random.default_rng(0)  # jitter only
-    for row, corpus in enumerate(corpora):
-        categories = sorted(profiles.filter(pl.col("corpus") == corpus)["category"].unique().to_list())
-        for col, framing in enumerate(framings):
-            ax = axes[row][col]
-            panel = profiles.filter((pl.col("corpus") == corpus) & (pl.col("framing") == framing))
+    heights = [max(1, numbers.filter(pl.col("corpus") == c)["category"].n_unique()) for c in corpora]
+    axes = fig.subplots(len(corpora), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    offsets = {framing: 0.18 * (i - (len(framings) - 1) / 2) for i, framing in enumerate(framings)}
+    for ax, corpus in zip(axes, corpora):
+        panel = numbers.filter(pl.col("corpus") == corpus)
+        categories = sorted(panel["category"].unique().to_list())
+        size = corpus_sizes.get(corpus, 1)
+        for i, framing in enumerate(framings):
+            color = f"C{i}"
             for j, category in enumerate(categories):
-                here = panel.filter(pl.col("category") == category)
-                others = here.filter(pl.col("model") != model)["profile"].to_numpy()
-                ax.scatter(j + rng.uniform(-0.15, 0.15, len(others)), others, color="0.6", s=18,
-                           label="other reward models" if j == 0 else None)
-                own = here.filter(pl.col("model") == model)["profile"].to_numpy()
-                if len(own):
-                    ax.scatter([j], own, color="C3", marker="D", s=60, zorder=3, label=model if j == 0 else None)
-                if (corpus, category, framing) in flagged:
-                    ax.annotate("*", xy=(j, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
-                                fontsize=14, fontweight="bold", color="C3")
-            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 4 else 0)
-            ax.set_xlim(-0.6, len(categories) - 0.4)
-            ax.invert_yaxis()
-            ax.grid(axis="y", alpha=0.3)
-            ax.set_title(f"{corpus}, {framing} framing", pad=16)
-            if col == 0:
-                ax.set_ylabel("mean median rank (1 = best)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=2)
-    fig.suptitle(f"Value card: {model} (* flagged after Benjamini-Hochberg)")
+                rows = panel.filter((pl.col("category") == category) & (pl.col("framing") == framing))
+                if not rows.height:
+                    continue
+                r = rows.row(0, named=True)
+                y = j + offsets[framing]
+                ax.errorbar(100 * r["deviation"] / size, y, xerr=[[100 * (r["deviation"] - r["ci_low"]) / size],
+                                                                   [100 * (r["ci_high"] - r["deviation"]) / size]],
+                            fmt="o", color=color, mfc=color if r["flag"] else "white", capsize=3,
+                            label=f"{framing} framing" if j == 0 else None)
+                if r["deviation_frequency_controlled"] is not None:
+                    ax.scatter(100 * r["deviation_frequency_controlled"] / size, y, marker="s", s=28,
+                               facecolors="none", edgecolors=color, zorder=3,
+                               label="frequency-controlled D" if (i, j) == (0, 0) else None)
+                if r["flag"]:
+                    ax.annotate("*", xy=(1.0, y), xycoords=("axes fraction", "data"), ha="left", va="center",
+                                fontsize=13, fontweight="bold", color=color)
+        ax.axvline(0.0, color="0.4", lw=0.8)
+        ax.set_yticks(range(len(categories)), categories)
+        ax.set_ylim(len(categories) - 0.5, -0.5)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(corpus, loc="left")
+        ax.set_xlabel("D, % of the corpus (negative = ranks the category higher than the registry)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=3)
+    fig.suptitle(f"Value card: {model} (95 % intervals over words and prompts; filled, * = flagged)")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()
 
 
-def value_card_markdown(model, card: pl.DataFrame, *, n_models: int, nearest: str | None, farthest: str | None,
-                        provenance: dict, plot_name: str) -> str:
-    """A value card as markdown: flags in words, neighbours, the table per corpus, provenance and the plot."""
-    from valuebias.value_cards import MIN_MODELS, TOO_SMALL
+def value_card_markdown(model, card: pl.DataFrame, *, corpus_sizes: dict[str, int], reference: dict[str, str],
+                        reference_note: str | None, nearest: str | None, farthest: str | None, provenance: dict,
+                        plot_name: str) -> str:
+    """A value card as markdown: the method's sentence once, flags in words, the reference, neighbours, the
+    table per corpus, provenance and the plot."""
+    from valuebias.value_cards import CARD_SENTENCE, MIN_OTHER_MODELS, TOO_SMALL
 
     title = f"# Value card: {model.model_id}" + (f" ({model.display_name})" if model.display_name else "")
-    lines = [title, f"Family **{model.family}**, compared with the {n_models - 1} other reward model(s) of the "
-                    "registry (METHOD.md section 8; rank 1 = best, negative deviation = ranks the category higher "
-                    "than the registry)."]
-    if n_models < MIN_MODELS:
-        return "\n\n".join(lines + [f"**The comparison is too small**: {TOO_SMALL}."]) + "\n"
+    families = ", ".join(f"{f} {n}" for f, n in sorted(Counter(reference.values()).items()))
+    lines = [title, f"Family **{model.family}**, compared with the {len(reference)} other reward model(s) of the "
+                    f"registry ({families or 'none'}). Word ranks, 1 = best; D < 0: the model ranks the category "
+                    "higher than the others do (docs/METHOD.md, value cards)."]
+    if len(reference) < MIN_OTHER_MODELS:
+        return "\n\n".join(lines + [f"**No comparison**: {TOO_SMALL}."]) + "\n"
+    lines.append(CARD_SENTENCE)
+    if reference_note:
+        lines.append(f"**Reference**: {reference_note}.")
     flags = card.filter(pl.col("flag"))
-    lines.append("## Flags (bootstrap p below 0.05 after Benjamini-Hochberg across this card's panels)")
+    lines.append("## Flags (p below 0.05 after Benjamini-Hochberg over this card's raw cells)")
     if flags.height:
-        lines += [f"- {r['finding']}: deviation {r['deviation']:+.1f} ranks ({100 * r['deviation_fraction']:+.1f} % "
-                  f"of the corpus), 95 % CI [{r['ci_low']:.1f}, {r['ci_high']:.1f}], d = "
-                  + (f"{r['effect_size']:.2f}" if r["effect_size"] is not None else "undefined")
-                  + f", BH p = {r['p_bh']:.3g} ({r['corpus']})" for r in flags.sort("p_bh").iter_rows(named=True)]
+        lines += [f"- {r['finding']} ({r['corpus']}; D = {r['deviation']:+.1f} ranks, p = {r['p']:.3g}, "
+                  f"BH p = {r['p_bh']:.3g})" for r in flags.sort("p_bh").iter_rows(named=True)]
     else:
-        lines.append("No flags: no panel differs from the registry after the correction.")
+        lines.append("No flags: no cell differs from the registry after the correction.")
     lines += ["## Nearest and farthest models by profile", f"Nearest: **{nearest}**; farthest: **{farthest}**.",
               f"![Value card of {model.model_id}]({plot_name})"]
-    shown = ["corpus", "category", "framing", "profile", "reference", "deviation", "deviation_fraction", "ci_low",
-             "ci_high", "effect_size", "deviation_frequency_controlled", "p_bh", "position", "flag"]
-    lines += ["## Panels", markdown_table(card.select(shown).sort("corpus", "framing", "category"))]
+    size = pl.col("corpus").replace_strict(corpus_sizes, return_dtype=pl.Float64)
+    shown = card.select(
+        "corpus", "category", "framing", "families", "deviation",
+        (100 * pl.col("deviation_fraction")).alias("D % of corpus"),
+        (100 * pl.col("ci_low") / size).alias("95 % low"), (100 * pl.col("ci_high") / size).alias("95 % high"),
+        pl.col("effect_size_a").alias("A"), "p_bh", pl.col("deviation_frequency_controlled").alias("D freq.-controlled"),
+        "position", "flag")
+    lines += ["## Cells", markdown_table(shown.sort("corpus", "framing", "category"))]
     if provenance:
         lines += ["## Provenance of the scores"] + [f"- **{k}**: `{v}`" for k, v in provenance.items()]
     return "\n\n".join(lines) + "\n"

@@ -88,6 +88,17 @@ def rank_words(scores: pl.DataFrame, dictionary: pl.DataFrame,
     )
 
 
+def corpus_rankings(scores: pl.DataFrame, dictionary: pl.DataFrame, category_overlap: str = "rank_slot_per_category",
+                    frequency_control: bool = False) -> dict[str, pl.DataFrame]:
+    """{ranks: ranked table}: :func:`rank_words` (``raw``, the paper's) and, with ``frequency_control``, the
+    same ranks residualised on word frequency (:func:`frequency_controlled`, ``frequency_controlled``)."""
+    ranked = {RAW: rank_words(scores, dictionary, category_overlap)}
+    if frequency_control:
+        ranked[FREQUENCY_CONTROLLED] = frequency_controlled(
+            ranked[RAW], word_frequencies(ranked[RAW]["word"].unique().to_list()))
+    return ranked
+
+
 def median_rank_cells(ranked: pl.DataFrame, prompts: pl.DataFrame,
                       families: pl.DataFrame) -> pl.DataFrame:
     """METHOD §3 step 3: the median rank per (model, category, prompt), the units of analysis.
