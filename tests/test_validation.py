@@ -90,7 +90,8 @@ VALID: dict[str, pl.DataFrame] = {
     }),
     "rm_rank_sums": pl.DataFrame({
         "corpus": ["big2", "big2"], "ranks": ["raw", "frequency_controlled"], "prompt": ["best_ever_one"] * 2,
-        "word": ["love", "love"], "category": ["Communion", "Communion"], "rank_sum": [1250.5, -3.25],
+        "word": ["love", "love"], "category": ["Communion", "Communion"], "family": ["love", "love"],
+        "rank_sum": [1250.5, -3.25],
         "models": [10, 10],
     }),
     "rm_family_tests": pl.DataFrame({

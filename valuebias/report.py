@@ -217,7 +217,7 @@ def value_card_png(card: pl.DataFrame, model: str, corpus_sizes: dict[str, int])
     numbers = card.filter(pl.col("deviation").is_not_null())
     corpora = sorted(numbers["corpus"].unique().to_list()) or ["(no numbers)"]
     framings = _framing_panels(card["framing"].unique().to_list())
-    fig = Figure(figsize=(7.5, 1.6 + 0.55 * max(1, numbers.select("corpus", "category").unique().height)),
+    fig = Figure(figsize=(8.5, 2.2 + 0.55 * max(1, numbers.select("corpus", "category").unique().height)),
                  layout="constrained")
     FigureCanvasAgg(fig)
     heights = [max(1, numbers.filter(pl.col("corpus") == c)["category"].n_unique()) for c in corpora]
@@ -255,7 +255,8 @@ def value_card_png(card: pl.DataFrame, model: str, corpus_sizes: dict[str, int])
     handles, labels = axes[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="outside lower center", ncols=3)
-    fig.suptitle(f"Value card: {model} (95 % intervals over words and prompts; filled, * = flagged)")
+    fig.suptitle(f"Value card: {model}\n95 % intervals over words and prompts; filled marker and * = flagged",
+                 fontsize=11)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     return buffer.getvalue()

@@ -91,8 +91,9 @@ def word_families(words: Iterable[str]) -> dict[str, str]:
 # ----------------------------------------------------------------------------------------------- rank sums
 
 def rank_sums(rankings: Iterable[pl.DataFrame]) -> pl.DataFrame:
-    """The registry's rank sums: ``corpus, ranks, prompt, word, category, rank_sum, models`` (the sum of the
-    ranks every model gives the entry at the prompt, and how many models ranked it).
+    """The registry's rank sums: ``corpus, ranks, prompt, word, category, family, rank_sum, models`` (the sum of
+    the ranks every model gives the entry at the prompt, how many models ranked it, and the word's family,
+    its Snowball stem: :func:`word_families`, computed here once rather than in every card).
 
     ``rankings`` yields one table per model (and corpus) with the columns ``ENTRY_KEYS`` + ``rank``; they are
     folded in a few at a time so that memory stays that of a few models' ranks."""
@@ -104,16 +105,19 @@ def rank_sums(rankings: Iterable[pl.DataFrame]) -> pl.DataFrame:
                 .agg(pl.col("rank_sum").sum(), pl.col("models").sum()))
 
     for table in rankings:
-        pending.append(table.select(*ENTRY_KEYS, pl.col("rank").alias("rank_sum"), pl.lit(1, pl.Int64).alias("models")))
+        pending.append(table.select(*ENTRY_KEYS, pl.col("rank").cast(pl.Float64).alias("rank_sum"),
+                                    pl.lit(1, pl.Int64).alias("models")))
         if len(pending) >= 16:
             total = fold(pending + ([total] if total is not None else []))
             pending = []
     if pending:
         total = fold(pending + ([total] if total is not None else []))
     if total is None:
-        return pl.DataFrame(schema={"corpus": pl.Utf8, "ranks": pl.Utf8, "prompt": pl.Utf8, "word": pl.Utf8,
-                                    "category": pl.Utf8, "rank_sum": pl.Float64, "models": pl.Int64})
-    return total.sort(ENTRY_KEYS)
+        return pl.DataFrame(schema={**{k: pl.Utf8 for k in ENTRY_KEYS}, "family": pl.Utf8, "rank_sum": pl.Float64,
+                                    "models": pl.Int64})
+    families = word_families(total["word"].unique().to_list())
+    return (total.with_columns(pl.col("word").replace_strict(families, return_dtype=pl.Utf8).alias("family"))
+            .select(*ENTRY_KEYS, "family", "rank_sum", "models").sort(ENTRY_KEYS))
 
 
 # ------------------------------------------------------------------------------------------ one card cell
@@ -131,14 +135,16 @@ class CellResult:
     effect_size_a: float
     families: int
     entries: int
+    prompts: int
 
 
 def crossed_test(family_means: np.ndarray, prompt_means: np.ndarray, categories: np.ndarray, category: str,
                  entries: int = 0) -> CellResult | None:
     """D, its crossed (words and prompts) standard error, Welch-Satterthwaite t interval and p, and A.
 
-    ``family_means``: d_f, one per family of the corpus; ``prompt_means``: y_f(p), families x prompts;
-    ``categories``: the category of each family. None when the category has fewer than 2 families."""
+    ``family_means``: d_f, one per family of the corpus; ``prompt_means``: y_f(p), families x prompts (the
+    prompt part uses the prompts at which every family has entries: all of them when every model scored every
+    word); ``categories``: the category of each family. None when the category has fewer than 2 families."""
     inside = categories == category
     k, big_k = int(inside.sum()), len(family_means)
     if k < 2 or big_k - k < 1:
@@ -152,6 +158,7 @@ def crossed_test(family_means: np.ndarray, prompt_means: np.ndarray, categories:
             continue  # a single family: its variance cannot be estimated
         terms.append(float((a[members] ** 2).sum() * family_means[members].var(ddof=1)))
         dfs.append(int(members.sum()) - 1)
+    prompt_means = prompt_means[:, np.isfinite(prompt_means).all(axis=0)]  # prompts where every family has entries
     n_prompts = prompt_means.shape[1]
     if n_prompts >= 2:
         terms.append(float((a @ prompt_means).var(ddof=1) / n_prompts))
@@ -169,37 +176,40 @@ def crossed_test(family_means: np.ndarray, prompt_means: np.ndarray, categories:
         p = float(2.0 * stats.t.sf(abs(deviation) / se, df))
     own, rest = family_means[inside], family_means[~inside]
     lower = (own[:, None] < rest[None, :]).mean() + 0.5 * (own[:, None] == rest[None, :]).mean()
-    return CellResult(deviation, se, df, deviation - half, deviation + half, p, float(lower), k, entries)
+    return CellResult(deviation, se, df, deviation - half, deviation + half, p, float(lower), k, entries, n_prompts)
 
 
 def deviations(own_ranks: pl.DataFrame, sums: pl.DataFrame, framings: pl.DataFrame) -> pl.DataFrame:
     """y per entry and prompt: ``corpus, ranks, framing, prompt, category, family, y`` (the model's rank minus
     the other models' mean rank, from the rank sums). An entry that no other model ranked is left out."""
-    families = word_families(own_ranks["word"].unique().to_list())
     return (own_ranks.select(*ENTRY_KEYS, "rank")
             .join(sums, on=ENTRY_KEYS, how="inner")
             .filter(pl.col("models") >= 2)
             .join(framings.select("prompt", "framing"), on="prompt", how="inner")
-            .with_columns((pl.col("rank") - (pl.col("rank_sum") - pl.col("rank")) / (pl.col("models") - 1)).alias("y"),
-                          pl.col("word").replace_strict(families, return_dtype=pl.Utf8).alias("family"))
-            .select("corpus", "ranks", "framing", "prompt", "category", "family", "word", "y"))
+            .select("corpus", "ranks", "framing", "prompt", "category", "family",
+                    (pl.col("rank") - (pl.col("rank_sum") - pl.col("rank")) / (pl.col("models") - 1)).alias("y")))
 
 
 def panel_cells(y: pl.DataFrame) -> dict[tuple[str, str, str, str], CellResult | None]:
     """{(corpus, ranks, framing, category): its :class:`CellResult`} from :func:`deviations`' y."""
+    panel_keys = ["corpus", "ranks", "framing"]
+    per_prompt = (y.group_by(*panel_keys, "category", "family", "prompt")
+                  .agg(pl.col("y").sum().alias("total"), pl.len().alias("n")))
     results = {}
-    for (corpus, ranks, framing), panel in y.group_by("corpus", "ranks", "framing", maintain_order=True):
-        by_prompt = (panel.group_by("category", "family", "prompt").agg(pl.col("y").mean())
-                     .pivot(on="prompt", index=["category", "family"], values="y").sort("category", "family"))
-        per_family = (panel.group_by("category", "family")
-                      .agg(pl.col("y").mean().alias("d"), pl.len().alias("n"), pl.col("word").n_unique().alias("w"))
-                      .sort("category", "family"))
-        categories = per_family["category"].to_numpy()
-        matrix = by_prompt.drop("category", "family").to_numpy().astype(float)
-        entries = dict(per_family.group_by("category").agg(pl.col("w").sum()).iter_rows())
-        for category in sorted(set(categories)):
-            results[(corpus, ranks, framing, category)] = crossed_test(
-                per_family["d"].to_numpy(), matrix, categories, category, entries=int(entries[category]))
+    for (corpus, ranks, framing), panel in per_prompt.group_by(panel_keys, maintain_order=True):
+        index = ["category", "family"]
+        totals = panel.pivot(on="prompt", index=index, values="total").sort(index)
+        counts = panel.pivot(on="prompt", index=index, values="n").sort(index)
+        total = totals.drop(index).to_numpy().astype(float)
+        n = counts.drop(index).fill_null(0).to_numpy().astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prompt_means = total / n  # y_f(p); NaN where a family has no entry at a prompt
+        family_means = np.nansum(total, axis=1) / n.sum(axis=1)  # d_f: over the family's entries and the prompts
+        categories = totals["category"].to_numpy()
+        entries = n.max(axis=1)
+        for category in np.unique(categories):
+            results[(corpus, ranks, framing, str(category))] = crossed_test(
+                family_means, prompt_means, categories, category, entries=int(entries[categories == category].sum()))
     return results
 
 
@@ -249,14 +259,14 @@ def value_card(own_ranks: pl.DataFrame, sums: pl.DataFrame, framings: pl.DataFra
         raise InputError(f"the registry's rank sums count {counted} other reward model(s), the registry has "
                          f"{n_reference}: recompute rm_rank_sums", source="rm_rank_sums", field="models")
     y = deviations(own_ranks, sums, framings)
+    prompts = dict(((c, f), n) for c, f, n in y.group_by("corpus", "framing").agg(pl.col("prompt").n_unique()).iter_rows())
     cells = panel_cells(y)
     rows = []
     for (corpus, ranks, framing, category), cell in sorted(cells.items()):
         if ranks != RAW:
             continue
         row = {"model": model, "corpus": corpus, "category": category, "framing": framing,
-               "prompts": y.filter((pl.col("corpus") == corpus) & (pl.col("framing") == framing))["prompt"].n_unique(),
-               "reference_models": n_reference, "flag": False}
+               "prompts": prompts[(corpus, framing)], "reference_models": n_reference, "flag": False}
         if n_reference < MIN_OTHER_MODELS:
             rows.append(row | {"finding": TOO_SMALL})
             continue
