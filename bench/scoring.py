@@ -66,7 +66,7 @@ def build(shape: str, device: str, dtype: torch.dtype, prompts, words):
     import transformers
 
     from demo_models import tiny_models
-from valuebias import rm_scoring as scoring
+    from valuebias import rm_scoring as scoring
 
     env = jinja2.Template(LLAMA31_TEMPLATE, keep_trailing_newline=True)
     texts = [env.render(messages=[{"role": "user", "content": t}, {"role": "assistant", "content": w}],
