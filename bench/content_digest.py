@@ -8,9 +8,11 @@
 - ``verify``: the same folder with ``mode="verify"`` (``--verify``: every digest recomputed).
 
     .venv/bin/python -m bench.content_digest [--size-mb 1024] [--repeats 3] [--dir /tmp]
+    .venv/bin/python -m bench.content_digest --smoke    # seconds: a 4 MB file, one run each
 
 The file is read once before timing, so every figure is from the page cache (a cold disk adds the same
 read time to ``read``, ``sha256`` and ``verify``). Prints the median of each and the ratios to ``read``.
+Exits 1 when the routine check or ``verify`` does not give the file's SHA-256 (a benchmark of a wrong answer).
 """
 
 from __future__ import annotations
@@ -42,12 +44,15 @@ def timed(func, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", default=tempfile.gettempdir())
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="seconds: --size-mb 4 --repeats 1")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.size_mb, args.repeats = 4, 1
 
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="valuebias-digest-bench-") as folder:
         folder = Path(folder)
@@ -60,6 +65,13 @@ def main() -> None:
         cache = DigestCache(folder / "digests.json")
         read_only(weights)  # into the page cache
         folder_identity(folder, cache=cache)  # the digest cached, as after a first run
+        expected = file_sha256(weights)
+        answers = {"routine check": folder_identity(folder, cache=DigestCache(folder / "digests.json")),
+                   "verify": folder_identity(folder, cache=DigestCache(folder / "digests.json"), mode="verify")}
+        wrong = [name for name, identity in answers.items() if identity.parts.get(weights.name) != expected]
+        if wrong:
+            print(f"FAILED: {', '.join(wrong)} did not give the SHA-256 of {weights.name}")
+            return 1
 
         results = {
             "read": timed(lambda: read_only(weights), args.repeats),
@@ -70,14 +82,15 @@ def main() -> None:
                                                     mode="verify"), args.repeats),
         }
     size = args.size_mb / 1024
-    print(f"file: {size:.2f} GiB, median of {args.repeats} runs each")
+    print(f"file: {args.size_mb} MiB ({size:.2f} GiB), median of {args.repeats} runs each")
     for name, seconds in results.items():
         rate = f"{size / seconds:8.2f} GiB/s" if name != "routine check" else " " * 13
         print(f"{name:>14}: {seconds * 1000:10.2f} ms {rate}  ratio to read: {seconds / results['read']:.4f}")
     print(f"sha256/read={results['sha256'] / results['read']:.2f} "
           f"routine/sha256={results['routine check'] / results['sha256']:.6f} "
           f"verify/sha256={results['verify'] / results['sha256']:.2f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,10 +6,13 @@
   several sample sizes (``--words``), with the same loaded model.
 
     .venv/bin/python -m bench.invariance [--config valuebias.yaml] [--model ID] [--threads 1] [--words 32 64 128]
+    .venv/bin/python -m bench.invariance --smoke    # seconds: a tiny registry (SMOKE_*), every code path
 
 Scoring runs on ``--threads`` torch threads (the demo registry's ``scoring.threads`` is 1). Demo models are
 built (or reused) under a temporary folder seeded from ``<state_dir>/demo_models``, so the state folder is
-only read.
+only read. ``--smoke`` writes a registry of 3 prompts, 12 words and one tiny demo RM (hidden 32, 1 layer,
+20 training steps) to a temporary folder and audits 4 and 8 words per prompt; it exits 1 if the audit of that
+float32 model fails (the full run only reports failures: a real model in bfloat16 may fail it).
 """
 
 from __future__ import annotations
@@ -29,14 +32,48 @@ from valuebias.rm_scoring import HuggingFaceSource, load_reward_model
 from valuebias.rm_scoring import resolve_model_path, score_reward_model
 
 
-def main() -> None:
+SMOKE_PROMPTS = {"best_ever_one": "What, in one word, is the best thing ever?",
+                 "greatest_world_single": "What, in a single word, is the greatest thing in the world?",
+                 "worst_ever_one": "What, in one word, is the worst thing ever?"}
+SMOKE_WORDS = {"Agency": ["ability", "ambition", "power", "skill", "success", "strength"],
+               "Communion": ["love", "kindness", "friendship", "care", "trust", "warmth"]}
+SMOKE_AUDIT_WORDS = [4, 8]
+
+
+def write_smoke_registry(root: Path) -> Path:
+    """prompts.csv, words.csv and valuebias.yaml of the smoke registry under ``root``; returns the config."""
+    (root / "prompts.csv").write_text("prompt,text\n" + "".join(f'{p},"{t}"\n' for p, t in SMOKE_PROMPTS.items()))
+    (root / "words.csv").write_text("word,category\n" + "".join(f"{w},{c}\n" for c, ws in SMOKE_WORDS.items()
+                                                                for w in ws))
+    config = root / "valuebias.yaml"
+    config.write_text(
+        "prompts: {uri: prompts.csv}\n"
+        "corpora:\n  small: {uri: words.csv, format: csv, word_column: word, category_column: category,"
+        " categories: [Agency, Communion]}\n"
+        "scoring: {batch_size: 32, threads: 1}\n"
+        "models:\n  demo-llama-1:\n    kind: reward_model\n    family: llama\n"
+        "    demo: {architecture: llama, preferred_category: Agency, seed: 1, hidden_size: 32, num_layers: 1,"
+        " train_steps: 20}\n")
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="valuebias.yaml")
     parser.add_argument("--model", default=None, help="a reward model id of the registry (default: the first)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--words", type=int, nargs="*", default=[32, 64, 128])
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="seconds: a tiny registry, every code path")
+    args = parser.parse_args(argv)
+    if not args.smoke:
+        return run(args)
+    with tempfile.TemporaryDirectory(prefix="valuebias-invariance-smoke-") as folder:
+        args.config, args.model, args.words = str(write_smoke_registry(Path(folder))), None, SMOKE_AUDIT_WORDS
+        return run(args)
 
+
+def run(args: argparse.Namespace) -> int:
+    """The benchmark on ``args.config``; 0, or 1 when ``args.smoke`` and the partition's audit failed."""
     torch.set_num_threads(args.threads)
     config = load_config(Path(args.config))
     model_id = args.model or next(m for m, e in config.models.items() if e.kind == "reward_model")
@@ -63,7 +100,8 @@ def main() -> None:
               f"({1000 * audit / metadata['invariance_sequences']:.2f} ms each)")
         figures = {k: v for k, v in metadata.items() if k.startswith("invariance_")}
         print(f"  figures: {figures}")
-        print(f"  failures: {audit_failures(figures) or 'none'}")
+        failures = audit_failures(figures)
+        print(f"  failures: {failures or 'none'}")
 
         hf, _ = resolve_model_path(model_id, model.source, model.settings, demo_dir=demo_dir, prompts=prompts,
                                    corpus_words=corpus_words)
@@ -79,7 +117,11 @@ def main() -> None:
                   f"{seconds:7.2f} s = {seconds / partition:6.2%} of the partition; max |diff| "
                   f"{result['invariance_max_abs_diff']:.2e}, min tau {result['invariance_min_kendall_tau']:.4f}, "
                   f"flipped {result['invariance_flipped_pair_share']:.3%}")
+    if args.smoke and failures:
+        print(f"FAILED: the smoke registry's float32 demo model failed its invariance audit: {failures}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

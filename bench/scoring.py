@@ -2,9 +2,11 @@
 
     python -m bench.scoring [--quick] [--prompts N] [--threads 2]
     python -m bench.scoring --device cuda --dtype bfloat16 --shape 8b --peak-tflops 989
+    python -m bench.scoring --smoke    # seconds: tiny model, 2 prompts x 12 words, every code path
 
 A Llama-shaped sequence-classification reward model with random weights is built offline (``--shape
-small``: hidden 512, 8 layers, 8 heads, intermediate 1408; ``--shape 8b``: Llama-3.1-8B's shape, hidden
+small``: hidden 512, 8 layers, 8 heads, intermediate 1408; ``--shape tiny`` (``--smoke``): hidden 64,
+2 layers, 4 heads, 2 KV heads, intermediate 128; ``--shape 8b``: Llama-3.1-8B's shape, hidden
 4096, 32 layers, 32 heads, 8 KV heads, intermediate 14336, vocabulary 128256, initialised directly on
 the device). Its tokenizer is trained on the rendered prompts and words, with a Llama-3.1-style chat
 template that renders the system header ("Cutting Knowledge Date: December 2023 / Today Date: 26 Jul
@@ -16,8 +18,13 @@ The workload is the paper's: the 54 prompts x the 263 Big Two nouns (from
 the same process: ``scoring.score_words`` (batch 64) and ``engine.score_prefix_cached`` (starting at
 batch 64). Printed: sequences/s of each, the FLOP-ratio bound (tokens the straightforward path runs,
 padding included / tokens the engine runs, prefixes and padding included), on a GPU the achieved
-TFLOP/s (2 x non-embedding parameters x tokens / time) against ``--peak-tflops``, and as the last line
+TFLOP/s (2 x non-embedding parameters x tokens / time) against ``--peak-tflops``, the speedup as a
+fraction of the FLOP-ratio bound (``speedup_of_bound``), and as the last line
 ``speedup=<ratio> max_abs_diff=<value> sequences=<n>``.
+
+It exits 1 (after printing why) when the engine falls back to the straightforward path or when the two
+paths disagree by more than the engine's tolerance: max |difference| <= 1e-4 in float32, <= 3e-2 x
+max |score| in bfloat16 / float16 (``valuebias.engine``'s docstring).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ LLAMA31_TEMPLATE = (
 )
 
 SHAPES = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, vocab_size=None),
     "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
                   intermediate_size=1408, vocab_size=None),
     "8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
@@ -92,7 +101,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def main(argv=None) -> None:
+#: ``--smoke``: a tiny model and workload, several batches, the achieved-TFLOP/s lines (against a nominal peak).
+SMOKE = dict(shape="tiny", prompts=2, words=12, batch_size=4, threads=1, peak_tflops=1.0)
+
+
+def tolerance(dtype: str, scale: float) -> float:
+    """The largest max |difference| the engine may show against the straightforward path (engine docstring)."""
+    return 1e-4 if dtype == "float32" else 3e-2 * max(scale, 1e-30)
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 prompts instead of 54 (ends within ~2 minutes on 2 busy cores)")
     parser.add_argument("--prompts", type=int, default=None, help="number of paper prompts (default 54, 3 if --quick)")
@@ -104,7 +122,12 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak dense TFLOP/s for this dtype, to print the achieved fraction")
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds: " + ", ".join(f"{k}={v}" for k, v in SMOKE.items()) + "; every code path")
     args = parser.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
 
     from valuebias import engine, rm_scoring as scoring
     from valuebias.prompts import paper_prompt_table
@@ -132,6 +155,9 @@ def main(argv=None) -> None:
           f"random weights; built in {time.perf_counter() - t0:.1f}s")
     ok, reason = engine.supports_prefix_cache(model)
     print(f"engine support: {ok} ({reason})")
+    if not ok:
+        print("FAILED: the engine cannot serve this model, nothing to compare")
+        return 1
     print(f"workload: {len(prompts)} prompts x {len(words)} words = {len(prompts) * len(words)} sequences; "
           f"words: {word_source}")
 
@@ -158,7 +184,9 @@ def main(argv=None) -> None:
     t_engine = time.perf_counter() - t0
 
     n = ref.height
-    assert got["prompt"].to_list() == ref["prompt"].to_list() and got["word"].to_list() == ref["word"].to_list()
+    if got["prompt"].to_list() != ref["prompt"].to_list() or got["word"].to_list() != ref["word"].to_list():
+        print("FAILED: the engine's rows are not the straightforward path's (prompt, word) order")
+        return 1
     diff = float((got["score"] - ref["score"]).abs().max())
     scale = float(ref["score"].abs().max())
     prefixes = list(info["prefix_tokens"].values())
@@ -170,7 +198,8 @@ def main(argv=None) -> None:
           f"{info['tokens_processed']} tokens run (prefixes and padding included); layout {info.get('layout')}, "
           f"prefix passes {info.get('groups')}, batches {info['batches']}, oom_halvings {info['oom_halvings']}, "
           f"batch size {info.get('initial_batch_size')} -> {info['final_batch_size']} sequences")
-    print(f"flop_ratio_bound={base_tokens / info['tokens_processed']:.2f} "
+    bound = base_tokens / info["tokens_processed"]
+    print(f"flop_ratio_bound={bound:.2f} "
           f"(unpadded full tokens / engine tokens: {info['tokens_full'] / info['tokens_processed']:.2f})")
     print(f"score scale max|score| {scale:.4g}; max_abs_diff {diff:.3g} (relative {diff / max(scale, 1e-30):.3g})")
     if args.device.startswith("cuda") or args.peak_tflops:
@@ -182,8 +211,14 @@ def main(argv=None) -> None:
         if args.device.startswith("cuda"):
             print(f"peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"speedup_of_bound={t_base / t_engine / bound:.2f} (speedup / flop_ratio_bound)")
     print(f"speedup={t_base / t_engine:.2f} max_abs_diff={diff:.3g} sequences={n}")
+    limit = tolerance(args.dtype, scale)
+    if not diff <= limit:  # also fails on NaN
+        print(f"FAILED: max_abs_diff {diff:.3g} exceeds the engine's {args.dtype} tolerance {limit:.3g}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
