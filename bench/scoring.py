@@ -23,8 +23,8 @@ fraction of the FLOP-ratio bound (``speedup_of_bound``), and as the last line
 ``speedup=<ratio> max_abs_diff=<value> sequences=<n>``.
 
 It exits 1 (after printing why) when the engine falls back to the straightforward path or when the two
-paths disagree by more than the engine's tolerance: max |difference| <= 1e-4 in float32, <= 3e-2 x
-max |score| in bfloat16 / float16 (``valuebias.engine``'s docstring).
+paths disagree by more than the engine's tolerance (``valuebias.engine``'s docstring): max |difference|
+<= 1e-4 x max(1, max |score|) in float32, <= 3e-2 x max |score| in bfloat16 / float16.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ SMOKE = dict(shape="tiny", prompts=2, words=12, batch_size=4, threads=1, peak_tf
 
 def tolerance(dtype: str, scale: float) -> float:
     """The largest max |difference| the engine may show against the straightforward path (engine docstring)."""
-    return 1e-4 if dtype == "float32" else 3e-2 * max(scale, 1e-30)
+    return 1e-4 * max(scale, 1.0) if dtype == "float32" else 3e-2 * max(scale, 1e-30)
 
 
 def main(argv=None) -> int:
