@@ -137,14 +137,12 @@ def test_acceptance_3_deviations_sum_to_zero_over_the_models():
 
 def test_acceptance_4_a_card_reads_two_tables_whatever_the_registry_size():
     """The cost of a card does not grow with the registry: it reads the model's own ranks and the rank sums,
-    whose size is that of one model (timings: `python -m bench.value_cards`, run in --smoke mode here)."""
-    from bench.value_cards import main
-
+    whose size is that of one model (timings: `python -m bench.value_cards`; its --smoke mode runs in
+    tests/test_bench_smoke.py)."""
     small, _, _ = simulate_ranks(0, corpora={"two": 2}, models=4)
     large, _, _ = simulate_ranks(0, corpora={"two": 2}, models=40)
     assert rank_sums(t.drop("model") for t in small.partition_by("model")).height == \
         rank_sums(t.drop("model") for t in large.partition_by("model")).height == small.height // 4
-    assert main(["--smoke"]) == 0
 
 
 # ------------------------------------------------------------------------------------------- wording
