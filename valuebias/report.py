@@ -244,8 +244,8 @@ def value_card_png(card: pl.DataFrame, model: str, corpus_sizes: dict[str, int])
                                facecolors="none", edgecolors=color, zorder=3,
                                label="frequency-controlled D" if (i, j) == (0, 0) else None)
                 if r["flag"]:
-                    ax.annotate("*", xy=(1.0, y), xycoords=("axes fraction", "data"), ha="left", va="center",
-                                fontsize=13, fontweight="bold", color=color)
+                    ax.annotate("*", xy=(1.01, y), xycoords=("axes fraction", "data"), ha="left", va="center",
+                                fontsize=13, fontweight="bold", color=color, annotation_clip=False)
         ax.axvline(0.0, color="0.4", lw=0.8)
         ax.set_yticks(range(len(categories)), categories)
         ax.set_ylim(len(categories) - 0.5, -0.5)
