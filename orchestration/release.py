@@ -112,10 +112,13 @@ def failed_blocking_checks(instance, asset_graph, assets: set[str]) -> list[str]
     problems = []
     for check_key, record in sorted(latest.items(), key=lambda item: (item[0].asset_key.to_user_string(),
                                                                        item[0].name)):
-        evaluation = record.event.dagster_event.event_specific_data if record.event else None
-        if record.status.value in ("FAILED", "EXECUTION_FAILED") or getattr(evaluation, "passed", None) is False:
-            problems.append(f"{check_key.asset_key.to_user_string()} check {check_key.name} failed "
-                            f"(run {record.run_id})")
+        name = f"{check_key.asset_key.to_user_string()} check {check_key.name}"
+        if record.status.value == "FAILED":
+            problems.append(f"{name} failed" + (f" (run {record.run_id})" if record.run_id else ""))
+        elif record.status.value == "PLANNED":  # planned by a run that ended without evaluating it
+            run = instance.get_run_by_id(record.run_id) if record.run_id else None
+            if run is not None and run.is_finished and not run.is_success:
+                problems.append(f"{name} did not complete (run {record.run_id} failed)")
     return problems
 
 
@@ -211,7 +214,7 @@ def create_release(config: RegistryConfig, instance, states, asset_graph, *, nam
                            "never overwritten; choose another --name")
     blockers = release_blockers(instance, config, states, asset_graph)
     if blockers:
-        raise ReleaseError(f"cannot release: {len(blockers)} partition(s) not up to date: " + "; ".join(blockers)
+        raise ReleaseError(f"cannot release: {len(blockers)} problem(s): " + "; ".join(blockers)
                            + ". Run `valuebias run` (see `valuebias status`), then release.")
     for key in store.list(release_prefix(name)):  # an interrupted earlier attempt (no manifest): never cited
         store.delete(key)

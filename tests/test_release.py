@@ -173,6 +173,20 @@ def test_a_release_with_a_stale_partition_is_refused_naming_it(tmp_path, capsys,
     assert not (store / "r1" / "manifest.json").exists()
     assert "no releases yet" in valuebias(capsys, "releases", "--config", str(config))[1]
 
+    # the file as it was: every partition is fresh again; then a blocking check's latest result is a failure
+    # (recorded on the instance as a validation outside a run would record it): refused, naming the check
+    import dagster as dg
+
+    from orchestration.state import project_instance
+    from valuebias.config import load_config
+
+    write_scores(path, None, seed=list(MODELS).index("gemma-2"))
+    project_instance(load_config(config)).report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey("rm_family_tests"), check_name="rm_family_tests_contract", passed=False))
+    code, out, err = valuebias(capsys, "release", "--name", "r1", "--config", str(config))
+    assert code == 1 and err.count("\n") == 1, err
+    assert "cannot release: 1 problem(s): rm_family_tests check rm_family_tests_contract failed" in err
+
 
 def test_diff_between_two_releases_names_the_changed_model_and_the_flipped_panels(tmp_path, capsys, fresh_env):
     from assets.versions import latest_record
