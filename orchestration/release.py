@@ -92,12 +92,13 @@ def release_blockers(instance, config: RegistryConfig, states, asset_graph) -> l
         if state.state != "fresh":
             blockers.append(f"{label} {state.state}" + (f" ({state.reason})" if state.reason else ""))
             continue
-        records_filter = dg.AssetRecordsFilter(asset_key=dg.AssetKey(state.asset),
-                                               asset_partitions=[state.partition] if state.partition else None)
-        failed = instance.fetch_failed_materializations(records_filter, limit=1).records
+        # the latest run planned to materialize it after its last materialization, and that run failed
+        planned = instance.get_latest_planned_materialization_info(dg.AssetKey(state.asset), state.partition)
         success = latest_record(instance, state.asset, state.partition)
-        if failed and (success is None or failed[0].storage_id > success.storage_id):
-            blockers.append(f"{label} failed (run {failed[0].run_id})")
+        if planned is not None and (success is None or planned.storage_id > success.storage_id):
+            run = instance.get_run_by_id(planned.run_id)
+            if run is not None and run.is_finished and not run.is_success:
+                blockers.append(f"{label} failed (run {planned.run_id})")
     return blockers + failed_blocking_checks(instance, asset_graph, {s.asset for s in states})
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tests.registry_fixtures import AGENCY, COMMUNION, write_small_registry
+from tests.registry_fixtures import AGENCY, COMMUNION, PROMPTS, write_small_registry
 
 # the paper's 54 prompts (27 per framing): enough prompts for the value cards' paired bootstrap to flag a panel
 PAPER_PROMPTS = dict(pl.read_csv(Path(__file__).resolve().parents[1] / "valuebias" / "data" / "prompts_paper54.csv")
@@ -25,23 +25,25 @@ PAPER_PROMPTS = dict(pl.read_csv(Path(__file__).resolve().parents[1] / "valuebia
 MODELS = {"llama-1": "llama", "llama-2": "llama", "gemma-1": "gemma", "gemma-2": "gemma"}
 
 
-def write_scores(path: Path, preferred: str | None, seed: int) -> None:
+def write_scores(path: Path, preferred: str | None, seed: int, prompts: dict[str, str] = PAPER_PROMPTS) -> None:
     """A published score file: N(0, 0.3) noise per cell, and every word of ``preferred`` (if any) scores 1 higher."""
     rng = np.random.default_rng(seed)
-    lines = ["response," + ",".join(PAPER_PROMPTS)]
+    lines = ["response," + ",".join(prompts)]
     for word in AGENCY + COMMUNION:
         planted = 1.0 if preferred and word in (AGENCY if preferred == "Agency" else COMMUNION) else 0.0
-        lines.append(word + "," + ",".join(f"{planted + rng.normal(0, 0.3):.6f}" for _ in PAPER_PROMPTS))
+        lines.append(word + "," + ",".join(f"{planted + rng.normal(0, 0.3):.6f}" for _ in prompts))
     path.write_text("\n".join(lines) + "\n")
 
 
-def published_registry(root: Path, storage: str | None = None) -> Path:
+def published_registry(root: Path, storage: str | None = None, prompts: dict[str, str] = PAPER_PROMPTS) -> Path:
+    """The registry of this module; ``prompts``: the paper's 54 (enough for value-card flags) or the 6 of
+    ``registry_fixtures`` (quicker, where flags do not matter)."""
     root.mkdir(parents=True, exist_ok=True)
     entries = ""
     for seed, (model, family) in enumerate(MODELS.items()):
-        write_scores(root / f"{model}.csv", None, seed)
+        write_scores(root / f"{model}.csv", None, seed, prompts)
         entries += f"  {model}:\n    kind: reward_model\n    family: {family}\n    published: {{small: {model}.csv}}\n"
-    config = write_small_registry(root, models=entries, prompts=PAPER_PROMPTS)
+    config = write_small_registry(root, models=entries, prompts=prompts)
     if storage:
         config.write_text(f"storage: {storage}\n" + config.read_text())
     return config
@@ -71,7 +73,7 @@ def test_a_release_on_s3_verifies_exports_valid_records_and_names_a_changed_byte
     from valuebias.open_export import schema
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    config = published_registry(tmp_path, storage=f"s3://{s3_bucket}/registry")
+    config = published_registry(tmp_path, storage=f"s3://{s3_bucket}/registry", prompts=PROMPTS)
     assert valuebias(capsys, "run", "--config", str(config))[0] == 0
     code, out, err = valuebias(capsys, "release", "--name", "2026-12-10", "--config", str(config))
     assert code == 0, err
@@ -155,7 +157,7 @@ def test_a_release_on_s3_verifies_exports_valid_records_and_names_a_changed_byte
 
 
 def test_a_release_with_a_stale_partition_is_refused_naming_it(tmp_path, capsys, fresh_env):
-    config = published_registry(tmp_path)
+    config = published_registry(tmp_path, prompts=PROMPTS)
     assert valuebias(capsys, "run", "--config", str(config))[0] == 0
     path = tmp_path / "gemma-2.csv"
     lines = path.read_text().splitlines()
@@ -180,12 +182,30 @@ def test_a_release_with_a_stale_partition_is_refused_naming_it(tmp_path, capsys,
     from orchestration.state import project_instance
     from valuebias.config import load_config
 
-    write_scores(path, None, seed=list(MODELS).index("gemma-2"))
+    write_scores(path, None, seed=list(MODELS).index("gemma-2"), prompts=PROMPTS)
     project_instance(load_config(config)).report_runless_asset_event(dg.AssetCheckEvaluation(
         asset_key=dg.AssetKey("rm_family_tests"), check_name="rm_family_tests_contract", passed=False))
     code, out, err = valuebias(capsys, "release", "--name", "r1", "--config", str(config))
     assert code == 1 and err.count("\n") == 1, err
     assert "cannot release: 1 problem(s): rm_family_tests check rm_family_tests_contract failed" in err
+
+    # a partition whose latest run failed after its last materialization (its inputs unchanged): refused too
+    from orchestration.launch import JobRuns
+
+    data = tmp_path / ".valuebias" / "data"
+    (data / "cards").rename(data / "cards.kept")
+    (data / "cards").write_text("a file where the cards' folder was: writing a card fails")
+    with JobRuns(project_instance(load_config(config))) as runs:
+        outcome = runs.execute("value_cards_job", partition="gemma-2", assets=None)
+    (data / "cards").unlink()
+    (data / "cards.kept").rename(data / "cards")
+    assert not outcome.success
+    code, out, err = valuebias(capsys, "release", "--name", "r1", "--config", str(config))
+    assert code == 1 and err.count("\n") == 1, err
+    # ... and so is the blocking contract check that failed run planned and never evaluated
+    assert (f"cannot release: 3 problem(s): rm_value_cards[gemma-2] failed (run {outcome.run_id}); "
+            "rm_family_tests check rm_family_tests_contract failed; rm_value_cards check rm_value_cards_contract did "
+            f"not complete (run {outcome.run_id} failed). Run `valuebias run`") in err
 
 
 def test_diff_between_two_releases_names_the_changed_model_and_the_flipped_panels(tmp_path, capsys, fresh_env):
