@@ -261,7 +261,7 @@ def create_release(config: RegistryConfig, instance, states, asset_graph, *, nam
 
 
 def _write_export(writer: _ReleaseWriter, store: ObjectStore, manifest: dict) -> None:
-    from valuebias.open_export import every_eval_ever_records
+    from valuebias.open_export import SCHEMA_FILE, every_eval_ever_records, schema_problems
 
     cards = [pl.read_parquet(io.BytesIO(store.read_bytes(key))) for entry in manifest["tables"]
              if entry["asset"] == "rm_value_cards" for key in entry["files"][:1]]
@@ -269,6 +269,10 @@ def _write_export(writer: _ReleaseWriter, store: ObjectStore, manifest: dict) ->
         return
     records = every_eval_ever_records(pl.concat(cards, how="diagonal_relaxed"), manifest)
     for model, record in records.items():
+        problems = schema_problems(record)
+        if problems:  # a record the schema rejects is never published
+            raise ReleaseError(f"the open export of '{model}' breaks {SCHEMA_FILE.name}: {problems[0]}"
+                               + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
         writer.put(f"export/every_eval_ever/{model}.json", (json.dumps(record, indent=2) + "\n").encode())
 
 
@@ -301,6 +305,10 @@ def release_readme(manifest: dict, headline: dict[str, pl.DataFrame], files: lis
                   markdown_table(headline["rm_interaction_test"]), ""]
     if "lm_posthoc" in headline:
         lines += ["## Language-model pairs (lm_posthoc)", "", markdown_table(headline["lm_posthoc"]), ""]
+    if "mwlr_tokens" in headline:
+        tokens = headline["mwlr_tokens"]
+        lines += ["## Implicit rewards, Table 1 (mwlr_tokens; first 30 of "
+                  f"{tokens.height} rows, all in tables/mwlr_tokens.csv)", "", markdown_table(tokens.head(30)), ""]
     plots = [key for key in files if key.startswith("reports/") and key.endswith(".png")]
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(key).stem}]({key})" for key in plots] + [""]

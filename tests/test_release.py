@@ -281,3 +281,38 @@ def test_diff_between_two_releases_names_the_changed_model_and_the_flipped_panel
     assert metadata["release"].value == "after" and metadata["previous_release"].value == "before"
     assert "# ValueBias diff: before -> after" in metadata["diff"].value
     assert "- gemma-2: changed" in metadata["diff"].value
+
+
+def test_the_open_export_follows_the_every_eval_ever_schema_and_leaves_out_panels_without_numbers():
+    """Fast, without a registry: records built from value-card rows validate against the vendored schema (checked
+    here with jsonschema directly), carry each panel's deviation as the score, and a card without numbers (a
+    registry too small for cards) exports nothing; a broken record is named field by field."""
+    import jsonschema
+
+    from valuebias.open_export import every_eval_ever_records, schema, schema_problems
+
+    cards = pl.DataFrame({
+        "model": ["rm-a", "rm-a", "rm-b"], "corpus": ["big2", "big2", "big2"],
+        "category": ["Agency", "Communion", "Agency"], "framing": ["positive", "positive", "positive"],
+        "deviation": [-3.25, 1.5, None], "deviation_fraction": [-0.0125, 0.00577, None], "p_bh": [0.001, 0.4, None],
+        "flag": [True, False, False], "finding": ["ranks Agency words higher than the registry under positive framing",
+                                                  "", "too few reward models for a card"],
+        "ci_low": [-4.0, 0.1, None],  # any other column is ignored
+    })
+    manifest = {"name": "2026-12-10", "created": "2026-12-10T09:30:00Z",
+                "code": {"git_commit": "0123abcd"}, "packages": {"valuebias": "0.1.0"},
+                "models": {"rm-a": {"kind": "reward_model", "family": "llama", "source": "huggingface",
+                                    "provenance": {"location": "org/rm-a"}, "content": {"digest": "d1"}}}}
+    records = every_eval_ever_records(cards, manifest)
+    assert list(records) == ["rm-a"]
+    record = records["rm-a"]
+    jsonschema.Draft7Validator(schema()).validate(record)
+    assert schema_problems(record) == []
+    assert record["model_info"]["id"] == "org/rm-a" and record["retrieved_timestamp"] == "1796895000"
+    assert [(r["evaluation_result_id"], r["score_details"]["score"]) for r in record["evaluation_results"]] == [
+        ("big2/Agency/positive", -3.25), ("big2/Communion/positive", 1.5)]
+    assert record["evaluation_results"][0]["score_details"]["details"]["flag"] == "true"
+    record["evaluation_results"][1]["score_details"]["score"] = "high"
+    del record["source_metadata"]
+    assert schema_problems(record) == ["(record): 'source_metadata' is a required property",
+                                       "evaluation_results.1.score_details.score: 'high' is not of type 'number'"]

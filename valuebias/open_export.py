@@ -32,6 +32,15 @@ def schema() -> dict:
     return json.loads(SCHEMA_FILE.read_text())
 
 
+def schema_problems(record: dict) -> list[str]:
+    """Where ``record`` breaks the vendored schema (``field.path: message``), none when it is valid."""
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(schema())
+    return [f"{'.'.join(str(p) for p in error.absolute_path) or '(record)'}: {error.message}"
+            for error in sorted(validator.iter_errors(record), key=lambda e: list(map(str, e.absolute_path)))]
+
+
 def _hub_id(entry: dict, model: str) -> str:
     location = ((entry.get("provenance") or {}).get("location") if isinstance(entry.get("provenance"), dict)
                 else None)
