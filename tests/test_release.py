@@ -156,59 +156,10 @@ def test_a_release_on_s3_verifies_exports_valid_records_and_names_a_changed_byte
     assert "does NOT verify: 1 difference(s)" in err
 
 
-def test_a_release_with_a_stale_partition_is_refused_naming_it(tmp_path, capsys, fresh_env):
-    config = published_registry(tmp_path, prompts=PROMPTS)
-    assert valuebias(capsys, "run", "--config", str(config))[0] == 0
-    path = tmp_path / "gemma-2.csv"
-    lines = path.read_text().splitlines()
-    word, first, rest = lines[1].split(",", 2)
-    lines[1] = f"{word},{float(first) + 0.5:.6f},{rest}"
-    path.write_text("\n".join(lines) + "\n")
-
-    code, out, err = valuebias(capsys, "release", "--name", "r1", "--config", str(config))
-    assert code == 1
-    assert err.count("\n") == 1, err  # one line, no traceback
-    assert err.startswith("valuebias: error: cannot release: ")
-    assert f"rm_word_scores[gemma-2] stale (changed: published file (small: {path}))" in err
-    assert "rm_word_scores[gemma-1]" not in err and "rm_word_scores[llama-1]" not in err
-    store = tmp_path / ".valuebias" / "data" / "releases"
-    assert not (store / "r1" / "manifest.json").exists()
-    assert "no releases yet" in valuebias(capsys, "releases", "--config", str(config))[1]
-
-    # the file as it was: every partition is fresh again; then a blocking check's latest result is a failure
-    # (recorded on the instance as a validation outside a run would record it): refused, naming the check
-    import dagster as dg
-
-    from orchestration.state import project_instance
-    from valuebias.config import load_config
-
-    write_scores(path, None, seed=list(MODELS).index("gemma-2"), prompts=PROMPTS)
-    project_instance(load_config(config)).report_runless_asset_event(dg.AssetCheckEvaluation(
-        asset_key=dg.AssetKey("rm_family_tests"), check_name="rm_family_tests_contract", passed=False))
-    code, out, err = valuebias(capsys, "release", "--name", "r1", "--config", str(config))
-    assert code == 1 and err.count("\n") == 1, err
-    assert "cannot release: 1 problem(s): rm_family_tests check rm_family_tests_contract failed" in err
-
-    # a partition whose latest run failed after its last materialization (its inputs unchanged): refused too
-    from orchestration.launch import JobRuns
-
-    data = tmp_path / ".valuebias" / "data"
-    (data / "cards").rename(data / "cards.kept")
-    (data / "cards").write_text("a file where the cards' folder was: writing a card fails")
-    with JobRuns(project_instance(load_config(config))) as runs:
-        outcome = runs.execute("value_cards_job", partition="gemma-2", assets=None)
-    (data / "cards").unlink()
-    (data / "cards.kept").rename(data / "cards")
-    assert not outcome.success
-    code, out, err = valuebias(capsys, "release", "--name", "r1", "--config", str(config))
-    assert code == 1 and err.count("\n") == 1, err
-    # ... and so is the blocking contract check that failed run planned and never evaluated
-    assert (f"cannot release: 3 problem(s): rm_value_cards[gemma-2] failed (run {outcome.run_id}); "
-            "rm_family_tests check rm_family_tests_contract failed; rm_value_cards check rm_value_cards_contract did "
-            f"not complete (run {outcome.run_id} failed). Run `valuebias run`") in err
-
-
-def test_diff_between_two_releases_names_the_changed_model_and_the_flipped_panels(tmp_path, capsys, fresh_env):
+def test_refusals_and_the_diff_between_two_releases_around_one_model_s_change(tmp_path, capsys, fresh_env):
+    """One registry, one model's score file changed between two releases (the registry is run twice, the least
+    these behaviours need): a release is refused naming the stale partition, a failed blocking check and a failed
+    run; `diff` names the changed model, the panels whose significance flipped and the value-card flags."""
     from assets.versions import latest_record
     from orchestration.state import project_instance
     from valuebias.config import load_config
@@ -216,8 +167,16 @@ def test_diff_between_two_releases_names_the_changed_model_and_the_flipped_panel
     config = published_registry(tmp_path)
     assert valuebias(capsys, "run", "--config", str(config))[0] == 0
     assert valuebias(capsys, "release", "--name", "before", "--config", str(config))[0] == 0
-    # gemma-2 now prefers Communion words
-    write_scores(tmp_path / "gemma-2.csv", "Communion", seed=3)
+    # gemma-2 now prefers Communion words: its partition is stale, and a release is refused in one line naming it
+    path = tmp_path / "gemma-2.csv"
+    write_scores(path, "Communion", seed=3)
+    code, out, err = valuebias(capsys, "release", "--name", "after", "--config", str(config))
+    assert code == 1
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert err.startswith("valuebias: error: cannot release: ")
+    assert f"rm_word_scores[gemma-2] stale (changed: published file (small: {path}))" in err
+    assert "rm_word_scores[gemma-1]" not in err and "rm_word_scores[llama-1]" not in err
+    assert not (tmp_path / ".valuebias" / "data" / "releases" / "after" / "manifest.json").exists()
     assert valuebias(capsys, "run", "--config", str(config))[0] == 0
     code, out, err = valuebias(capsys, "release", "--name", "after", "--config", str(config))
     assert code == 0, err
@@ -281,6 +240,34 @@ def test_diff_between_two_releases_names_the_changed_model_and_the_flipped_panel
     assert metadata["release"].value == "after" and metadata["previous_release"].value == "before"
     assert "# ValueBias diff: before -> after" in metadata["diff"].value
     assert "- gemma-2: changed" in metadata["diff"].value
+
+    # every partition is fresh; a blocking check's latest result is a failure (recorded on the instance as a
+    # validation outside a run would record it): refused, naming the check
+    import dagster as dg
+
+    project_instance(load_config(config)).report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey("rm_family_tests"), check_name="rm_family_tests_contract", passed=False))
+    code, out, err = valuebias(capsys, "release", "--name", "third", "--config", str(config))
+    assert code == 1 and err.count("\n") == 1, err
+    assert "cannot release: 1 problem(s): rm_family_tests check rm_family_tests_contract failed" in err
+
+    # a partition whose latest run failed after its last materialization (its inputs unchanged): refused too
+    from orchestration.launch import JobRuns
+
+    data = tmp_path / ".valuebias" / "data"
+    (data / "cards").rename(data / "cards.kept")
+    (data / "cards").write_text("a file where the cards' folder was: writing a card fails")
+    with JobRuns(project_instance(load_config(config))) as runs:
+        outcome = runs.execute("value_cards_job", partition="gemma-2", assets=None)
+    (data / "cards").unlink()
+    (data / "cards.kept").rename(data / "cards")
+    assert not outcome.success
+    code, out, err = valuebias(capsys, "release", "--name", "third", "--config", str(config))
+    assert code == 1 and err.count("\n") == 1, err
+    # ... and so is the blocking contract check that failed run planned and never evaluated
+    assert (f"cannot release: 3 problem(s): rm_value_cards[gemma-2] failed (run {outcome.run_id}); "
+            "rm_family_tests check rm_family_tests_contract failed; rm_value_cards check rm_value_cards_contract did "
+            f"not complete (run {outcome.run_id} failed). Run `valuebias run`") in err
 
 
 def test_the_open_export_follows_the_every_eval_ever_schema_and_leaves_out_panels_without_numbers():
