@@ -41,6 +41,7 @@ CODE_VERSIONS = {
     # lm_rank_cells 2, lm_anova 2, lm_posthoc 2: Figure 2 per pair (a ``pair`` column; the pooled group is optional)
     "lm_rank_cells": "2", "lm_anova": "2", "lm_posthoc": "2", "mwlr_tokens": "1", "mwlr_words": "1",
     "lm_report": "3",  # 2: as rm_report; 3: a Figure-2 section per corpus and pair
+    "registry_release": "1",  # on demand only (assets/release.py); never planned
 }
 #: Assets whose output is a function of a model's content (their metadata carries ``content``).
 CONTENT_ASSETS = ("rm_word_scores", "rm_vocabulary_sweep", "lm_next_token_logprobs")

@@ -7,6 +7,9 @@
     valuebias cards [--config PATH]
     valuebias ui    [--config PATH] [--port 3000]
     valuebias pod MODEL_ID [--asset NAME] [--config PATH]
+    valuebias release [--name NAME] [--config PATH]  |  valuebias release verify NAME [--config PATH]
+    valuebias releases [--config PATH]
+    valuebias diff [A] [B] [--format markdown|csv|json] [--config PATH]
 
 Runs go to the project's Dagster instance (``<state_dir>/dagster``, SQLite), so the UI shows them.
 """
@@ -347,6 +350,98 @@ def cmd_pod(args) -> int:
     return 0
 
 
+def cmd_release(args) -> int:
+    """``valuebias release``: an immutable release of the registry in its storage (``orchestration.release``);
+    ``valuebias release verify NAME``: rehash its files against its manifest."""
+    from orchestration.release import ReleaseError, check_name, verify_release
+    from resources.storage import Storage
+
+    config = load_config(_config_path(args.config))
+    store = Storage(uri=config.storage_uri).store()
+    try:
+        if args.release_command == "verify":
+            problems = verify_release(store, args.release_name)
+            for problem in problems:
+                print(f"valuebias: release {args.release_name}: {problem}", file=sys.stderr)
+            if problems:
+                print(f"valuebias: release {args.release_name} does NOT verify: {len(problems)} difference(s) "
+                      "from its manifest (above)", file=sys.stderr)
+                return 1
+            print(f"valuebias: release {args.release_name} verifies: every file matches its manifest's SHA-256")
+            return 0
+        if args.name:
+            check_name(args.name)
+    except ReleaseError as exc:
+        print(f"valuebias: error: {exc}", file=sys.stderr)
+        return 1
+    from assets.versions import latest_record
+    from orchestration.launch import JobRuns
+
+    # the release is the on-demand asset registry_release (assets/release.py): run as a release_job run, so the
+    # UI lists it with the diff against the previous release; one run per state folder at a time
+    with run_lock(config, lambda message: print(f"valuebias: {message}", flush=True)):
+        instance = project_instance(config)
+        with JobRuns(instance) as runs:
+            outcome = runs.execute("release_job", partition=None, assets=None, verbose=args.verbose,
+                                   ops={"registry_release": {"config": {"name": args.name or ""}}})
+    if not outcome.success:
+        reasons = [message.removeprefix("registry_release: ") for message in outcome.errors] or ["the run failed"]
+        print(f"valuebias: error: {'; '.join(reasons)}", file=sys.stderr)
+        return 1
+    meta = {k: v.value for k, v in latest_record(instance, "registry_release").asset_materialization.metadata.items()}
+    print(f"valuebias: release {meta['release']} written to {meta['uri']} ({meta['files']} files, {meta['models']} "
+          f"models); manifest.json SHA-256 {meta['manifest_sha256']} (run {outcome.run_id})")
+    return 0
+
+
+def cmd_releases(args) -> int:
+    """``valuebias releases``: every release in the registry's storage, oldest first."""
+    import polars as pl
+
+    from orchestration.release import list_releases
+    from resources.storage import Storage
+    from valuebias.report import markdown_table
+
+    config = load_config(_config_path(args.config))
+    found = list_releases(Storage(uri=config.storage_uri).store())
+    if not found:
+        print(f"valuebias: no releases yet in {config.storage_uri} (`valuebias release` writes one)")
+        return 0
+    print(markdown_table(pl.DataFrame(found)))
+    return 0
+
+
+def cmd_diff(args) -> int:
+    """``valuebias diff [A] [B]``: what changed from release A (default: the latest) to release B (default: the
+    current state)."""
+    from orchestration.release import ReleaseError, current_side, list_releases, release_side
+    from resources.storage import Storage
+    from valuebias.release_diff import diff_json, diff_markdown, diff_table
+
+    config = load_config(_config_path(args.config))
+    store = Storage(uri=config.storage_uri).store()
+    try:
+        first = args.a
+        if first is None:
+            found = list_releases(store)
+            if not found:
+                raise ReleaseError(f"no release to compare with in {config.storage_uri}: write one with "
+                                   "`valuebias release`, or name two releases")
+            first = found[-1]["name"]
+        a = release_side(store, first)
+        b = release_side(store, args.b) if args.b else current_side(project_instance(config), config)
+    except ReleaseError as exc:
+        print(f"valuebias: error: {exc}", file=sys.stderr)
+        return 1
+    if args.format == "csv":
+        sys.stdout.write(diff_table(a, b).write_csv())
+    elif args.format == "json":
+        sys.stdout.write(diff_json(a, b))
+    else:
+        sys.stdout.write(diff_markdown(a, b))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="valuebias", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -387,6 +482,26 @@ def build_parser() -> argparse.ArgumentParser:
                                          "lm_word_logprobs"), help="default: the model's first scoring asset")
     pod.add_argument("--config", help=CONFIG_HELP)
     pod.set_defaults(func=cmd_pod)
+    release = sub.add_parser("release", help="write an immutable, verifiable release of the registry to its storage "
+                                             "(refused while anything is missing, stale or failed)")
+    release.add_argument("--name", help="release name (default: today's UTC date, e.g. 2026-12-10)")
+    release.add_argument("--config", help=CONFIG_HELP)
+    release.add_argument("--verbose", action="store_true", help="show Dagster's INFO logs")
+    release.set_defaults(func=cmd_release, release_command=None)
+    release_sub = release.add_subparsers(dest="release_command")
+    verify = release_sub.add_parser("verify", help="rehash every file of a release against its manifest")
+    verify.add_argument("release_name", metavar="NAME")
+    verify.add_argument("--config", help=CONFIG_HELP)
+    releases = sub.add_parser("releases", help="list the releases in the registry's storage")
+    releases.add_argument("--config", help=CONFIG_HELP)
+    releases.set_defaults(func=cmd_releases)
+    diff = sub.add_parser("diff", help="what changed between two releases (default: the latest release and the "
+                                       "current state)")
+    diff.add_argument("a", nargs="?", help="release name (default: the latest release)")
+    diff.add_argument("b", nargs="?", help="release name (default: the current state)")
+    diff.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    diff.add_argument("--config", help=CONFIG_HELP)
+    diff.set_defaults(func=cmd_diff)
     return parser
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import implicit, ingest, lm_scores, lm_statistics, rm_scores, rm_statistics, value_cards
+from assets import implicit, ingest, lm_scores, lm_statistics, release, rm_scores, rm_statistics, value_cards
 from orchestration.automation import build_refresh_schedules
 from orchestration.jobs import (ALL_JOBS, ingest_job, lm_scoring_job, lm_statistics_job, mwlr_job,  # noqa: F401
-                                rm_scoring_job, rm_statistics_job)
+                                release_job, release_schedule, rm_scoring_job, rm_statistics_job)
 from orchestration.sensors import model_partitions_sensor
 from resources.registry import Registry
 from resources.scoring_launcher import ScoringLauncher
@@ -51,10 +51,10 @@ def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     config = load_config(config_path)
     return dg.Definitions(
         assets=dg.load_assets_from_modules([ingest, rm_scores, rm_statistics, value_cards, lm_scores, implicit,
-                                          lm_statistics]),
-        jobs=ALL_JOBS,
+                                          lm_statistics, release]),
+        jobs=[*ALL_JOBS, release_job],
         sensors=[model_partitions_sensor],
-        schedules=build_refresh_schedules(config.schedule_cron),
+        schedules=[*build_refresh_schedules(config.schedule_cron), release_schedule],
         resources=build_resources(config_path),
     )
 

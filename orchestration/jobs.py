@@ -33,5 +33,15 @@ lm_statistics_job = dg.define_asset_job(
     "lm_statistics_job", selection=dg.AssetSelection.groups("lm_statistics"),
     description="Figure-2 statistics, Table 1, Figure 3 and the report from every language model and pair.")
 
+#: On demand only (the UI, `valuebias release`, or `release_schedule` once switched on): not in ALL_JOBS, so
+#: `valuebias run`, the sensor and the refresh schedules never plan it.
+release_job = dg.define_asset_job(
+    "release_job", selection=dg.AssetSelection.assets("registry_release"),
+    description="Writes an immutable, verifiable release of the registry (refused while anything is not fresh).")
+#: A weekly release, STOPPED by default: switch it on in the UI (Automation) to release every Monday at 03:00.
+release_schedule = dg.ScheduleDefinition(name="release_schedule", job=release_job, cron_schedule="0 3 * * 1",
+                                         default_status=dg.DefaultScheduleStatus.STOPPED,
+                                         description="A release every Monday at 03:00 (off unless switched on).")
+
 ALL_JOBS = [ingest_job, rm_scoring_job, rm_sweep_job, rm_statistics_job, value_cards_job, lm_scoring_job, mwlr_job,
             lm_statistics_job]

@@ -77,11 +77,12 @@ class JobRuns:
         self.location.cleanup()
 
     def execute(self, job_name: str, *, partition: str | None, assets: list[str] | None,
-                verbose: bool = False) -> RunOutcome:
-        """Creates the run (job origin, snapshots, partition tag, asset selection) and executes it here."""
+                verbose: bool = False, ops: dict | None = None) -> RunOutcome:
+        """Creates the run (job origin, snapshots, partition tag, asset selection, ``ops``: the run config of its
+        ops, e.g. a release's name) and executes it here."""
         from dagster._core.execution.api import execute_run
 
-        run = self._create_run(job_name, partition=partition, assets=assets, verbose=verbose)
+        run = self._create_run(job_name, partition=partition, assets=assets, verbose=verbose, ops=ops)
         result = execute_run(self.reconstructable.get_reconstructable_job(job_name), run, self.instance)
         return RunOutcome(run.run_id, result.success, failure_messages(self.instance, run.run_id))
 
@@ -120,7 +121,8 @@ class JobRuns:
                 ok = finished(request, outcome) and ok
         return ok
 
-    def _create_run(self, job_name: str, *, partition: str | None, assets: list[str] | None, verbose: bool):
+    def _create_run(self, job_name: str, *, partition: str | None, assets: list[str] | None, verbose: bool,
+                    ops: dict | None = None):
         from dagster._core.definitions.selector import JobSubsetSelector
 
         keys = [dg.AssetKey(a) for a in assets] if assets else None
@@ -128,7 +130,8 @@ class JobRuns:
                                      job_name=job_name, op_selection=None, asset_selection=keys)
         remote_job = self.location.get_job(selector)
         run_config = {"execution": {"config": {"in_process": {}}},
-                      "loggers": {"console": {"config": {"log_level": "INFO" if verbose else "CRITICAL"}}}}
+                      "loggers": {"console": {"config": {"log_level": "INFO" if verbose else "CRITICAL"}}},
+                      **({"ops": ops} if ops else {})}
         plan = self.location.get_execution_plan(remote_job, run_config, step_keys_to_execute=None, known_state=None,
                                                 instance=self.instance).execution_plan_snapshot
         from orchestration.state import run_tags

@@ -62,7 +62,6 @@ class RegistryGraph:
     ``repository_def.asset_graph`` (sensor, schedules: nothing is rebuilt on a tick)."""
 
     def __init__(self, graph):
-        self.order = [key.to_user_string() for key in graph.toposorted_asset_keys]
         keys = graph.get_all_asset_keys()
         self.partitions_def = {key.to_user_string(): graph.get(key).partitions_def for key in keys}
         self.parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
@@ -71,6 +70,10 @@ class RegistryGraph:
         for job in ALL_JOBS:
             for key in job.selection.resolve(graph):
                 self.job_of.setdefault(key.to_user_string(), job.name)
+        # the registry's assets in the graph's order; an asset in none of its jobs (``registry_release``: on
+        # demand only) is never planned
+        self.order = [key.to_user_string() for key in graph.toposorted_asset_keys
+                      if key.to_user_string() in self.job_of]
         # the jobs whose steps score models: their assets run in the ``gpu`` pool
         self.scoring_jobs = {self.job_of[key.to_user_string()] for key in keys
                              if "gpu" in (graph.get(key).pools or ())}

@@ -3,6 +3,8 @@ A refactor that drops an asset from a job, or gives an asset a partition set tha
 
 from __future__ import annotations
 
+import dagster as dg
+
 from orchestration.definitions import build_definitions
 from orchestration.plan import RegistryGraph
 
@@ -26,12 +28,17 @@ def test_jobs_partitions_sensors_and_schedules():
         "mwlr_job": (["mwlr_pair"], "pairs"),
         "lm_statistics_job": (["lm_anova", "lm_posthoc", "lm_rank_cells", "lm_report", "mwlr_tokens", "mwlr_words"],
                               None),
+        "release_job": (["registry_release"], None),
     }
     # every asset is materialized by exactly one job, and every asset has a code version
     registry = RegistryGraph(graph)
     assert sorted(registry.job_of) == sorted(registry.order)
+    assert "registry_release" not in registry.order  # on demand only: never planned
     from assets.versions import CODE_VERSIONS
 
     assert {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()} == CODE_VERSIONS
     assert [s.name for s in defs.sensors] == ["model_partitions_sensor"]
-    assert sorted(s.name for s in defs.schedules) == sorted(f"{job}_refresh" for job in jobs)
+    assert sorted(s.name for s in defs.schedules) == sorted(
+        [f"{job}_refresh" for job in jobs if job != "release_job"] + ["release_schedule"])
+    release = next(s for s in defs.schedules if s.name == "release_schedule")
+    assert release.default_status == dg.DefaultScheduleStatus.STOPPED  # a release runs only when asked for
