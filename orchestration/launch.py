@@ -174,8 +174,19 @@ def _readable(error) -> str:
     return message
 
 
+def user_error(error):
+    """The error to show for a failed step: the outermost one that is not Dagster's wrapper of user code (an
+    ``InputError`` naming the file and line, not the ``UnicodeDecodeError`` it was raised from); the innermost
+    when every one is Dagster's."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.cause
+    return next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[-1] if chain else None)
+
+
 def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    """Readable reasons a run failed or warns, from its event log: the innermost error of each failed step
+    """Readable reasons a run failed or warns, from its event log: the error of each failed step (:func:`user_error`)
     and each failed check (a warn-level check fails in a successful run too)."""
     messages = []
     for entry in instance.all_logs(run_id):
@@ -183,9 +194,7 @@ def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
         if event is None:
             continue
         if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error is not None and error.cause is not None:
-                error = error.cause
+            error = user_error(event.step_failure_data.error)
             messages.append(f"{event.step_key}: {_readable(error) if error is not None else 'step failed'}")
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
