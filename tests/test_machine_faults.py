@@ -1,6 +1,12 @@
-"""Ctrl-C and SIGTERM during `valuebias run` (issue 22), with real processes: every child process stops (run
-processes, their fork server, scoring workers), the terminal shows one line saying what was interrupted and
-that a rerun resumes, no traceback; the rerun completes to the tables of a run that was never interrupted."""
+"""Faults of the machine during `valuebias run` (issue 22), with real processes, each compared with a run that
+had none:
+
+- Ctrl-C and SIGTERM: every child process stops (run processes, their fork server, scoring workers), the
+  terminal shows one line saying what was interrupted and that a rerun resumes, no traceback; the rerun
+  completes to the same tables;
+- a full disk (the state folder on a small tmpfs, filled): one line naming the folder, every stored table still
+  readable, and after space is freed the rerun completes to the same tables.
+"""
 
 from __future__ import annotations
 
@@ -85,16 +91,63 @@ def check_one_line(code: int, output: str, left) -> None:
     assert left == [], [p.cmdline() for p in left]
 
 
-def test_ctrl_c_and_sigterm_stop_every_child_and_the_rerun_resumes_to_the_same_tables(tmp_path, models):
-    clean = registry(tmp_path / "clean", models)
-    subprocess.run(command(clean), cwd=PROJECT, check=True, capture_output=True, timeout=900)
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory, models) -> Path:
+    """The stored data of a run with no fault."""
+    root = tmp_path_factory.mktemp("clean")
+    subprocess.run(command(registry(root, models)), cwd=PROJECT, check=True, capture_output=True, timeout=900)
+    return root / ".valuebias" / "data"
 
+
+def same_tables(data: Path, clean: Path) -> None:
+    for table in TABLES:
+        assert pl.read_parquet(data / table).equals(pl.read_parquet(clean / table)), table
+
+
+def test_ctrl_c_and_sigterm_stop_every_child_and_the_rerun_resumes_to_the_same_tables(tmp_path, models, clean_run):
     config = registry(tmp_path / "interrupted", models)
     check_one_line(*interrupted_run(config, signal.SIGINT, whole_group=True))  # Ctrl-C on a terminal
     check_one_line(*interrupted_run(config, signal.SIGTERM, whole_group=False))  # `kill <pid>`
 
     rerun = subprocess.run(command(config), cwd=PROJECT, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    for table in TABLES:
-        assert pl.read_parquet(tmp_path / "interrupted" / ".valuebias" / "data" / table).equals(
-            pl.read_parquet(tmp_path / "clean" / ".valuebias" / "data" / table)), table
+    same_tables(tmp_path / "interrupted" / ".valuebias" / "data", clean_run)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 3 MiB tmpfs mounted at ``tmp_path/small`` (mounting needs root: the suite runs as root in CI)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_ends_in_one_line_and_the_rerun_after_freeing_space_completes(tmp_path, models, clean_run,
+                                                                                    small_filesystem):
+    config = registry(tmp_path / "full", models)
+    state = small_filesystem / "state"
+    config.write_text(f"state_dir: {state}\n" + config.read_text())
+    filler = small_filesystem / "filler"
+    filler.write_bytes(b"\0" * (3 * 2**20 - 400 * 2**10))  # 400 KiB left: the run fills it
+
+    full = subprocess.run(command(config), cwd=PROJECT, capture_output=True, text=True, timeout=900)
+    output = full.stdout + full.stderr
+    assert full.returncode == 1, output
+    assert "Traceback" not in output, output
+    errors = [line for line in output.splitlines() if "no space left" in line]
+    assert len(errors) == 1 and f"no space left on the file system of {state}" in errors[0], output
+    assert errors[0].endswith("free space there and run `valuebias run` again; finished work is kept and nothing "
+                              "stored was left half written")
+    for table in (state / "data").rglob("*.parquet"):  # nothing stored is half written
+        pl.read_parquet(table)
+
+    filler.unlink()
+    rerun = subprocess.run(command(config), cwd=PROJECT, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    same_tables(state / "data", clean_run)
