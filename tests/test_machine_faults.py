@@ -4,7 +4,7 @@ had none:
 - Ctrl-C and SIGTERM: every child process stops (run processes, their fork server, scoring workers), the
   terminal shows one line saying what was interrupted and that a rerun resumes, no traceback; the rerun
   completes to the same tables;
-- a full disk (the state folder on a small tmpfs, filled): one line naming the folder, every stored table still
+- a full disk (the state folder on an 8 MiB tmpfs, filled but 400 KiB): one line naming the folder, every stored table still
   readable, and after space is freed the rerun completes to the same tables.
 """
 
@@ -116,12 +116,12 @@ def test_ctrl_c_and_sigterm_stop_every_child_and_the_rerun_resumes_to_the_same_t
 
 @pytest.fixture
 def small_filesystem(tmp_path):
-    """A 3 MiB tmpfs mounted at ``tmp_path/small`` (mounting needs root: the suite runs as root in CI)."""
+    """An 8 MiB tmpfs mounted at ``tmp_path/small`` (mounting needs root: the suite runs as root in CI)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
     try:
         yield mount
     finally:
@@ -134,7 +134,7 @@ def test_a_full_disk_ends_in_one_line_and_the_rerun_after_freeing_space_complete
     state = small_filesystem / "state"
     config.write_text(f"state_dir: {state}\n" + config.read_text())
     filler = small_filesystem / "filler"
-    filler.write_bytes(b"\0" * (3 * 2**20 - 400 * 2**10))  # 400 KiB left: the run fills it
+    filler.write_bytes(b"\0" * (8 * 2**20 - 400 * 2**10))  # 400 KiB left: the run fills it
 
     full = subprocess.run(command(config), cwd=PROJECT, capture_output=True, text=True, timeout=900)
     output = full.stdout + full.stderr
