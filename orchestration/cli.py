@@ -154,6 +154,8 @@ def run_registry(args, config: RegistryConfig, running: dict[str, None] | None =
             running[request.label.split(" (")[0]] = None
 
         def finished(request: RunRequest, outcome: RunOutcome) -> bool:
+            if outcome.interrupted:  # Dagster caught the Ctrl-C (or SIGTERM) and failed the run: stop here
+                raise KeyboardInterrupt
             running.pop(request.label.split(" (")[0], None)
             if outcome.success:
                 say(f"{request.label} done in {time.perf_counter() - clock[request.label]:.1f} s")

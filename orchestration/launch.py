@@ -49,6 +49,7 @@ class RunOutcome:
     run_id: str
     success: bool
     errors: list[str] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C or SIGTERM reached the run (Dagster catches it and fails the run)
 
 
 class JobRuns:
@@ -83,7 +84,8 @@ class JobRuns:
 
         run = self._create_run(job_name, partition=partition, assets=assets, verbose=verbose)
         result = execute_run(self.reconstructable.get_reconstructable_job(job_name), run, self.instance)
-        return RunOutcome(run.run_id, result.success, failure_messages(self.instance, run.run_id))
+        return RunOutcome(run.run_id, result.success, failure_messages(self.instance, run.run_id),
+                          interrupted=not result.success and was_interrupted(self.instance, run.run_id))
 
     def execute_side_by_side(self, requests: list[RunRequest], slots: int, *, verbose: bool = False,
                              started: Callable[[RunRequest], None], finished: Callable[[RunRequest, RunOutcome], bool],
@@ -183,6 +185,20 @@ def user_error(error):
         chain.append(error)
         error = error.cause
     return next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[-1] if chain else None)
+
+
+def was_interrupted(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether a failed run was interrupted (Dagster turns Ctrl-C and SIGTERM into
+    ``DagsterExecutionInterruptedError`` in the step that was running)."""
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is not None and event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None:
+                if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                    return True
+                error = error.cause
+    return False
 
 
 def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:

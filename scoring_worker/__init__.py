@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -289,6 +290,8 @@ def main() -> int:
 
     # progress goes to the run's log through Pipes; terminal progress bars would only clutter stderr
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ.get(ERROR_FILE_ENV):  # a subprocess on the user's terminal: Ctrl-C ends it quietly
+        signal.signal(signal.SIGINT, _interrupted)
     with open_dagster_pipes() as pipes:
         try:
             metadata, version = run_task(dict(pipes.extras), pipes.log.info)
@@ -304,6 +307,13 @@ def main() -> int:
             return 1
         pipes.report_asset_materialization(metadata=pipes_metadata(metadata), data_version=version)
     return 0
+
+
+def _interrupted(signum, frame) -> None:
+    """Ctrl-C (or the run forwarding its interruption): stop now, without a traceback on the user's terminal.
+    Finished score chunks are already stored (each atomically); the rerun resumes from them."""
+    Path(os.environ[ERROR_FILE_ENV]).write_text("interrupted")
+    os._exit(130)
 
 
 def one_line(exc: BaseException) -> str:
