@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,14 @@ class JobRuns:
                 child = context.Process(target=_execute_in_child, args=(request, verbose, send),
                                         name=f"valuebias-{request.label}")
                 started(request)
-                child.start()
+                # Ctrl-C is this process's to handle (it stops every child): the fork server, started with the
+                # first child, and the run processes it forks ignore SIGINT (a fork server interrupted while it
+                # imports Dagster printed a traceback)
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                try:
+                    child.start()
+                finally:
+                    signal.signal(signal.SIGINT, previous)
                 send.close()
                 children.add(child.pid)
                 running[child.sentinel] = (request, child, receive)
