@@ -109,13 +109,13 @@ class JobRuns:
                                         name=f"valuebias-{request.label}")
                 started(request)
                 # Ctrl-C is this process's to handle (it stops every child): the fork server, started with the
-                # first child, and the run processes it forks ignore SIGINT (a fork server interrupted while it
-                # imports Dagster printed a traceback)
-                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                # first child, and the run processes it forks inherit SIGINT blocked (a fork server interrupted
+                # while it imports Dagster printed a traceback); here a Ctrl-C during the start is delivered after
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
                 try:
                     child.start()
                 finally:
-                    signal.signal(signal.SIGINT, previous)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
                 send.close()
                 children.add(child.pid)
                 running[child.sentinel] = (request, child, receive)
