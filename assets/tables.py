@@ -213,11 +213,15 @@ LARGE_TABLES = ("lm_next_token_logprobs", "mwlr_pair")
 
 
 def stored_output_problem(storage: Storage, asset: str, partition: str | None, metadata: dict,
-                          data_version: str | None, *, verify: bool = False) -> str | None:
+                          data_version: str | None, *, verify: bool = False, digests=None,
+                          mode: str = "cached") -> str | None:
     """What is wrong with the stored output of a recorded materialization, or None. Cheap: every output is
     present, and the main table's parquet footer is readable with the recorded row count (a deleted or
-    truncated file). With ``verify``: its content version also equals the recorded data version (a file
-    altered in place)."""
+    truncated file). Then its content version must equal the recorded data version (a file altered in
+    place), found as the weights' digests are (``digests``, a ``valuebias.model_content.DigestCache``): on
+    local storage the version computed when the file had its present (size, mtime, inode) is trusted, and a
+    file whose stat changed is read and hashed again (``mode`` ``stat``: never read, only what is known);
+    with ``verify`` (or on an object store with ``verify``) every table is read and hashed."""
     keys = output_keys(asset, partition)
     for key in keys:
         if not storage.exists(key):
@@ -231,8 +235,22 @@ def stored_output_problem(storage: Storage, asset: str, partition: str | None, m
     recorded = metadata.get("dagster/row_count")
     if recorded is not None and rows != int(recorded):
         return f"stored output has {rows} rows, {recorded} were recorded: {storage.full_uri(main)}"
-    if verify and data_version is not None:
-        version_of = large_table_version if asset in LARGE_TABLES else content_version
-        if version_of(storage.read_parquet(main)) != data_version:
-            return f"stored output altered since it was recorded: {storage.full_uri(main)}"
+    if data_version is None:
+        return None
+    version_of = large_table_version if asset in LARGE_TABLES else content_version
+    local = storage.local_path(main)
+    try:
+        if local is not None and digests is not None:
+            if mode == "stat":
+                current = digests.lookup(local)  # None: changed since last hashed; a later run or status hashes it
+            else:
+                current = digests.digest(local, verify=verify, hasher=lambda path: version_of(pl.read_parquet(path)))
+        elif verify:
+            current = version_of(storage.read_parquet(main))
+        else:
+            current = None
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        return f"stored output unreadable ({type(exc).__name__}): {storage.full_uri(main)}"
+    if current is not None and current != data_version:
+        return f"stored output altered since it was recorded: {storage.full_uri(main)}"
     return None

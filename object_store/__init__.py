@@ -437,6 +437,11 @@ class ObjectStore:
                          options=options, retries=self.retries, backoff=self.retry_backoff_seconds,
                          missing=missing, detail=detail)
 
+    def local_path(self, key: str) -> Path | None:
+        """The file of ``key`` on this machine for a local root; None on an object store."""
+        _check_key(key)
+        return self._local_root() / key if self._is_local() else None
+
     def full_uri(self, key: str) -> str:
         """The full URI (or absolute local path) of ``key``."""
         _check_key(key)

@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from orchestration.faults import disk_full, sigterm_as_interrupt, stop_children
 from orchestration.state import project_instance, run_lock, use_project_instance  # noqa: F401 (re-exported)
 from valuebias.config import RegistryConfig, load_config
 from valuebias.errors import InputError
@@ -87,12 +88,42 @@ def cmd_run(args) -> int:
     config = load_config(_config_path(args.config))
     # one `valuebias run` per state folder at a time: a second one waits (saying for whom), then finds
     # the work done and skips it
+    running: dict[str, None] = {}  # the labels of the runs going on now, for the line an interruption prints
     with run_lock(config, lambda message: print(f"valuebias: {message}", flush=True)):
-        return run_registry(args, config)
+        try:
+            with sigterm_as_interrupt():
+                return run_registry(args, config, running)
+        except KeyboardInterrupt:
+            stopped = stop_children()
+            what = ", ".join(running) or "the run's preparation"
+            print(f"valuebias: interrupted during {what} (stopped {stopped} child process(es)); finished work is "
+                  "kept: run `valuebias run` again to resume", file=sys.stderr, flush=True)
+        except Exception as exc:  # a full disk (the Dagster instance's SQLite, a table): one line naming the folder
+            line = disk_full(exc, state_folders(config))
+            if line is None:
+                raise
+            stop_children()
+            print(f"valuebias: error: {line}", file=sys.stderr, flush=True)
+            return 1
+    # interrupted, the run lock released: exit at once. The interpreter's own shutdown after an interrupt that
+    # landed among Dagster's and polars' threads was seen spinning (100 % CPU) until killed.
+    sys.stdout.flush()
+    os._exit(130)
 
 
-def run_registry(args, config: RegistryConfig) -> int:
-    """``valuebias run`` with the state folder's run lock held."""
+def state_folders(config: RegistryConfig) -> list[Path]:
+    """The folders `valuebias run` writes to on this machine: the Dagster instance, local storage, the state folder."""
+    from object_store import ObjectStore
+
+    try:
+        local = ObjectStore(config.storage_uri).local_path("x")
+    except OSError:  # its root cannot even be created: the state folder is named instead
+        local = None
+    return [Path(config.state_dir) / "dagster", *([local.parent] if local else []), Path(config.state_dir)]
+
+def run_registry(args, config: RegistryConfig, running: dict[str, None] | None = None) -> int:
+    """``valuebias run`` with the state folder's run lock held; ``running`` holds the labels of the runs going on."""
+    running = {} if running is None else running
     from orchestration.jobs import ALL_JOBS
     from orchestration.launch import JobRuns, RunOutcome, RunRequest
     from orchestration.progress import ProgressMonitor
@@ -123,8 +154,12 @@ def run_registry(args, config: RegistryConfig) -> int:
         def started(request: RunRequest) -> None:
             say(f"{request.label} ...")
             clock[request.label] = time.perf_counter()
+            running[request.label.split(" (")[0]] = None
 
         def finished(request: RunRequest, outcome: RunOutcome) -> bool:
+            if outcome.interrupted:  # Dagster caught the Ctrl-C (or SIGTERM) and failed the run: stop here
+                raise KeyboardInterrupt
+            running.pop(request.label.split(" (")[0], None)
             if outcome.success:
                 say(f"{request.label} done in {time.perf_counter() - clock[request.label]:.1f} s")
                 for message in outcome.errors:  # warn-level checks that failed (e.g. a test not fitted)
@@ -132,7 +167,8 @@ def run_registry(args, config: RegistryConfig) -> int:
                 for asset in request.assets or ():
                     report_adopted(instance, asset, request.partition, outcome.run_id)
                 return True
-            for message in outcome.errors:
+            full = next((m for m in outcome.errors if disk_full(m, [])), None)
+            for message in [disk_full(full, state_folders(config))] if full else outcome.errors:
                 say(f"  error: {message}", error=True)
             if outcome.run_id:
                 say(f"  run {outcome.run_id} failed; see `valuebias ui` for its logs", error=True)

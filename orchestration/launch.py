@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ class RunOutcome:
     run_id: str
     success: bool
     errors: list[str] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C or SIGTERM reached the run (Dagster catches it and fails the run)
 
 
 class JobRuns:
@@ -84,7 +86,8 @@ class JobRuns:
 
         run = self._create_run(job_name, partition=partition, assets=assets, verbose=verbose, ops=ops)
         result = execute_run(self.reconstructable.get_reconstructable_job(job_name), run, self.instance)
-        return RunOutcome(run.run_id, result.success, failure_messages(self.instance, run.run_id))
+        return RunOutcome(run.run_id, result.success, failure_messages(self.instance, run.run_id),
+                          interrupted=not result.success and was_interrupted(self.instance, run.run_id))
 
     def execute_side_by_side(self, requests: list[RunRequest], slots: int, *, verbose: bool = False,
                              started: Callable[[RunRequest], None], finished: Callable[[RunRequest, RunOutcome], bool],
@@ -106,7 +109,14 @@ class JobRuns:
                 child = context.Process(target=_execute_in_child, args=(request, verbose, send),
                                         name=f"valuebias-{request.label}")
                 started(request)
-                child.start()
+                # Ctrl-C is this process's to handle (it stops every child): the fork server, started with the
+                # first child, and the run processes it forks inherit SIGINT blocked (a fork server interrupted
+                # while it imports Dagster printed a traceback); here a Ctrl-C during the start is delivered after
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+                try:
+                    child.start()
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
                 send.close()
                 children.add(child.pid)
                 running[child.sentinel] = (request, child, receive)
@@ -177,8 +187,33 @@ def _readable(error) -> str:
     return message
 
 
+def user_error(error):
+    """The error to show for a failed step: the outermost one that is not Dagster's wrapper of user code (an
+    ``InputError`` naming the file and line, not the ``UnicodeDecodeError`` it was raised from); the innermost
+    when every one is Dagster's."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.cause
+    return next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[-1] if chain else None)
+
+
+def was_interrupted(instance: dg.DagsterInstance, run_id: str) -> bool:
+    """Whether a failed run was interrupted (Dagster turns Ctrl-C and SIGTERM into
+    ``DagsterExecutionInterruptedError`` in the step that was running)."""
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is not None and event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None:
+                if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+                    return True
+                error = error.cause
+    return False
+
+
 def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    """Readable reasons a run failed or warns, from its event log: the innermost error of each failed step
+    """Readable reasons a run failed or warns, from its event log: the error of each failed step (:func:`user_error`)
     and each failed check (a warn-level check fails in a successful run too)."""
     messages = []
     for entry in instance.all_logs(run_id):
@@ -186,9 +221,7 @@ def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
         if event is None:
             continue
         if event.is_step_failure:
-            error = event.step_failure_data.error
-            while error is not None and error.cause is not None:
-                error = error.cause
+            error = user_error(event.step_failure_data.error)
             messages.append(f"{event.step_key}: {_readable(error) if error is not None else 'step failed'}")
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data

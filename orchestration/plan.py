@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import dagster as dg
 
@@ -99,12 +100,15 @@ def registry_states(graph: RegistryGraph, instance: dg.DagsterInstance, config: 
     """The state of every asset partition the registry defines, in the graph's order. With
     ``reread_inputs`` the input files are read again, so an edited word list shows as stale ingest and
     stale scores before any run (sensor ticks skip that: they compare with what was last ingested). With
-    ``check_outputs`` a fresh partition whose stored output is missing, truncated or (when ``content``
-    verifies) altered is stale, naming the file (``assets.tables.stored_output_problem``)."""
+    ``check_outputs`` a fresh partition whose stored output is missing, truncated or altered is stale, naming the
+    file (``assets.tables.stored_output_problem``: on local storage a table whose (size, mtime, inode) changed
+    is hashed again, as model files are; ``--verify`` hashes every table)."""
     from assets.tables import stored_output_problem
     from resources.storage import Storage
+    from valuebias.model_content import DigestCache
 
     storage = Storage(uri=config.storage_uri)
+    output_digests = DigestCache(output_digests_path(config))
     would_be = None
     if reread_inputs:
         from assets.ingest import ingest_versions
@@ -121,12 +125,20 @@ def registry_states(graph: RegistryGraph, instance: dg.DagsterInstance, config: 
                                        state.metadata)
             elif check_outputs and state.state == "fresh":
                 problem = stored_output_problem(storage, asset, key, state.metadata, state.data_version,
-                                                verify=content.mode == "verify")
+                                                verify=content.mode == "verify", digests=output_digests,
+                                                mode=content.mode)
                 if problem:
                     state = PartitionState(asset, key, "stale", problem, state.run_id, state.data_version,
                                            state.metadata, state.current)
             rows.append(state)
+    output_digests.save()
     return rows
+
+
+def output_digests_path(config: RegistryConfig) -> Path:
+    """The content versions of stored tables, each trusted while its file's (size, mtime, inode) is unchanged
+    (``valuebias.model_content.DigestCache``, as for model files)."""
+    return Path(config.state_dir) / "output_digests.json"
 
 
 def ready_work(graph: RegistryGraph, states: list[PartitionState], config: RegistryConfig, *,

@@ -47,6 +47,10 @@ class Storage(dg.ConfigurableResource):
         """The full URI (or absolute local path) of ``key``."""
         return self.store().full_uri(key)
 
+    def local_path(self, key: str):
+        """The file of ``key`` on this machine for a local root (a ``pathlib.Path``); None on an object store."""
+        return self.store().local_path(key)
+
     def write_bytes(self, key: str, data: bytes) -> str:
         """Writes ``data`` to ``key`` atomically; returns the full URI."""
         return self.store().write_bytes(key, data)

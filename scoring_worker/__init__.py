@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -289,17 +290,35 @@ def main() -> int:
 
     # progress goes to the run's log through Pipes; terminal progress bars would only clutter stderr
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ.get(ERROR_FILE_ENV):  # a subprocess on the user's terminal: Ctrl-C ends it quietly
+        signal.signal(signal.SIGINT, _interrupted)
     with open_dagster_pipes() as pipes:
         try:
             metadata, version = run_task(dict(pipes.extras), pipes.log.info)
         except Exception as exc:
             error_file = os.environ.get(ERROR_FILE_ENV)
-            if error_file:
-                Path(error_file).write_text(f"{type(exc).__name__}: {exc}")
-            traceback.print_exc(file=sys.stderr)
-            raise
+            if not error_file:  # a pod: its own log is where the traceback is read
+                traceback.print_exc(file=sys.stderr)
+                raise
+            # a subprocess shares the user's terminal: one line goes back to the launcher (which fails the
+            # step with it), the traceback to the run's log (the UI, and the terminal with --verbose)
+            Path(error_file).write_text(one_line(exc))
+            pipes.log.error(f"the scoring worker failed:\n{traceback.format_exc()}")
+            return 1
         pipes.report_asset_materialization(metadata=pipes_metadata(metadata), data_version=version)
     return 0
+
+
+def _interrupted(signum, frame) -> None:
+    """Ctrl-C (or the run forwarding its interruption): stop now, without a traceback on the user's terminal.
+    Finished score chunks are already stored (each atomically); the rerun resumes from them."""
+    Path(os.environ[ERROR_FILE_ENV]).write_text("interrupted")
+    os._exit(130)
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line (an InputError's message names the file, row and field)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 if __name__ == "__main__":

@@ -2,4 +2,4 @@
 
 from scoring_worker import main
 
-main()
+raise SystemExit(main())

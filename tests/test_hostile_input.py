@@ -83,7 +83,7 @@ def test_an_oversized_or_non_utf8_config_is_refused(tmp_path):
         load_config(big)
     latin = tmp_path / "latin.yaml"
     latin.write_bytes((CONFIG + "  caf\xe9: {kind: reward_model}\n").encode("latin-1"))
-    with pytest.raises(InputError, match=r"latin.yaml: not UTF-8 text \(byte \d+\)"):
+    with pytest.raises(InputError, match=r"latin.yaml: row 5: not UTF-8 text \(byte \d+\)"):
         load_config(latin)
 
 

@@ -43,16 +43,27 @@ def test_non_numeric_cell_names_row_and_column():
     data = b"response,best_a,worst_a\nlove,1,2\npower,3,high\n"
     with pytest.raises(InputError) as err:
         read_published_scores(data, source="rm.csv", prompt_ids=["best_a", "worst_a"])
-    assert (err.value.source, err.value.row, err.value.field) == ("rm.csv", 2, "worst_a")
-    assert str(err.value) == "rm.csv: row 2, field 'worst_a': not a finite number: 'high'"
+    assert (err.value.source, err.value.row, err.value.field) == ("rm.csv", 3, "worst_a")  # the file's line 3
+    assert str(err.value) == "rm.csv: row 3, field 'worst_a': not a finite number: 'high'"
 
 
 def test_empty_cell_names_row_and_column():
     data = b"response,best_a,worst_a\nlove,,2\n"
     with pytest.raises(InputError) as err:
         read_published_scores(data, source="rm.csv", prompt_ids=["best_a", "worst_a"])
-    assert (err.value.row, err.value.field) == (1, "best_a")
+    assert (err.value.row, err.value.field) == (2, "best_a")
     assert "empty score" in str(err.value)
+
+
+def test_rows_are_file_lines_and_unreadable_files_name_their_line():
+    # a quoted word spanning two lines: the bad score is on the file's line 4
+    data = b'response,best_a\n"two\nlines",1\npower,x\n'
+    with pytest.raises(InputError, match=r"^rm.csv: row 4, field 'best_a': not a finite number: 'x'$"):
+        read_published_scores(data, source="rm.csv", prompt_ids=["best_a"])
+    with pytest.raises(InputError, match=r"^rm.csv: row 3, field 'file': not UTF-8 text \(byte 24\)$"):
+        read_published_scores(b"response,best_a\nlove,1\np\xffwer,2\n", source="rm.csv", prompt_ids=["best_a"])
+    with pytest.raises(InputError, match=r"^rm.csv: row 3, field 'file': not a readable CSV: a quote opened on this line is never closed$"):
+        read_published_scores(b'response,best_a\nlove,1\n"power,2\nhope,3\n', source="rm.csv", prompt_ids=["best_a"])
 
 
 def test_missing_response_column():

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 
 import polars as pl
 import pytest
+
+from valuebias.table_version import content_version
 
 from tests.registry_fixtures import (AGENCY, COMMUNION, PROMPTS, build_random_reward_model, random_models_entry,
                                      write_small_registry)
@@ -58,15 +61,28 @@ def test_deleted_truncated_and_altered_outputs_are_found_and_recomputed(tmp_path
     assert ran(cli("run", "--config", str(config))) == ["rm_statistics_job[rm_family_tests]"]
     assert pl.read_parquet(tests_table).equals(original_tests)
 
-    # altered in place but still a valid table of the same shape: routine checks read only the footer,
-    # --verify compares the content with the recorded data version
+    # altered in place by another program but still a valid table of the same shape: its stat changed, so
+    # every status and run hashes it again (as model files) and finds it; the run says why it recomputes
     pl.read_parquet(scores).with_columns(pl.col("score") * 2).write_parquet(scores)
-    assert not_fresh(status(cli, config)) == {}
-    assert not_fresh(status(cli, config, "--verify")) == {
-        ("rm_word_scores", "llama-a"): f"stored output altered since it was recorded: {scores}"}
-    assert ran(cli("run", "--verify", "--config", str(config))) == ["rm_scoring_job[llama-a]"]
+    altered = {("rm_word_scores", "llama-a"): f"stored output altered since it was recorded: {scores}"}
+    assert not_fresh(status(cli, config)) == altered
+    assert not_fresh(status(cli, config, "--verify")) == altered
+    out = cli("run", "--config", str(config))
+    assert ran(out) == ["rm_scoring_job[llama-a]"]
+    assert f"rm_scoring_job[llama-a] (stale: stored output altered since it was recorded: {scores}) ..." in out
     assert pl.read_parquet(scores).equals(original_scores)
     assert pl.read_parquet(tests_table).equals(original_tests)  # the statistics never saw the altered scores
+    # an unchanged stat is trusted: the recorded version is not computed again (the cache says it was)
+    digests = json.loads((tmp_path / ".valuebias" / "output_digests.json").read_text())
+    assert digests[str(scores)]["sha256"] == content_version(original_scores)
+    assert not_fresh(status(cli, config)) == {}
+
+    # readable, one row short of what was recorded
+    original_scores.head(len(original_scores) - 1).write_parquet(scores)
+    assert not_fresh(status(cli, config)) == {("rm_word_scores", "llama-a"): (
+        f"stored output has {len(original_scores) - 1} rows, {len(original_scores)} were recorded: {scores}")}
+    assert ran(cli("run", "--config", str(config))) == ["rm_scoring_job[llama-a]"]
+    assert pl.read_parquet(scores).equals(original_scores)
 
     # everything stored is gone (a new, empty bucket): every partition is stale, none fresh
     shutil.rmtree(data)
@@ -97,8 +113,6 @@ def test_a_damaged_cache_chunk_is_discarded_and_only_its_sequences_rescored(tmp_
     assert rows[("rm_word_scores", "llama-a")]["sequences_scored"] == str(2 * words)
     assert pl.read_parquet(data / "rm_word_scores" / "llama-a.parquet").equals(original)
     # the two chunks were discarded and written again, with the content their names promise
-    from valuebias.table_version import content_version
-
     for chunk in chunks[:2]:
         assert content_version(pl.read_parquet(chunk)) == chunk.stem.rsplit("-", 1)[1]
 

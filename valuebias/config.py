@@ -27,7 +27,8 @@ from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valid
 
 from valuebias.errors import InputError
 from valuebias.model_content import COMMIT
-from valuebias.safe_yaml import NoAliasLoader
+from valuebias.safe_yaml import NoAliasLoader, yaml_problem
+from valuebias.text_input import line_of
 
 DEFAULT_CONFIG_NAME = "valuebias.yaml"
 #: Model and corpus ids are partition keys, file names and Kubernetes label values: one pattern, checked
@@ -393,9 +394,8 @@ def _load_yaml_with_lines(text: str, source: str) -> tuple[Any, dict[tuple, int]
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise InputError(f"not valid YAML: {exc}", source=source,
-                         row=mark.line + 1 if mark else None) from exc
+        message, row = yaml_problem(exc)
+        raise InputError(message, source=source, row=row) from exc
     finally:
         loader.dispose()
     return data, loader.lines
@@ -503,9 +503,10 @@ def load_config(path: str | Path) -> RegistryConfig:
         if size > MAX_CONFIG_BYTES:
             raise InputError(f"the config file is {size} bytes; a registry config is at most "
                              f"{MAX_CONFIG_BYTES} bytes", source=source)
-        text = path.read_bytes().decode("utf-8-sig")
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text (byte {exc.start})", source=source) from None
+        raise InputError(f"not UTF-8 text (byte {exc.start})", source=source, row=line_of(data, exc.start)) from None
     except OSError as exc:
         raise InputError(f"cannot read config file: {exc.strerror or exc}", source=source) from exc
     data, lines = _load_yaml_with_lines(text, source)

@@ -105,7 +105,8 @@ def _stat_key(path: Path) -> list[int]:
 
 
 class DigestCache:
-    """Full SHA-256 digests of files, trusted while a file's ``(size, mtime_ns, inode)`` is unchanged.
+    """Full SHA-256 digests of files, trusted while a file's ``(size, mtime_ns, inode)`` is unchanged (also
+    used for the content versions of stored tables: ``assets.tables.stored_output_problem``).
 
     Kept as one JSON file (``<state_dir>/content_digests.json``), rewritten atomically; two processes
     writing at once can only lose an entry (that file is then hashed again). ``path=None``: in memory only
@@ -131,12 +132,13 @@ class DigestCache:
         entry = self._load().get(str(path))
         return entry["sha256"] if entry and entry.get("stat") == _stat_key(path) else None
 
-    def digest(self, path: Path, *, verify: bool = False) -> str:
-        """The SHA-256 of ``path``: cached when the stat is unchanged (unless ``verify``), else rehashed."""
+    def digest(self, path: Path, *, verify: bool = False, hasher: Callable[[Path], str] = file_sha256) -> str:
+        """The SHA-256 of ``path`` (or what ``hasher`` computes from it: a stored table's content version):
+        cached when the stat is unchanged (unless ``verify``), else computed again."""
         if not verify and (known := self.lookup(path)) is not None:
             return known
         stat = _stat_key(path)
-        value = file_sha256(path)
+        value = hasher(path)
         if _stat_key(path) == stat:  # not written to while it was read
             self._load()[str(path)] = {"stat": stat, "sha256": value}
             self._dirty = True

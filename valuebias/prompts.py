@@ -18,7 +18,7 @@ import polars as pl
 import yaml
 
 from valuebias.errors import InputError
-from valuebias.safe_yaml import NoAliasLoader
+from valuebias.safe_yaml import NoAliasLoader, yaml_problem
 from valuebias.text_input import csv_rows, line_of
 
 #: Prompt ids: adjective_superlative_style, lowercase letters. Checked while parsing (naming the file line)
@@ -168,9 +168,8 @@ def _read_yaml(text: str, source: str) -> list[tuple[int, object, object]]:
                              source=source, row=root.start_mark.line + 1, field="prompt")
         mapping = loader.construct_document(root)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        row = mark.line + 1 if mark is not None else None
-        raise InputError(f"not valid YAML: {err}", source=source, row=row, field="prompt") from err
+        message, row = yaml_problem(err)
+        raise InputError(message, source=source, row=row, field="prompt") from err
     finally:
         loader.dispose()
     lines = [key_node.start_mark.line + 1 for key_node, _ in root.value]

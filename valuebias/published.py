@@ -12,6 +12,7 @@ import io
 import polars as pl
 
 from valuebias.errors import InputError
+from valuebias.text_input import csv_rows, line_of
 
 WORD_COLUMN = "response"
 
@@ -24,17 +25,32 @@ def read_published_scores(data: bytes, *, source: str, prompt_ids: list[str]) ->
     stripped of surrounding whitespace (METHOD §3 step 1); ``score`` is Float64. The model is not part
     of the file: the caller adds a ``model`` column.
 
-    Raises :class:`InputError` for an empty file or a file without data rows, a missing ``response``
-    column, missing prompt columns (all listed; ``field`` is the first), an empty word, and an empty,
-    non-numeric or non-finite score (naming the 1-based data row, i.e. row 1 is the line after the
-    header, and the prompt column). A requested column that appears twice in the header is an error.
+    Raises :class:`InputError` for a file that is not UTF-8 or not a readable CSV (naming the line), an empty
+    file or a file without data rows, a missing ``response`` column, missing prompt columns (all listed;
+    ``field`` is the first), an empty word, and an empty, non-numeric or non-finite score (naming the file
+    line as an editor shows it, the header being line 1, and the prompt column). A requested column that
+    appears twice in the header is an error.
     """
     if not data.strip():
         raise InputError("the file is empty", source=source)
     try:
-        wide = pl.read_csv(io.BytesIO(data), infer_schema=False)
-    except (pl.exceptions.PolarsError, UnicodeDecodeError) as err:
-        raise InputError(f"not a readable CSV file: {err}", source=source) from err
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"not UTF-8 text (byte {err.start})", source=source, row=line_of(data, err.start),
+                         field="file") from None
+    # the file line where each data row starts (a quoted field may span lines); a malformed CSV (an
+    # unterminated quote, a field over the csv module's limit) is an InputError naming its line
+    rows = csv_rows(text, source, "file")
+    lines = [start for start, cells in rows[1:] if cells]
+    try:
+        wide = pl.read_csv(io.StringIO(text), infer_schema=False)
+    except pl.exceptions.PolarsError as err:
+        last_line, last = rows[-1]
+        if any("\n" in cell or "\r" in cell for cell in last):  # the rest of the file became one quoted field
+            raise InputError("not a readable CSV: a quote opened on this line is never closed", source=source,
+                             row=last_line, field="file") from None
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise InputError(f"not a readable CSV: {first}", source=source, field="file") from None
 
     if WORD_COLUMN not in wide.columns:
         raise InputError(
@@ -55,7 +71,8 @@ def read_published_scores(data: bytes, *, source: str, prompt_ids: list[str]) ->
     words = wide[WORD_COLUMN].str.strip_chars().str.to_lowercase()
     empty = words.is_null() | (words == "")
     if empty.any():
-        raise InputError("empty word", source=source, row=int(empty.arg_true()[0]) + 1, field=WORD_COLUMN)
+        raise InputError("empty word", source=source, row=_line(lines, int(empty.arg_true()[0])),
+                         field=WORD_COLUMN)
 
     columns = {"word": words}
     for prompt in prompt_ids:
@@ -66,7 +83,7 @@ def read_published_scores(data: bytes, *, source: str, prompt_ids: list[str]) ->
             index = int(bad.arg_true()[0])
             text = raw[index]
             problem = "empty score" if text is None or text == "" else f"not a finite number: {text!r}"
-            raise InputError(problem, source=source, row=index + 1, field=prompt)
+            raise InputError(problem, source=source, row=_line(lines, index), field=prompt)
         columns[prompt] = parsed
 
     return (
@@ -75,3 +92,8 @@ def read_published_scores(data: bytes, *, source: str, prompt_ids: list[str]) ->
         .select(pl.col("prompt").cast(pl.Utf8), pl.col("word").cast(pl.Utf8),
                 pl.col("score").cast(pl.Float64))
     )
+
+
+def _line(lines: list[int], index: int) -> int:
+    """The file line of data row ``index`` (0-based), as the csv module counted it."""
+    return lines[index] if index < len(lines) else index + 2

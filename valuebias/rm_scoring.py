@@ -190,12 +190,17 @@ def load_pretrained(src: HuggingFaceSource, model_class, device: str | None = No
     try:
         tokenizer = AutoTokenizer.from_pretrained(**tok_kwargs)
         model = model_class.from_pretrained(**model_kwargs, dtype=dtype)
-    except ValueError as err:
-        if "trust_remote_code" in str(err):
+    except Exception as err:
+        if isinstance(err, ValueError) and "trust_remote_code" in str(err):
             raise _remote_code_error(src) from err
-        if src.attn_implementation is not None and "attn" in str(err).lower():
+        if isinstance(err, ValueError) and src.attn_implementation is not None and "attn" in str(err).lower():
             raise InputError(f"{src.path} cannot run with attn_implementation {src.attn_implementation!r}: {err}",
                              source=src.source, field="huggingface.attn_implementation") from err
+        if src.gguf_file is not None:  # a damaged or foreign .gguf fails deep in its parser: name the file
+            detail = " ".join(str(err).split())[:200]
+            raise InputError(f"{Path(src.path) / src.gguf_file} is not a readable GGUF file "
+                             f"({type(err).__name__}: {detail})", source=src.source,
+                             field="huggingface.gguf_file") from err
         raise
     if src.clean_up_tokenization_spaces is not None:  # every decode of this tokenizer follows it
         tokenizer.clean_up_tokenization_spaces = src.clean_up_tokenization_spaces

@@ -23,3 +23,14 @@ class NoAliasLoader(yaml.SafeLoader):
             raise InputError(f"YAML aliases (*{event.anchor}) are not allowed here; write the value out in full",
                              source=self.source, row=event.start_mark.line + 1)
         return super().compose_node(parent, index)
+
+
+def yaml_problem(err: yaml.YAMLError) -> tuple[str, int | None]:
+    """(one line saying what is wrong, the 1-based line of the file or None) of a YAML parse error. PyYAML's
+    own text spans several lines and names ``<unicode string>`` instead of the file."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    context = getattr(err, "context", None)
+    text = f"{context}: {problem}" if context else problem
+    where = f" (column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"not valid YAML: {text}{where}".split()), mark.line + 1 if mark is not None else None
