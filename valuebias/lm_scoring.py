@@ -98,9 +98,10 @@ class LoadedLanguageModel:
     _vocab: pl.Series | None = field(default=None, repr=False)
 
     def decoded_vocabulary(self) -> pl.Series:
-        """``tokenizer.decode([id])`` for every id of the model's output layer, computed once."""
+        """The string of every id of the model's output layer under :data:`TOKEN_STRING_RULE`
+        (:func:`token_strings`), computed once."""
         if self._vocab is None:
-            self._vocab = decoded_vocabulary(self.tokenizer, _output_size(self.model))
+            self._vocab = token_strings(self.tokenizer, _output_size(self.model))
         return self._vocab
 
 
@@ -176,6 +177,41 @@ def decoded_vocabulary(tokenizer, size: int | None = None) -> pl.Series:
     if size > decodable:
         series = series.extend(pl.Series("token", [None] * (size - decodable), dtype=pl.Utf8))
     return series
+
+
+#: How a language model's vocabulary id becomes the string that the single-token word rule and the MWLR join
+#: match on (:func:`token_strings`): the id decoded alone, except special tokens and incomplete characters.
+TOKEN_STRING_RULE = "decoded_alone_text_only"
+#: U+FFFD, what a decoder gives for bytes that are not a complete UTF-8 character.
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def special_token_ids(tokenizer) -> set[int]:
+    """Ids of the tokenizer's special tokens: its named special tokens (BOS, EOS, PAD, ...) and every added
+    token marked special (chat-control tokens such as ``<|im_end|>`` or ``<start_of_turn>``)."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special)
+    return ids
+
+
+def token_strings(tokenizer, size: int | None = None) -> pl.Series:
+    """:func:`decoded_vocabulary` under the rule ``decoded_alone_text_only`` (:data:`TOKEN_STRING_RULE`):
+    the string of id ``i`` is ``tokenizer.decode([i])``, except that it is null (the id keeps its row and
+    log-prob, but matches no word and no token of another model) for
+
+    - **special tokens** (:func:`special_token_ids`): markup of one tokenizer (``<|im_end|>``, ``<bos>``),
+      not text two models could share, even where two tokenizers spell them alike;
+    - **incomplete characters**: ids whose decoded string contains U+FFFD: a byte-level BPE piece that is
+      part of a multi-byte UTF-8 character (SmolLM2, Qwen) or a SentencePiece byte-fallback token
+      ``<0xNN>`` above 0x7F (Gemma). Decoded alone they all read as U+FFFD, which is no string at all.
+      A byte-fallback token of an ASCII byte decodes to its character and keeps it.
+    """
+    strings = decoded_vocabulary(tokenizer, size)
+    special = special_token_ids(tokenizer)
+    ids = pl.int_range(0, len(strings), eager=True)
+    drop = ids.is_in(pl.Series(sorted(special), dtype=pl.Int64).implode()) | strings.str.contains(
+        REPLACEMENT_CHARACTER, literal=True)
+    return pl.select(pl.when(drop).then(None).otherwise(strings).alias("token")).to_series()
 
 
 def _forward_kwargs(model) -> dict:
@@ -415,6 +451,8 @@ def score_language_model(model_id: str, source: str, settings: dict[str, Any], v
     metadata = {
         "prompts": len(prompts),
         "vocabulary_size": len(loaded.decoded_vocabulary()),
+        "token_string_rule": TOKEN_STRING_RULE,
+        "tokens_without_string": loaded.decoded_vocabulary().null_count(),
         "variant": variant,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).replace("torch.", ""),

