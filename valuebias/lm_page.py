@@ -164,11 +164,10 @@ def lm_results_page(*, title: str, config_name: str, pairs: list[tuple[str, str]
             if corpus_fit.height:
                 lines += [f"ANOVA `rank ~ category * valence * model`, {corpus}:", "",
                           markdown_table(corpus_fit.select("term", "sum_sq", "df", "F", "p", "note")), ""]
-        table1 = mwlr_tokens.filter((pl.col("pair") == pair) & (pl.col("prompt") == table1_prompt)).sort("rank",
-                                                                                                          descending=True)
+        table1 = mwlr_tokens.filter((pl.col("pair") == pair) & (pl.col("prompt") == table1_prompt))
         if table1.height:
             top = table1.filter(pl.col("side") == "top").sort("rank")
-            bottom = table1.filter(pl.col("side") == "bottom").sort("rank")
+            bottom = table1.filter(pl.col("side") == "bottom").sort("rank", descending=True)  # -1 first
             lines += [f"### Table 1: MWLR after `{table1_prompt}` (top: favoured by {model_a}; bottom: by {model_b})", "",
                       "| rank | top string | MWLR | rank | bottom string | MWLR |", "| --- | --- | --- | --- | --- | --- |"]
             for t, b in zip(top.iter_rows(named=True), bottom.iter_rows(named=True)):
