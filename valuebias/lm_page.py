@@ -48,17 +48,16 @@ def pair_plot_name(pair: str) -> str:
     return f"figure2_{pair}.png"
 
 
-def figure2_png(cells: pl.DataFrame, *, title: str) -> bytes:
+def figure2_png(cells: pl.DataFrame, models: tuple[str, str], *, title: str) -> bytes:
     """A Figure-2-style plot of one pair's rank cells (``lm_rank_cells`` rows: corpus, category, valence,
-    model, median_rank): one panel per corpus, x = category x valence, a dot per model at the mean over
-    prompts of its median rank (1 = best, at the top) with a bar of +-1 SD. PNG bytes (Agg canvas)."""
+    model, median_rank) of ``models`` (a, b): one panel per corpus, x = category x valence, a dot per model at
+    the mean over prompts of its median rank (1 = best, at the top) with a bar of +-1 SD. PNG bytes (Agg canvas)."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     corpora = cells["corpus"].unique(maintain_order=True).to_list()
-    models = cells["model"].unique(maintain_order=True).to_list()
     figure = Figure(figsize=(6 + 1.2 * len(corpora) * 2, 4.2))
     FigureCanvasAgg(figure)
     for index, corpus in enumerate(corpora, start=1):
@@ -154,7 +153,7 @@ def lm_results_page(*, title: str, config_name: str, pairs: list[tuple[str, str]
                   f"{facts[model_a].display_name} vs {facts[model_b].display_name}.", "",
                   f"**Headline.** {headline(tests, model_a, model_b)}", ""]
         if cells.height:
-            plots[pair_plot_name(pair)] = figure2_png(cells, title=f"{model_a} vs {model_b}: median ranks per category "
+            plots[pair_plot_name(pair)] = figure2_png(cells, (model_a, model_b), title=f"{model_a} vs {model_b}: median ranks per category "
                                                                   "and valence (mean over prompts +- SD)")
             lines += [f"![Figure 2 for {pair}]({image_dir}/{pair_plot_name(pair)})", ""]
         for (corpus,), rows in tests.group_by("corpus", maintain_order=True):
