@@ -31,14 +31,22 @@ def ready_requests(context, config: RegistryConfig, *, reread_inputs: bool) -> l
     """For a sensor or schedule tick: a run request (with a run key: the same work for the same inputs is
     requested once) for every run that can start now (``orchestration.plan.ready_work``). Ticks see model
     content by stat only, never hashing weights."""
-    from orchestration.plan import RegistryGraph, ready_work, registry_states
+    return tick_plan(context, config, reread_inputs=reread_inputs)[0]
+
+
+def tick_plan(context, config: RegistryConfig, *, reread_inputs: bool) -> tuple[list[dg.RunRequest], str]:
+    """``ready_requests`` and what holds work back (``orchestration.plan.waiting_summary``: failed and
+    running partitions and what waits for them), for a tick's skip reason or log."""
+    from orchestration.plan import RegistryGraph, ready_work, registry_states, waiting_summary
 
     graph = RegistryGraph(context.repository_def.asset_graph)
     states = registry_states(graph, context.instance, config, ContentCheck(config, mode="stat"),
                              reread_inputs=reread_inputs,
                              check_outputs=reread_inputs)  # sensor ticks (every 30 s) leave storage alone
     by_key = {(s.asset, s.partition): s for s in states}
-    return [work.run_request(by_key) for work in ready_work(graph, states, config)]
+    # a sensor tick does not request again what failed with the same inputs; a schedule tick retries it
+    return ([work.run_request(by_key) for work in ready_work(graph, states, config, retry_failed=reread_inputs)],
+            waiting_summary(graph, states, config))
 
 
 def build_refresh_schedules(cron: str) -> list[dg.ScheduleDefinition]:

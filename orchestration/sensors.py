@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from orchestration.automation import ready_requests
+from orchestration.automation import tick_plan
 from orchestration.jobs import ALL_JOBS
 from orchestration.partitions import PARTITION_KEYS, partition_changes
 from resources.registry import Registry
@@ -25,7 +25,10 @@ def model_partitions_sensor(context: dg.SensorEvaluationContext, registry: Regis
             partition_requests.append(dg.DeleteDynamicPartitionsRequest(name, gone))
     if partition_requests:  # runs for new partitions are requested on the next tick, once they exist
         return dg.SensorResult(dynamic_partitions_requests=partition_requests)
-    runs = ready_requests(context, config, reread_inputs=False)
+    runs, waiting = tick_plan(context, config, reread_inputs=False)
+    if waiting:
+        context.log.warning(f"waiting: {waiting}")
     if not runs:
-        return dg.SensorResult(skip_reason="partitions match the config and every partition is fresh")
+        return dg.SensorResult(skip_reason=f"nothing ready; {waiting}" if waiting else
+                               "partitions match the config and every partition is fresh")
     return dg.SensorResult(run_requests=runs)
