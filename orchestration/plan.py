@@ -201,7 +201,8 @@ def ready_work(graph: RegistryGraph, states: list[PartitionState], config: Regis
 
     @functools.cache
     def dirty(key: tuple[str, str | None]) -> bool:
-        return key in waiting or any(dirty(up) for up in upstream_partitions(config, *key) if up in by_key)
+        return key in waiting or any(dirty(up) for up in upstream_partitions(config, *key)
+                                     if up in by_key and not excused(graph, by_key, config, up, key))
 
     groups: dict[tuple[str, str | None], list[str]] = {}
     for asset, partition in [(s.asset, s.partition) for s in states if (s.asset, s.partition) in waiting]:
@@ -219,7 +220,8 @@ def ready_work(graph: RegistryGraph, states: list[PartitionState], config: Regis
         chosen = members if everything or missing else frontier
         inputs = {up for a in chosen for up in upstream_partitions(config, a, partition)
                   if up in by_key and up not in {(c, partition) for c in chosen}}
-        if not everything and any(dirty(up) for up in inputs):
+        if not everything and any(dirty(up) for up in inputs
+                                  if not any(excused(graph, by_key, config, up, (a, partition)) for a in chosen)):
             continue  # an input is still missing, stale or failing: it runs first
         first = by_key[(chosen[0], partition)]
         reason = "recompute (--all)" if everything else f"{first.state}{': ' + first.reason if first.reason else ''}"
@@ -227,6 +229,28 @@ def ready_work(graph: RegistryGraph, states: list[PartitionState], config: Regis
     if everything:  # one pass in order: every job after the jobs it reads from
         work.sort(key=lambda w: min(graph.order.index(a) for a in w.assets))
     return work
+
+
+#: The partitioned assets whose failed partitions ``failed_models: exclude`` leaves out of the statistics.
+EXCLUDABLE = {"rm_word_scores": "rm_rank_cells"}
+
+
+def excused(graph: RegistryGraph, by_key: dict, config: RegistryConfig, up: tuple[str, str | None],
+            reader: tuple[str, str | None]) -> bool:
+    """Whether ``reader`` goes on without ``up``: ``failed_models: exclude`` and ``up`` is a failed scoring
+    partition that the statistics table ``reader`` leaves out (named in its metadata, ``excluded_models``)."""
+    return (config.failed_models == "exclude" and by_key[up].state == "failed"
+            and EXCLUDABLE.get(up[0]) == reader[0])
+
+
+def excluded_failed_models(instance: dg.DagsterInstance, config: RegistryConfig) -> list[str]:
+    """With ``failed_models: exclude``: the reward models whose ``rm_word_scores`` partition is ``failed``,
+    which ``rm_rank_cells`` (and so every Figure-1 table) computed now leaves out; [] with ``wait``."""
+    if config.failed_models != "exclude":
+        return []
+    content = ContentCheck(config, mode="stat")
+    return [m.model_id for m in config.reward_models() if with_last_attempt(
+        instance, partition_state(instance, config, "rm_word_scores", m.model_id, content=content)).state == "failed"]
 
 
 def waiting_summary(graph: RegistryGraph, states: list[PartitionState], config: RegistryConfig) -> str:
@@ -241,6 +265,8 @@ def waiting_summary(graph: RegistryGraph, states: list[PartitionState], config: 
     def held_by(key: tuple[str, str | None]) -> frozenset:
         found = set()
         for up in upstream_partitions(config, *key):
+            if up in by_key and excused(graph, by_key, config, up, key):
+                continue
             if up in holding:
                 found.add(up)
             elif up in by_key:

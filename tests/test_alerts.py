@@ -145,6 +145,28 @@ def test_a_failed_model_is_failed_in_status_holds_the_statistics_and_alerts_once
     tick(alert_on_run_failure, instance, config, failure_cursor)
     assert len(alert_lines(tmp_path)) == 1 and len(webhook) == 1
 
+    # `failed_models: exclude`: the statistics go on without the failed model, and name it.
+    config.write_text(config.read_text() + "failed_models: exclude\n")
+    requests, _ = partitions_tick(instance, config)
+    assert {(r.job_name, r.partition_key) for r in requests} == {("rm_statistics_job", None)}
+    from orchestration.launch import JobRuns
+
+    with JobRuns(instance) as runs:  # as the daemon launches the request
+        assert runs.execute("rm_statistics_job", partition=None, assets=[
+            k.to_user_string() for k in requests[0].asset_selection], tags=requests[0].tags).success
+    from assets.versions import latest_record
+
+    meta = latest_record(instance, "rm_rank_cells").asset_materialization.metadata
+    assert meta["excluded_models"].value == ["broken"]
+    from assets.tables import TABLE_KEYS
+    from resources.storage import Storage
+    from valuebias.config import load_config
+
+    cells = Storage(uri=load_config(config).storage_uri).read_parquet(TABLE_KEYS["rm_rank_cells"])
+    assert sorted(cells["model"].unique()) == ["gemma-a", "llama-a", "llama-b"]
+    rows = status_rows(config)
+    assert rows[("rm_rank_cells", "")]["state"] == "fresh" and rows[("rm_word_scores", "broken")]["state"] == "failed"
+
     # A fixed entry (other weights) changes the partition's inputs: the sensor requests it again.
     models["broken"] = weights["gemma-a"]
     config.write_text(write_small_registry(tmp_path, models=random_models_entry(models), extra=ALERTS).read_text())
