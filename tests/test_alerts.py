@@ -72,11 +72,14 @@ def tick(sensor, instance, config, cursor=None):
     return result, result.cursor
 
 
-def partitions_tick(instance, config) -> tuple[list[dg.RunRequest], str]:
-    """One tick of ``model_partitions_sensor``: (its run requests, its skip reason)."""
-    result = model_partitions_sensor(dg.build_sensor_context(
-        instance=instance, resources=build_resources(config),
-        repository_def=build_definitions(config).get_repository_def()))
+def partitions_tick(instance, config, cursor=None, seen: list | None = None) -> tuple[list[dg.RunRequest], str]:
+    """One tick of ``model_partitions_sensor``: (its run requests, its skip reason); the cursor it leaves is
+    appended to ``seen``."""
+    context = dg.build_sensor_context(instance=instance, resources=build_resources(config), cursor=cursor,
+                                      repository_def=build_definitions(config).get_repository_def())
+    result = model_partitions_sensor(context)
+    if seen is not None:
+        seen.append(context.cursor)
     if result.dynamic_partitions_requests:
         for request in result.dynamic_partitions_requests:
             if isinstance(request, dg.AddDynamicPartitionsRequest):
@@ -291,3 +294,30 @@ def test_work_a_queued_run_covers_is_not_started_again(tmp_path, monkeypatch, we
 
     assert [r.run_id for r in runs_of("gemma-b")] == [queued.run_id]
     assert len(runs_of("llama-a")) == 1
+
+
+def test_the_sensor_reingests_an_edited_config_or_input_file(tmp_path, monkeypatch, weights):
+    """No CLI: the sensor sees the edit by stat on its next tick and requests the ingest of what changed."""
+    models = {k: weights[k] for k in ("llama-a", "llama-b", "gemma-a")}
+    config = write_small_registry(tmp_path, models=random_models_entry(models))
+    monkeypatch.setenv("DAGSTER_HOME", "")
+    assert valuebias_main(["run", "--config", str(config)]) == 0
+    instance = dg.DagsterInstance.get()
+    cursors: list = []
+    assert partitions_tick(instance, config, None, cursors)[0] == []
+    assert partitions_tick(instance, config, cursors[-1], cursors)[0] == []
+
+    with (tmp_path / "words.csv").open("a") as f:
+        f.write("freedom,Agency\n")
+    requests, _ = partitions_tick(instance, config, cursors[-1], cursors)
+    assert [(r.job_name, [k.to_user_string() for k in r.asset_selection]) for r in requests] == [
+        ("ingest_job", ["corpus_words"])]
+
+    # a model's entry edited in the config: the registry table is re-ingested, the model rescored
+    config.write_text(write_small_registry(tmp_path, models=random_models_entry(
+        models, dtype={"gemma-a": "float32"})).read_text())
+    (tmp_path / "words.csv").write_text((tmp_path / "words.csv").read_text().replace("freedom,Agency\n", ""))
+    requests, _ = partitions_tick(instance, config, cursors[-1], cursors)
+    assert {(r.job_name, r.partition_key, tuple(k.to_user_string() for k in r.asset_selection))
+            for r in requests} == {("ingest_job", None, ("model_registry",)),
+                                   ("rm_scoring_job", "gemma-a", ("rm_word_scores",))}

@@ -3,6 +3,8 @@ A refactor that drops an asset from a job, or gives an asset a partition set tha
 
 from __future__ import annotations
 
+import dagster as dg
+
 from orchestration.definitions import build_definitions
 from orchestration.plan import RegistryGraph
 
@@ -32,5 +34,8 @@ def test_jobs_partitions_sensors_and_schedules():
     from assets.versions import CODE_VERSIONS
 
     assert {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()} == CODE_VERSIONS
-    assert [s.name for s in defs.sensors] == ["model_partitions_sensor"]
+    assert [s.name for s in defs.sensors] == ["model_partitions_sensor", "alert_on_run_failure",
+                                              "registry_alerts_sensor"]
+    assert {s.default_status for s in defs.sensors} == {dg.DefaultSensorStatus.RUNNING}
     assert sorted(s.name for s in defs.schedules) == sorted(f"{job}_refresh" for job in jobs)
+    assert {s.default_status for s in defs.schedules} == {dg.DefaultScheduleStatus.RUNNING}
