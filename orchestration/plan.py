@@ -60,7 +60,7 @@ class Work:
         """The run's tags: why it runs, and the inputs each asset is computed from (``INPUTS_TAG``: a sensor
         tick does not request again what failed with the same inputs)."""
         return {"valuebias/reason": self.reason[:200], INPUTS_TAG: json.dumps(
-            {a: inputs_digest(states[(a, self.partition)]) for a in self.assets}, sort_keys=True)}
+            {a: inputs_digest(states[(a, self.partition)].current) for a in self.assets}, sort_keys=True)}
 
     def run_request(self, states) -> dg.RunRequest:
         return dg.RunRequest(job_name=self.job, partition_key=self.partition, run_key=self.run_key(states),
@@ -71,9 +71,20 @@ class Work:
 INPUTS_TAG = "valuebias/inputs"
 
 
-def inputs_digest(state: PartitionState) -> str:
-    """A digest of the input versions an asset partition would be computed from now."""
-    return hashlib.sha256(json.dumps(state.current, sort_keys=True).encode()).hexdigest()[:16]
+def inputs_digest(current: dict[str, str]) -> list:
+    """[a digest of the input versions an asset partition would be computed from, its model content or None].
+    The content is apart: a tick sees it by stat only, and not at all before the model was first hashed."""
+    rest = {k: v for k, v in current.items() if k != "model_content"}
+    return [hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16], current.get("model_content")]
+
+
+def same_inputs(attempted: list | None, current: dict[str, str]) -> bool:
+    """Whether a run tagged with ``attempted`` (``inputs_digest``) computed from the inputs ``current``: the
+    same versions, and the same content where both know it."""
+    if not attempted:
+        return False
+    digest, content = inputs_digest(current)
+    return attempted[0] == digest and (attempted[1] is None or content is None or attempted[1] == content)
 
 
 class RegistryGraph:
@@ -210,7 +221,7 @@ def ready_work(graph: RegistryGraph, states: list[PartitionState], config: Regis
         if state.state in ("error", "running"):  # cannot run, or runs already: what reads it waits
             continue
         if (state.state == "failed" and not retry_failed and not everything
-                and state.metadata.get("attempted_inputs") == inputs_digest(state)):
+                and same_inputs(state.metadata.get("attempted_inputs"), state.current)):
             continue  # failed with these very inputs: not again on every tick
         groups.setdefault((graph.job_of[asset], partition), []).append(asset)
     work = []

@@ -170,11 +170,12 @@ def test_a_failed_model_is_failed_in_status_holds_the_statistics_and_alerts_once
     rows = status_rows(config)
     assert rows[("rm_rank_cells", "")]["state"] == "fresh" and rows[("rm_word_scores", "broken")]["state"] == "failed"
 
-    # A fixed entry (other weights) changes the partition's inputs: the sensor requests it again.
+    # A fixed entry (other weights) changes the partition's inputs: the sensor requests it again (and the
+    # registry table, whose row for the model changed).
     models["broken"] = weights["gemma-a"]
     config.write_text(write_small_registry(tmp_path, models=random_models_entry(models), extra=ALERTS).read_text())
     requests, _ = partitions_tick(instance, config)
-    assert {(r.job_name, r.partition_key) for r in requests} == {("rm_scoring_job", "broken")}
+    assert {(r.job_name, r.partition_key) for r in requests} == {("rm_scoring_job", "broken"), ("ingest_job", None)}
 
 
 def test_a_webhook_that_fails_is_retried_logged_and_sent_once_later(tmp_path, monkeypatch, weights, webhook):
@@ -321,3 +322,85 @@ def test_the_sensor_reingests_an_edited_config_or_input_file(tmp_path, monkeypat
     assert {(r.job_name, r.partition_key, tuple(k.to_user_string() for k in r.asset_selection))
             for r in requests} == {("ingest_job", None, ("model_registry",)),
                                    ("rm_scoring_job", "gemma-a", ("rm_word_scores",))}
+
+
+def _daemon(config, home):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    project = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DAGSTER_HOME": str(home), "VALUEBIAS_CONFIG": str(config), "DAGSTER_DISABLE_TELEMETRY": "1"}
+    return subprocess.Popen([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w",
+                             str(project / "workspace.yaml")], cwd=project, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc):
+    import os
+    import signal
+    import subprocess
+
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _ticks(instance, name: str) -> list:
+    state = next((s for s in instance.all_instigator_state() if s.name == name), None)
+    return instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=50) if state else []
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_with_the_real_daemon_a_model_that_fails_gives_one_alert_and_a_restart_sends_nothing_twice(
+        tmp_path, monkeypatch, weights, webhook):
+    """`dagster-daemon run` on the project's instance: a model added to the config is scored by the
+    sensor's run, which fails; the run-failure sensor sends one alert (file and webhook), the partition reads
+    `failed` in `status`, and after a daemon restart no alert is sent again."""
+    models = {k: weights[k] for k in ("llama-a", "llama-b", "gemma-a")}
+    config = write_small_registry(tmp_path, models=random_models_entry(models), extra=ALERTS)
+    monkeypatch.setenv("DAGSTER_HOME", "")
+    assert valuebias_main(["run", "--config", str(config)]) == 0
+    instance = dg.DagsterInstance.get()
+    home = instance.root_directory
+    daemon = _daemon(config, home)
+    try:
+        _wait(lambda: _ticks(instance, "alert_on_run_failure"), 300, "the first run-failure sensor tick")
+        models["broken"] = weights["broken"]
+        config.write_text(write_small_registry(tmp_path, models=random_models_entry(models),
+                                               extra=ALERTS).read_text())
+        started = time.monotonic()
+        [line] = _wait(lambda: alert_lines(tmp_path), 600, "the run_failed alert")
+        print(f"run_failed alert {time.monotonic() - started:.0f} s after the config edit")
+        run = instance.get_run_by_id(line["run_id"])
+        assert run.status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/sensor_name") == \
+            "model_partitions_sensor"
+        assert (line["job"], line["partition"]) == ("rm_scoring_job", "broken")
+        assert [b["text"] for b in webhook] == [line["summary"]]
+        _stop(daemon)
+        restarted = time.time()
+        daemon = _daemon(config, home)
+        _wait(lambda: len([t for t in _ticks(instance, "alert_on_run_failure") if t.timestamp > restarted]) >= 2,
+              300, "two run-failure sensor ticks after the restart")
+        _wait(lambda: len([t for t in _ticks(instance, "model_partitions_sensor") if t.timestamp > restarted]) >= 1,
+              300, "a model_partitions_sensor tick after the restart")
+        assert len(alert_lines(tmp_path)) == 1 and len(webhook) == 1
+        failed_runs = instance.get_runs(filters=dg.RunsFilter(job_name="rm_scoring_job",
+                                                              tags={"dagster/partition": "broken"}))
+        assert len(failed_runs) == 1  # the sensor did not request it again with the same inputs
+    finally:
+        _stop(daemon)
+    assert status_rows(config)[("rm_word_scores", "broken")]["state"] == "failed"
