@@ -71,20 +71,17 @@ class Work:
 INPUTS_TAG = "valuebias/inputs"
 
 
-def inputs_digest(current: dict[str, str]) -> list:
-    """[a digest of the input versions an asset partition would be computed from, its model content or None].
-    The content is apart: a tick sees it by stat only, and not at all before the model was first hashed."""
+def inputs_digest(current: dict[str, str]) -> str:
+    """A digest of the input versions an asset partition would be computed from, but its model content: a
+    tick sees content by stat only, as an unverified identity until the scoring step has hashed the files,
+    so a model's first attempt and the ticks after it would disagree on it."""
     rest = {k: v for k, v in current.items() if k != "model_content"}
-    return [hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16], current.get("model_content")]
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def same_inputs(attempted: list | None, current: dict[str, str]) -> bool:
-    """Whether a run tagged with ``attempted`` (``inputs_digest``) computed from the inputs ``current``: the
-    same versions, and the same content where both know it."""
-    if not attempted:
-        return False
-    digest, content = inputs_digest(current)
-    return attempted[0] == digest and (attempted[1] is None or content is None or attempted[1] == content)
+def same_inputs(attempted: str | None, current: dict[str, str]) -> bool:
+    """Whether a run tagged with ``attempted`` (``inputs_digest``) computed from the inputs ``current``."""
+    return attempted is not None and attempted == inputs_digest(current)
 
 
 class RegistryGraph:
