@@ -25,10 +25,13 @@ def _analyses(cells: pl.DataFrame):
     return cells.group_by("corpus", "ranks", maintain_order=True)
 
 
-def load_reward_model_scores(config: RegistryConfig, storage: Storage) -> pl.DataFrame:
-    """The stored scores of every reward model currently in the registry (removed models drop out)."""
+def load_reward_model_scores(config: RegistryConfig, storage: Storage, excluded=()) -> pl.DataFrame:
+    """The stored scores of every reward model currently in the registry (removed models drop out), but
+    those ``excluded`` (``failed_models: exclude``: their last scoring run failed)."""
     tables = []
     for model in config.reward_models():
+        if model.model_id in excluded:
+            continue
         key = rm_word_scores_key(model.model_id)
         if not storage.exists(key):
             raise dg.Failure(f"no scores for model '{model.model_id}' at {storage.full_uri(key)}: "
@@ -46,8 +49,11 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
     each (model, prompt), ties averaged, 1 = best (steps 1-3): ``raw`` ranks (the paper's) and, with
     ``analysis.frequency_control``, ``frequency_controlled`` ones (residualised on word frequency)."""
     config = registry.load()
+    from orchestration.plan import excluded_failed_models
+
     versions = current_input_versions(context.instance, config, "rm_rank_cells")
-    scores = load_reward_model_scores(config, storage)
+    excluded = excluded_failed_models(context.instance, config)
+    scores = load_reward_model_scores(config, storage, excluded)
     words = storage.read_parquet(TABLE_KEYS["corpus_words"])
     prompts = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
     families = pl.DataFrame({"model": [m.model_id for m in config.reward_models()],
@@ -72,6 +78,7 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
     table = pl.concat(parts)
     uri, version, check = write_table(storage, validator, "rm_rank_cells", table)
     return table_result(table, uri, version, {"cells_per_corpus": per_corpus,
+                                              "excluded_models": dg.MetadataValue.json(excluded),
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
 
 

@@ -89,7 +89,7 @@ def data_version(record) -> str | None:
     """The data version a materialization record carries."""
     if record is None:
         return None
-    return record.event_log_entry.dagster_event.event_specific_data.materialization.tags.get(DATA_VERSION_TAG)
+    return (record.event_log_entry.dagster_event.event_specific_data.materialization.tags or {}).get(DATA_VERSION_TAG)
 
 
 def recorded_input_versions(record) -> dict[str, str] | None:
@@ -353,11 +353,15 @@ def partition_state(instance: dg.DagsterInstance, config: RegistryConfig, asset:
     """Fresh, stale (with the inputs that changed, a model's content by file), missing, or error (a
     model's folder or file has disappeared: named in the reason; nothing stored is touched)."""
     record = latest_record(instance, asset, partition)
-    if record is None:
-        return PartitionState(asset, partition, "missing", "never materialized", None, None, {})
+    content = content or ContentCheck(config)
+    if record is None:  # what it would read is kept too: a run request for it names these inputs
+        try:
+            current = current_input_versions(instance, config, asset, partition, overrides, content=content)
+        except InputError:
+            current = {}
+        return PartitionState(asset, partition, "missing", "never materialized", None, None, {}, current)
     metadata = {k: v.value for k, v in record.asset_materialization.metadata.items()}
     recorded = recorded_input_versions(record) or {}
-    content = content or ContentCheck(config)
     try:
         current = current_input_versions(instance, config, asset, partition, overrides, content=content)
     except InputError as exc:

@@ -31,14 +31,24 @@ def ready_requests(context, config: RegistryConfig, *, reread_inputs: bool) -> l
     """For a sensor or schedule tick: a run request (with a run key: the same work for the same inputs is
     requested once) for every run that can start now (``orchestration.plan.ready_work``). Ticks see model
     content by stat only, never hashing weights."""
-    from orchestration.plan import RegistryGraph, ready_work, registry_states
+    return tick_plan(context, config, reread_inputs=reread_inputs)[0]
+
+
+def tick_plan(context, config: RegistryConfig, *, reread_inputs: bool,
+              retry_failed: bool | None = None) -> tuple[list[dg.RunRequest], str]:
+    """``ready_requests`` and what holds work back (``orchestration.plan.waiting_summary``: failed and
+    running partitions and what waits for them), for a tick's skip reason or log."""
+    from orchestration.plan import RegistryGraph, ready_work, registry_states, waiting_summary
 
     graph = RegistryGraph(context.repository_def.asset_graph)
     states = registry_states(graph, context.instance, config, ContentCheck(config, mode="stat"),
                              reread_inputs=reread_inputs,
                              check_outputs=reread_inputs)  # sensor ticks (every 30 s) leave storage alone
     by_key = {(s.asset, s.partition): s for s in states}
-    return [work.run_request(by_key) for work in ready_work(graph, states, config)]
+    # a sensor tick does not request again what failed with the same inputs; a schedule tick retries it
+    retry = reread_inputs if retry_failed is None else retry_failed
+    return ([work.run_request(by_key) for work in ready_work(graph, states, config, retry_failed=retry)],
+            waiting_summary(graph, states, config))
 
 
 def build_refresh_schedules(cron: str) -> list[dg.ScheduleDefinition]:
@@ -48,6 +58,7 @@ def build_refresh_schedules(cron: str) -> list[dg.ScheduleDefinition]:
 
     def refresh(job_name: str) -> dg.ScheduleDefinition:
         @dg.schedule(cron_schedule=cron, job_name=job_name, name=f"{job_name}_refresh",
+                     default_status=dg.DefaultScheduleStatus.RUNNING,
                      description=f"Re-reads the input files and requests every missing and stale partition of "
                                  f"{job_name} whose inputs are up to date (model_partitions_sensor carries on "
                                  "from there).")

@@ -179,7 +179,7 @@ def run_registry(args, config: RegistryConfig, running: dict[str, None] | None =
         def run_here(request: RunRequest) -> bool:
             started(request)
             return finished(request, runs.execute(request.job, partition=request.partition, assets=request.assets,
-                                                  verbose=args.verbose))
+                                                  verbose=args.verbose, tags=request.tags))
 
         clock: dict[str, float] = {}
         # Ingest is cheap and re-reads the files every time; unchanged content keeps its data version.
@@ -189,6 +189,7 @@ def run_registry(args, config: RegistryConfig, running: dict[str, None] | None =
         rounds = 0
         while True:
             states = registry_states(graph, instance, config, content, reread_inputs=False)
+            states_by_key = {(s.asset, s.partition): s for s in states}
             work = [w for w in ready_work(graph, states, config, everything=args.all and rounds == 0)
                     if w.job != INGEST_JOB]
             work = [w for w in work if (w.job, w.partition, w.assets) not in done]
@@ -197,7 +198,8 @@ def run_registry(args, config: RegistryConfig, running: dict[str, None] | None =
             rounds += 1
             # A round's runs are independent: scoring runs go side by side (as many as the gpu pool has slots),
             # then the cheap ones run here, one after the other
-            requests = [RunRequest(f"{w.label} ({w.reason})", w.job, w.partition, list(w.assets)) for w in work]
+            requests = [RunRequest(f"{w.label} ({w.reason})", w.job, w.partition, list(w.assets), w.tags(states_by_key))
+                        for w in work]
             scoring = [r for r in requests if r.job in graph.scoring_jobs] if side_by_side else []
             if scoring and not runs.execute_side_by_side(scoring, slots, verbose=args.verbose, started=started,
                                                          finished=finished, children=children):
@@ -206,6 +208,11 @@ def run_registry(args, config: RegistryConfig, running: dict[str, None] | None =
                 return 1
             done.update((item.job, item.partition, item.assets) for item in work)
         ran = {(job, partition) for job, partition, _ in done}
+        for state in states:  # one run per piece of work: what a queued or running run covers is left to it
+            if state.state == "running":
+                print(f"{graph.job_of[state.asset]}[{state.partition or state.asset}] not started: {state.reason} "
+                      "and covers it")
+                ran.add((graph.job_of[state.asset], state.partition))
         for job in ALL_JOBS:
             if job.name == INGEST_JOB:
                 continue

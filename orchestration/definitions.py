@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets import implicit, ingest, lm_scores, lm_statistics, release, rm_scores, rm_statistics, value_cards
+from orchestration.alerts import alert_on_run_failure, registry_alerts_sensor
 from orchestration.automation import build_refresh_schedules
 from orchestration.jobs import (ALL_JOBS, ingest_job, lm_scoring_job, lm_statistics_job, mwlr_job,  # noqa: F401
                                 release_job, release_schedule, rm_scoring_job, rm_statistics_job)
@@ -53,7 +54,7 @@ def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
         assets=dg.load_assets_from_modules([ingest, rm_scores, rm_statistics, value_cards, lm_scores, implicit,
                                           lm_statistics, release]),
         jobs=[*ALL_JOBS, release_job],
-        sensors=[model_partitions_sensor],
+        sensors=[model_partitions_sensor, alert_on_run_failure, registry_alerts_sensor],
         schedules=[*build_refresh_schedules(config.schedule_cron), release_schedule],
         resources=build_resources(config_path),
     )

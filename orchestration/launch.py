@@ -43,6 +43,7 @@ class RunRequest:
     job: str
     partition: str | None
     assets: list[str] | None
+    tags: dict[str, str] | None = None  # extra run tags (``orchestration.plan.Work.tags``)
 
 
 @dataclass
@@ -79,12 +80,12 @@ class JobRuns:
         self.location.cleanup()
 
     def execute(self, job_name: str, *, partition: str | None, assets: list[str] | None,
-                verbose: bool = False, ops: dict | None = None) -> RunOutcome:
+                verbose: bool = False, ops: dict | None = None, tags: dict[str, str] | None = None) -> RunOutcome:
         """Creates the run (job origin, snapshots, partition tag, asset selection, ``ops``: the run config of its
-        ops, e.g. a release's name) and executes it here."""
+        ops, e.g. a release's name; ``tags``: more run tags) and executes it here."""
         from dagster._core.execution.api import execute_run
 
-        run = self._create_run(job_name, partition=partition, assets=assets, verbose=verbose, ops=ops)
+        run = self._create_run(job_name, partition=partition, assets=assets, verbose=verbose, ops=ops, tags=tags)
         result = execute_run(self.reconstructable.get_reconstructable_job(job_name), run, self.instance)
         return RunOutcome(run.run_id, result.success, failure_messages(self.instance, run.run_id),
                           interrupted=not result.success and was_interrupted(self.instance, run.run_id))
@@ -132,7 +133,7 @@ class JobRuns:
         return ok
 
     def _create_run(self, job_name: str, *, partition: str | None, assets: list[str] | None, verbose: bool,
-                    ops: dict | None = None):
+                    ops: dict | None = None, tags: dict[str, str] | None = None):
         from dagster._core.definitions.selector import JobSubsetSelector
 
         keys = [dg.AssetKey(a) for a in assets] if assets else None
@@ -146,7 +147,8 @@ class JobRuns:
                                                 instance=self.instance).execution_plan_snapshot
         from orchestration.state import run_tags
 
-        tags = {**remote_job.tags, **run_tags(), **({"dagster/partition": partition} if partition else {})}
+        tags = {**remote_job.tags, **run_tags(), **(tags or {}),
+                **({"dagster/partition": partition} if partition else {})}
         run = self.instance.create_run(
             job_name=job_name, run_id=None, run_config=run_config, resolved_op_selection=None,
             step_keys_to_execute=plan.step_keys_to_execute, op_selection=None, status=None, root_run_id=None,
@@ -170,7 +172,8 @@ def _execute_in_child(request: RunRequest, verbose: bool, send) -> None:
     warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*expected_writer_count")
     try:
         with JobRuns(dg.DagsterInstance.get()) as runs:
-            outcome = runs.execute(request.job, partition=request.partition, assets=request.assets, verbose=verbose)
+            outcome = runs.execute(request.job, partition=request.partition, assets=request.assets, verbose=verbose,
+                                   tags=request.tags)
     except BaseException as error:  # a crash outside the run's steps still reaches the parent, named
         outcome = RunOutcome("", False, [f"{request.label}: {type(error).__name__}: {error}"])
     send.send(outcome)

@@ -7,7 +7,13 @@ use these two functions, so none of them keeps its own list of assets, downstrea
 - :func:`registry_states`: one :class:`~assets.versions.PartitionState` per asset partition, assets in
   the graph's topological order, partitions as the config registers them (``orchestration.partitions``);
 - :func:`ready_work`: the runs to launch now: per job and partition, the non-fresh assets none of whose
-  upstream assets is itself missing, stale or failing. An asset that is only stale runs alone, and what
+  upstream assets is itself missing, stale, failed or failing.
+
+Two states come from the runs rather than the data: ``running`` (a queued or started run plans to
+materialize the partition: nothing else requests it, and what reads it waits for it: one run per piece of
+work) and ``failed`` (not fresh, and the last run that tried to materialize it failed: the reason is that
+run's first error, on one line; what reads it waits, unless ``failed_models: exclude`` lets the statistics
+recompute without it, see :func:`waits_for`). An asset that is only stale runs alone, and what
   reads it runs afterwards only if its data version changed (a recomputed table that comes out the same
   leaves its readers fresh); a missing one runs with everything that reads it in the same job.
 
@@ -19,7 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dagster as dg
@@ -51,10 +57,32 @@ class Work:
         digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.job}:{self.partition or ''}:{','.join(self.assets)}:{digest}"
 
+    def tags(self, states: dict[tuple[str, str | None], PartitionState]) -> dict[str, str]:
+        """The run's tags: why it runs, and the inputs each asset is computed from (``INPUTS_TAG``: a sensor
+        tick does not request again what failed with the same inputs)."""
+        return {"valuebias/reason": self.reason[:200], INPUTS_TAG: json.dumps(
+            {a: inputs_digest(states[(a, self.partition)].current) for a in self.assets}, sort_keys=True)}
+
     def run_request(self, states) -> dg.RunRequest:
         return dg.RunRequest(job_name=self.job, partition_key=self.partition, run_key=self.run_key(states),
-                             asset_selection=[dg.AssetKey(a) for a in self.assets],
-                             tags={"valuebias/reason": self.reason[:200]})
+                             asset_selection=[dg.AssetKey(a) for a in self.assets], tags=self.tags(states))
+
+
+#: The tag of a run with ``{asset: inputs_digest}`` of what it computes.
+INPUTS_TAG = "valuebias/inputs"
+
+
+def inputs_digest(current: dict[str, str]) -> str:
+    """A digest of the input versions an asset partition would be computed from, but its model content: a
+    tick sees content by stat only, as an unverified identity until the scoring step has hashed the files,
+    so a model's first attempt and the ticks after it would disagree on it."""
+    rest = {k: v for k, v in current.items() if k != "model_content"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_inputs(attempted: str | None, current: dict[str, str]) -> bool:
+    """Whether a run tagged with ``attempted`` (``inputs_digest``) computed from the inputs ``current``."""
+    return attempted is not None and attempted == inputs_digest(current)
 
 
 class RegistryGraph:
@@ -130,7 +158,7 @@ def registry_states(graph: RegistryGraph, instance: dg.DagsterInstance, config: 
                 if problem:
                     state = PartitionState(asset, key, "stale", problem, state.run_id, state.data_version,
                                            state.metadata, state.current)
-            rows.append(state)
+            rows.append(with_last_attempt(instance, state))
     output_digests.save()
     return rows
 
@@ -141,23 +169,73 @@ def output_digests_path(config: RegistryConfig) -> Path:
     return Path(config.state_dir) / "output_digests.json"
 
 
+#: Run statuses of a run that will still (or is about to) materialize what it plans.
+IN_PROGRESS = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
+
+
+def with_last_attempt(instance: dg.DagsterInstance, state: PartitionState) -> PartitionState:
+    """``state``, or ``running`` when a queued or started run plans to materialize the partition, or
+    ``failed`` (with the run's first error on one line) when it is not fresh and the last run that planned
+    to materialize it failed. Read from Dagster's planned-materialization events: a run plans its assets when
+    it is created, whoever launched it (the CLI, the sensor, a schedule, the UI)."""
+    if state.state == "error":
+        return state
+    planned = instance.get_latest_planned_materialization_info(dg.AssetKey(state.asset), state.partition)
+    if planned is None:
+        return state
+    from assets.versions import latest_record
+
+    record = latest_record(instance, state.asset, state.partition)
+    if record is not None and record.storage_id > planned.storage_id:
+        return state  # materialized after the last plan
+    run = instance.get_run_by_id(planned.run_id)
+    if run is None:
+        return state
+    if run.status in IN_PROGRESS:
+        return replace(state, state="running", reason=f"run {run.run_id[:8]} ({run.job_name}) is "
+                                                      f"{run.status.value.lower()}", run_id=run.run_id)
+    if run.status == dg.DagsterRunStatus.FAILURE and state.state != "fresh":
+        attempted = json.loads(run.tags.get(INPUTS_TAG, "{}")).get(state.asset)
+        return replace(state, state="failed", reason=first_error(instance, run), run_id=run.run_id,
+                       metadata={**state.metadata, "attempted_inputs": attempted})
+    return state
+
+
+def first_error(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
+    """The first reason run ``run`` failed, on one line (``orchestration.launch.failure_messages``)."""
+    from orchestration.launch import failure_messages
+
+    messages = failure_messages(instance, run.run_id)
+    line = " ".join((messages[0].strip().splitlines() or ["run failed"])[0].split()) if messages else "run failed"
+    return f"run {run.run_id[:8]} ({run.job_name}) failed: {line[:300]}"
+
+
 def ready_work(graph: RegistryGraph, states: list[PartitionState], config: RegistryConfig, *,
-               everything: bool = False) -> list[Work]:
+               everything: bool = False, retry_failed: bool = True) -> list[Work]:
     """The runs that can start now (see the module docstring), in the graph's order. An (asset, partition)
     waits while anything it reads (``assets.versions.upstream_partitions``: a pair waits for its own two
     models only) is missing, stale or failing, or waits itself. ``everything``: every partition of every
-    asset, one run per job and partition (``valuebias run --all``), in the graph's order."""
+    asset, one run per job and partition (``valuebias run --all``), in the graph's order. Without
+    ``retry_failed`` (sensor ticks) a partition whose last run failed with the inputs it has now is not
+    requested again (the CLI and the refresh schedules retry it; a changed entry or file retries it)."""
     by_key = {(s.asset, s.partition): s for s in states}
     waiting = {key for key, s in by_key.items() if everything or s.state != "fresh"}
 
     @functools.cache
     def dirty(key: tuple[str, str | None]) -> bool:
-        return key in waiting or any(dirty(up) for up in upstream_partitions(config, *key) if up in by_key)
+        return key in waiting or any(dirty(up) for up in upstream_partitions(config, *key)
+                                     if up in by_key and not excused(graph, by_key, config, up, key))
 
     groups: dict[tuple[str, str | None], list[str]] = {}
     for asset, partition in [(s.asset, s.partition) for s in states if (s.asset, s.partition) in waiting]:
-        if by_key[(asset, partition)].state != "error":  # cannot run; what reads it waits
-            groups.setdefault((graph.job_of[asset], partition), []).append(asset)
+        state = by_key[(asset, partition)]
+        if state.state in ("error", "running"):  # cannot run, or runs already: what reads it waits
+            continue
+        if (state.state == "failed" and not retry_failed and not everything
+                and same_inputs(state.metadata.get("attempted_inputs"), state.current)):
+            continue  # failed with these very inputs: not again on every tick
+        groups.setdefault((graph.job_of[asset], partition), []).append(asset)
     work = []
     for (job, partition), members in groups.items():
         frontier = [a for a in members if not (graph.ancestors(a) & set(members))]
@@ -165,7 +243,8 @@ def ready_work(graph: RegistryGraph, states: list[PartitionState], config: Regis
         chosen = members if everything or missing else frontier
         inputs = {up for a in chosen for up in upstream_partitions(config, a, partition)
                   if up in by_key and up not in {(c, partition) for c in chosen}}
-        if not everything and any(dirty(up) for up in inputs):
+        if not everything and any(dirty(up) for up in inputs
+                                  if not any(excused(graph, by_key, config, up, (a, partition)) for a in chosen)):
             continue  # an input is still missing, stale or failing: it runs first
         first = by_key[(chosen[0], partition)]
         reason = "recompute (--all)" if everything else f"{first.state}{': ' + first.reason if first.reason else ''}"
@@ -173,6 +252,58 @@ def ready_work(graph: RegistryGraph, states: list[PartitionState], config: Regis
     if everything:  # one pass in order: every job after the jobs it reads from
         work.sort(key=lambda w: min(graph.order.index(a) for a in w.assets))
     return work
+
+
+#: The partitioned assets whose failed partitions ``failed_models: exclude`` leaves out of the statistics.
+EXCLUDABLE = {"rm_word_scores": "rm_rank_cells"}
+
+
+def excused(graph: RegistryGraph, by_key: dict, config: RegistryConfig, up: tuple[str, str | None],
+            reader: tuple[str, str | None]) -> bool:
+    """Whether ``reader`` goes on without ``up``: ``failed_models: exclude`` and ``up`` is a failed scoring
+    partition that the statistics table ``reader`` leaves out (named in its metadata, ``excluded_models``)."""
+    return (config.failed_models == "exclude" and by_key[up].state == "failed"
+            and EXCLUDABLE.get(up[0]) == reader[0])
+
+
+def excluded_failed_models(instance: dg.DagsterInstance, config: RegistryConfig) -> list[str]:
+    """With ``failed_models: exclude``: the reward models whose ``rm_word_scores`` partition is ``failed``,
+    which ``rm_rank_cells`` (and so every Figure-1 table) computed now leaves out; [] with ``wait``."""
+    if config.failed_models != "exclude":
+        return []
+    content = ContentCheck(config, mode="stat")
+    return [m.model_id for m in config.reward_models() if with_last_attempt(
+        instance, partition_state(instance, config, "rm_word_scores", m.model_id, content=content)).state == "failed"]
+
+
+def waiting_summary(graph: RegistryGraph, states: list[PartitionState], config: RegistryConfig) -> str:
+    """What holds work back, in one line (the sensor's skip reason, the CLI's last words): the failed and
+    running partitions, and the assets that wait for them."""
+    by_key = {(s.asset, s.partition): s for s in states}
+    holding = {key: s for key, s in by_key.items() if s.state in ("failed", "running", "error")}
+    if not holding:
+        return ""
+
+    @functools.cache
+    def held_by(key: tuple[str, str | None]) -> frozenset:
+        found = set()
+        for up in upstream_partitions(config, *key):
+            if up in by_key and excused(graph, by_key, config, up, key):
+                continue
+            if up in holding:
+                found.add(up)
+            elif up in by_key:
+                found |= held_by(up)
+        return frozenset(found)
+
+    waiting = {}
+    for key, s in by_key.items():
+        if s.state != "fresh" and key not in holding and held_by(key):
+            waiting.setdefault(s.asset, set()).update(held_by(key))
+    name = lambda key: f"{key[0]}[{key[1]}]" if key[1] else key[0]  # noqa: E731
+    parts = [f"{s.state}: {name(key)} ({s.reason})" for key, s in holding.items()]
+    parts += [f"{asset} waits for {', '.join(sorted(name(k) for k in keys))}" for asset, keys in waiting.items()]
+    return "; ".join(parts)
 
 
 def errors(states: list[PartitionState]) -> list[PartitionState]:

@@ -37,8 +37,12 @@ def test_jobs_partitions_sensors_and_schedules():
     from assets.versions import CODE_VERSIONS
 
     assert {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()} == CODE_VERSIONS
-    assert [s.name for s in defs.sensors] == ["model_partitions_sensor"]
+    assert [s.name for s in defs.sensors] == ["model_partitions_sensor", "alert_on_run_failure",
+                                              "registry_alerts_sensor"]
+    assert {s.default_status for s in defs.sensors} == {dg.DefaultSensorStatus.RUNNING}
     assert sorted(s.name for s in defs.schedules) == sorted(
         [f"{job}_refresh" for job in jobs if job != "release_job"] + ["release_schedule"])
     release = next(s for s in defs.schedules if s.name == "release_schedule")
     assert release.default_status == dg.DefaultScheduleStatus.STOPPED  # a release runs only when asked for
+    assert {s.default_status for s in defs.schedules if s.name != "release_schedule"} == {
+        dg.DefaultScheduleStatus.RUNNING}

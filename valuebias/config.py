@@ -235,6 +235,49 @@ class ConcurrencyBlock(_Block):
     gpu: Count | None = None  # None: 1 on a machine with a GPU, else as many as the CPU cores allow
 
 
+#: How long a duration key may read: a number and a unit (s, m, h or d), e.g. ``90s``, ``30m``, ``24h``, ``7d``.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+ALERT_CHANNELS = ("file", "webhook")
+#: What the statistics do while a model's last scoring run failed (``failed_models``).
+FAILED_MODEL_POLICIES = ("wait", "exclude")
+
+
+class AlertChannel(_Block):
+    type: Literal[ALERT_CHANNELS]
+    path: str | None = None  # file: default <state_dir>/alerts.jsonl
+    url_env: str | None = None  # webhook: the name of the environment variable holding the URL (never the URL)
+    attempts: Count = 3  # webhook: tries per delivery (1 s, then 2 s, ... apart)
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> "AlertChannel":
+        if self.type == "webhook" and not self.url_env:
+            raise ValueError("a webhook channel needs url_env: the name of the environment variable holding its URL "
+                             "(e.g. url_env: VALUEBIAS_ALERT_WEBHOOK)")
+        if self.type == "webhook" and self.url_env.startswith(("http://", "https://")):
+            raise ValueError("url_env is the name of an environment variable, not the URL itself (keep secrets "
+                             "out of the config)")
+        if self.type == "file" and self.url_env:
+            raise ValueError("url_env is for webhook channels; a file channel takes path")
+        return self
+
+
+class AlertsBlock(_Block):
+    stale_after: str = "24h"  # a partition stale or missing for longer than this is alerted
+    channels: tuple[AlertChannel, ...] = (AlertChannel(type="file"),)
+
+    @field_validator("stale_after")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        text = str(value).strip()
+        if not (len(text) >= 2 and text[:-1].isdigit() and text[-1] in DURATION_UNITS and int(text[:-1]) > 0):
+            raise ValueError(f"'{value}' is not a duration: a whole number and a unit (s, m, h or d), e.g. 24h")
+        return text
+
+    @property
+    def stale_after_seconds(self) -> int:
+        return int(self.stale_after[:-1]) * DURATION_UNITS[self.stale_after[-1]]
+
+
 class ConfigFile(_Block):
     """Everything a registry config file may say."""
 
@@ -250,6 +293,8 @@ class ConfigFile(_Block):
     scoring: ScoringBlock = ScoringBlock()
     schedule: ScheduleBlock = ScheduleBlock()
     concurrency: ConcurrencyBlock = ConcurrencyBlock()
+    alerts: AlertsBlock = AlertsBlock()
+    failed_models: Literal[FAILED_MODEL_POLICIES] = "wait"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,6 +352,13 @@ class RegistryConfig:
     implicit_rewards: ImplicitRewardsConfig = field(default_factory=ImplicitRewardsConfig)
     scoring_launcher: str = ScoringBlock().launcher
     kubernetes: KubernetesScoringConfig | None = None
+    alerts: AlertsBlock = field(default_factory=AlertsBlock)
+    failed_models: str = "wait"  # FAILED_MODEL_POLICIES
+
+    @property
+    def alerts_file(self) -> Path:
+        """The default ``file`` alert channel: ``<state_dir>/alerts.jsonl``."""
+        return Path(self.state_dir) / "alerts.jsonl"
 
     @property
     def base_dir(self) -> Path:
@@ -539,7 +591,10 @@ def _registry(file: ConfigFile, path: Path, at: _Located) -> RegistryConfig:
         scoring_batch_size=scoring.batch_size, scoring_threads=scoring.threads, corpora=corpora, models=models,
         analysis=file.analysis, schedule_cron=file.schedule.cron, gpu_concurrency=file.concurrency.gpu,
         pairs=_pairs(at, file.pairs, models), implicit_rewards=file.implicit_rewards,
-        scoring_launcher=scoring.launcher, kubernetes=scoring.kubernetes)
+        scoring_launcher=scoring.launcher, kubernetes=scoring.kubernetes,
+        alerts=file.alerts.model_copy(update={"channels": tuple(
+            c.model_copy(update={"path": resolve_uri(c.path, base)}) if c.path else c for c in file.alerts.channels)}),
+        failed_models=file.failed_models)
 
 
 def _model(at: _Located, mid: str, e: ModelBlock, base: Path, corpora: dict[str, CorpusConfig]) -> ModelConfig:
