@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from valuebias.errors import InputError
+from valuebias.model_content import file_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: Where ``valuebias models install real-lms`` puts the GGUF files, and where configs/real_lms.yaml looks.
@@ -102,14 +103,6 @@ QWEN25_CODER_05B_IT = GGUFModel(
 #: ``valuebias models install real-lms``
 REAL_LMS: tuple[GGUFModel, ...] = (GEMMA3_270M, QWEN25_CODER_05B_IT)
 MODEL_SETS = {"real-lms": REAL_LMS}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def installed_path(model: GGUFModel, dest: Path = DEFAULT_DEST) -> Path:
