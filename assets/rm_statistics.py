@@ -105,12 +105,17 @@ def rm_rank_sums(context: dg.AssetExecutionContext, registry: Registry, storage:
     """The registry's rank sums: per (corpus, ranks, prompt, word, category), the sum of the ranks every
     registered reward model gives the entry and how many models ranked it. A value card reads the other
     models' mean rank from it as (sum - own rank) / (models - 1), without reading their tables."""
+    from orchestration.plan import excluded_failed_models
+
     config = registry.load()
     versions = current_input_versions(context.instance, config, "rm_rank_sums")
     words = storage.read_parquet(TABLE_KEYS["corpus_words"])
+    excluded = excluded_failed_models(context.instance, config)
 
     def every_model():
         for model in config.reward_models():
+            if model.model_id in excluded:
+                continue
             key = rm_word_scores_key(model.model_id)
             if not storage.exists(key):
                 raise dg.Failure(f"no scores for model '{model.model_id}' at {storage.full_uri(key)}: "
@@ -119,7 +124,8 @@ def rm_rank_sums(context: dg.AssetExecutionContext, registry: Registry, storage:
 
     table = rank_sums(every_model())
     uri, version, check = write_table(storage, validator, "rm_rank_sums", table)
-    return table_result(table, uri, version, {"models": len(config.reward_models()),
+    return table_result(table, uri, version, {"models": len(config.reward_models()) - len(excluded),
+                                              "excluded_models": dg.MetadataValue.json(excluded),
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
 
 

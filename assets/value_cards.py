@@ -55,7 +55,10 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
                                               words)))
     framings = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
     profiles = model_profiles(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]))
-    reference = {m.model_id: m.family for m in config.reward_models() if m.model_id != model_id}
+    from orchestration.plan import excluded_failed_models
+
+    left_out = {model_id, *excluded_failed_models(context.instance, config)}  # failed_models: exclude
+    reference = {m.model_id: m.family for m in config.reward_models() if m.model_id not in left_out}
     card = value_card(own_ranks, storage.read_parquet(TABLE_KEYS["rm_rank_sums"]), framings, model_id, sizes,
                       reference, positions=panel_positions(profiles))
     nearest, farthest = neighbours(profiles, model_id, sizes) if len(reference) >= MIN_OTHER_MODELS else (None, None)

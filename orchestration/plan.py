@@ -254,8 +254,9 @@ def ready_work(graph: RegistryGraph, states: list[PartitionState], config: Regis
     return work
 
 
-#: The partitioned assets whose failed partitions ``failed_models: exclude`` leaves out of the statistics.
-EXCLUDABLE = {"rm_word_scores": "rm_rank_cells"}
+#: The partitioned assets whose failed partitions ``failed_models: exclude`` leaves out of the statistics, and
+#: the tables that leave them out (the value cards' reference, ``rm_rank_sums``, leaves them out too).
+EXCLUDABLE = {"rm_word_scores": ("rm_rank_cells", "rm_rank_sums")}
 
 
 def excused(graph: RegistryGraph, by_key: dict, config: RegistryConfig, up: tuple[str, str | None],
@@ -263,7 +264,7 @@ def excused(graph: RegistryGraph, by_key: dict, config: RegistryConfig, up: tupl
     """Whether ``reader`` goes on without ``up``: ``failed_models: exclude`` and ``up`` is a failed scoring
     partition that the statistics table ``reader`` leaves out (named in its metadata, ``excluded_models``)."""
     return (config.failed_models == "exclude" and by_key[up].state == "failed"
-            and EXCLUDABLE.get(up[0]) == reader[0])
+            and reader[0] in EXCLUDABLE.get(up[0], ()))
 
 
 def excluded_failed_models(instance: dg.DagsterInstance, config: RegistryConfig) -> list[str]:
