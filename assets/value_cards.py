@@ -43,6 +43,8 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
     both the prompts and the words, effect size A, the frequency-controlled D, the flag after
     Benjamini-Hochberg), its nearest and farthest models, and the provenance of its scores. The card is shown
     here (markdown with its plot) and stored as ``cards/<model>.md`` and ``.png``."""
+    from orchestration.plan import excluded_failed_models
+
     config = registry.load()
     model_id = context.partition_key
     model = config.models.get(model_id)
@@ -55,8 +57,6 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
                                               words)))
     framings = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
     profiles = model_profiles(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]))
-    from orchestration.plan import excluded_failed_models
-
     left_out = {model_id, *excluded_failed_models(context.instance, config)}  # failed_models: exclude
     reference = {m.model_id: m.family for m in config.reward_models() if m.model_id not in left_out}
     card = value_card(own_ranks, storage.read_parquet(TABLE_KEYS["rm_rank_sums"]), framings, model_id, sizes,
