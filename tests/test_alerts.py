@@ -125,7 +125,8 @@ def test_a_failed_model_is_failed_in_status_holds_the_statistics_and_alerts_once
     assert "\n" not in broken["reason"]
     assert rows[("rm_rank_cells", "")]["state"] == "stale"
     assert {r["state"] for k, r in rows.items() if k[1] != "broken" and k[0] != "rm_rank_cells"
-            and k[0] not in ("rm_mixed_model", "rm_interaction_test", "rm_family_tests", "rm_report")} == {"fresh"}
+            and k[0] not in ("rm_mixed_model", "rm_interaction_test", "rm_family_tests", "rm_report", "rm_rank_sums",
+                             "rm_value_cards")} == {"fresh"}
 
     # The sensor requests nothing (the model failed with these very inputs; the statistics wait) and says why.
     requests, skipped = partitions_tick(instance, config)
@@ -212,7 +213,9 @@ def test_card_flag_changes_and_stale_partitions_alert_once(tmp_path, monkeypatch
     from resources.storage import Storage
     from valuebias.config import load_config
 
-    models = {k: weights[k] for k in ("llama-a", "llama-b", "gemma-a")}
+    # four reward models: a card has numbers from 3 other models on
+    models = {"llama-a": weights["llama-a"], "llama-b": weights["llama-b"], "gemma-a": weights["gemma-a"],
+              "gemma-c": weights["gemma-a"]}
     alerts = ALERTS.replace("stale_after: 1h", "stale_after: 2s")
     config = write_small_registry(tmp_path, models=random_models_entry(models), extra=alerts)
     monkeypatch.setenv("DAGSTER_HOME", "")
@@ -257,7 +260,9 @@ def test_card_flag_changes_and_stale_partitions_alert_once(tmp_path, monkeypatch
     result, _ = tick(registry_alerts_sensor, instance, config, cursor)
     stale = [line for line in alert_lines(tmp_path) if line["kind"] == "stale"]
     assert {(s["asset"], s["partition"], s["state"]) for s in stale} >= {("rm_word_scores", "gemma-b", "missing")}
-    assert all(s["partition"] in ("gemma-b", None) for s in stale)  # only what the new model made not fresh
+    # only what the new model made not fresh: its partitions, the statistics, and every value card (each compares
+    # its model with the new one)
+    assert all(s["partition"] in ("gemma-b", None) or s["asset"] == "rm_value_cards" for s in stale)
     tick(registry_alerts_sensor, instance, config, cursor)
     assert len([line for line in alert_lines(tmp_path) if line["kind"] == "stale"]) == len(stale)
     assert len(webhook) == 1 + len(stale)
