@@ -67,9 +67,11 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
     markdown = value_card_markdown(model, card, corpus_sizes=sizes, reference=reference, reference_note=note,
                                    nearest=nearest, farthest=farthest, plot_name=f"{model_id}.png",
                                    provenance=scoring_provenance(context.instance, model_id))
-    uri, version, check = write_table(storage, validator, "rm_value_cards", card, rm_value_cards_key(model_id))
+    # the rendered card first, the table (what the materialization records) last: a failed write leaves the
+    # stored table as recorded
     storage.write_bytes(card_key(model_id, "png"), plot)
     storage.write_bytes(card_key(model_id, "md"), markdown.encode())
+    uri, version, check = write_table(storage, validator, "rm_value_cards", card, rm_value_cards_key(model_id))
     shown = embed_plots(markdown, {f"{model_id}.png": plot})
     flags = card.filter(pl.col("flag"))["finding"].to_list()
     return table_result(card, uri, version, {
