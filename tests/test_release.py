@@ -265,11 +265,9 @@ def test_refusals_and_the_diff_between_two_releases_around_one_model_s_change(tm
     code, out, err = valuebias(capsys, "release", "--name", "third", "--config", str(config))
     assert code == 1 and err.count("\n") == 1, err
     # ... and so is the blocking contract check that failed run planned and never evaluated
-    # (the partition's state and reason are `valuebias status`'s: failed, with the run's first error)
-    assert (f"cannot release: 3 problem(s): rm_value_cards[gemma-2] failed (run {outcome.run_id[:8]} "
-            "(value_cards_job) failed: ") in err
-    assert ("; rm_family_tests check rm_family_tests_contract failed; rm_value_cards check rm_value_cards_contract "
-            f"did not complete (run {outcome.run_id} failed). Run `valuebias run`") in err
+    assert (f"cannot release: 3 problem(s): rm_value_cards[gemma-2] failed (run {outcome.run_id}); "
+            "rm_family_tests check rm_family_tests_contract failed; rm_value_cards check rm_value_cards_contract did "
+            f"not complete (run {outcome.run_id} failed). Run `valuebias run`") in err
 
 
 def test_the_open_export_follows_the_every_eval_ever_schema_and_leaves_out_panels_without_numbers():
