@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -174,10 +175,15 @@ def _execute_in_child(request: RunRequest, verbose: bool, send) -> None:
         with JobRuns(dg.DagsterInstance.get()) as runs:
             outcome = runs.execute(request.job, partition=request.partition, assets=request.assets, verbose=verbose,
                                    tags=request.tags)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent says so, in one line
+        os._exit(130)
     except BaseException as error:  # a crash outside the run's steps still reaches the parent, named
         outcome = RunOutcome("", False, [f"{request.label}: {type(error).__name__}: {error}"])
-    send.send(outcome)
-    send.close()
+    try:
+        send.send(outcome)
+        send.close()
+    except (KeyboardInterrupt, OSError):  # interrupted, or the parent is gone: nothing left to tell it
+        os._exit(130)
 
 
 def _readable(error) -> str:

@@ -63,12 +63,14 @@ def _alive(pid: int) -> bool:
 
 
 def fail_abandoned_runs(instance) -> list[str]:
-    """Marks failed the runs a ``valuebias run`` on this machine left started when its process was killed."""
+    """Marks failed the runs a ``valuebias run`` on this machine left created or started when its process was
+    killed or interrupted (else they would read as ``running`` and hold their partitions for good)."""
     import dagster as dg
 
     failed = []
     records = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED,
-                                                                dg.DagsterRunStatus.STARTING],
+                                                                dg.DagsterRunStatus.STARTING,
+                                                                dg.DagsterRunStatus.NOT_STARTED],
                                                       tags={HOST_TAG: socket.gethostname()}))
     for run in records:
         pid = int(run.tags.get(PID_TAG, "0") or 0)
