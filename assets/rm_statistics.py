@@ -25,10 +25,9 @@ def _analyses(cells: pl.DataFrame):
     return cells.group_by("corpus", "ranks", maintain_order=True)
 
 
-def load_reward_model_scores(config: RegistryConfig, storage: Storage, excluded=()) -> pl.DataFrame:
-    """The stored scores of every reward model currently in the registry (removed models drop out), but
-    those ``excluded`` (``failed_models: exclude``: their last scoring run failed)."""
-    tables = []
+def stored_reward_model_scores(config: RegistryConfig, storage: Storage, excluded=()):
+    """(model id, its stored scores) for every reward model currently in the registry (removed models drop
+    out), but those ``excluded`` (``failed_models: exclude``: their last scoring run failed), one at a time."""
     for model in config.reward_models():
         if model.model_id in excluded:
             continue
@@ -36,8 +35,12 @@ def load_reward_model_scores(config: RegistryConfig, storage: Storage, excluded=
         if not storage.exists(key):
             raise dg.Failure(f"no scores for model '{model.model_id}' at {storage.full_uri(key)}: "
                              f"materialize rm_word_scores for partition '{model.model_id}' first")
-        tables.append(storage.read_parquet(key))
-    return pl.concat(tables)
+        yield model.model_id, storage.read_parquet(key)
+
+
+def load_reward_model_scores(config: RegistryConfig, storage: Storage, excluded=()) -> pl.DataFrame:
+    """The stored scores of every reward model of :func:`stored_reward_model_scores`, in one table."""
+    return pl.concat([table for _, table in stored_reward_model_scores(config, storage, excluded)])
 
 
 @dg.asset(group_name="statistics", kinds={"polars", "parquet"},
@@ -112,17 +115,8 @@ def rm_rank_sums(context: dg.AssetExecutionContext, registry: Registry, storage:
     words = storage.read_parquet(TABLE_KEYS["corpus_words"])
     excluded = excluded_failed_models(context.instance, config)
 
-    def every_model():
-        for model in config.reward_models():
-            if model.model_id in excluded:
-                continue
-            key = rm_word_scores_key(model.model_id)
-            if not storage.exists(key):
-                raise dg.Failure(f"no scores for model '{model.model_id}' at {storage.full_uri(key)}: "
-                                 f"materialize rm_word_scores for partition '{model.model_id}' first")
-            yield from model_rankings(config, model.model_id, storage.read_parquet(key), words)
-
-    table = rank_sums(every_model())
+    table = rank_sums(ranked for model_id, scores in stored_reward_model_scores(config, storage, excluded)
+                      for ranked in model_rankings(config, model_id, scores, words))
     uri, version, check = write_table(storage, validator, "rm_rank_sums", table)
     return table_result(table, uri, version, {"models": len(config.reward_models()) - len(excluded),
                                               "excluded_models": dg.MetadataValue.json(excluded),
