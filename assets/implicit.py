@@ -12,13 +12,13 @@ models changed (``valuebias status`` / ``valuebias run``, and the partition sens
 import dagster as dg
 import polars as pl
 
-from assets.tables import (TABLE_KEYS, contract_spec, large_table_version, lm_next_token_key, mwlr_key, table_result,
+from valuebias.assets.tables import (TABLE_KEYS, contract_spec, large_table_version, lm_next_token_key, mwlr_key, table_result,
                            write_table)
-from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
-from orchestration.partitions import pair_partitions
-from resources.registry import Registry
-from resources.storage import Storage
-from resources.validation import ContractValidator
+from valuebias.assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
+from valuebias.orchestration.partitions import pair_partitions
+from valuebias.resources.registry import Registry
+from valuebias.resources.storage import Storage
+from valuebias.resources.validation import ContractValidator
 from valuebias.config import RegistryConfig
 from valuebias.implicit_rewards import mwlr, top_bottom_tokens, word_mwlr
 

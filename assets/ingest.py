@@ -2,7 +2,7 @@
 
 Parsing errors (missing file, wrong format, unknown category, duplicate prompt id, ...) raise an
 ``InputError`` naming the file, row and field before anything is written. The stored tables are then
-checked against their data contracts before they are stored (``assets.tables.write_table``: validate, then
+checked against their data contracts before they are stored (``valuebias.assets.tables.write_table``: validate, then
 publish; the result is each asset's blocking ``<table>_contract`` check).
 """
 
@@ -10,11 +10,11 @@ publish; the result is each asset's blocking ``<table>_contract`` check).
 import dagster as dg
 import polars as pl
 
-from assets.tables import TABLE_KEYS, contract_spec, content_version, table_result, write_table
-from assets.versions import CODE_VERSIONS
-from resources.registry import Registry
-from resources.storage import Storage, read_input_uri
-from resources.validation import ContractValidator
+from valuebias.assets.tables import TABLE_KEYS, contract_spec, content_version, table_result, write_table
+from valuebias.assets.versions import CODE_VERSIONS
+from valuebias.resources.registry import Registry
+from valuebias.resources.storage import Storage, read_input_uri
+from valuebias.resources.validation import ContractValidator
 from valuebias.config import RegistryConfig
 from valuebias.corpora import read_corpus
 from valuebias.prompts import read_prompts

@@ -1,20 +1,20 @@
 """Per-language-model log-probabilities: one partition per registered language model (METHOD.md section 4).
 
-Like the reward-model scores, the work runs out of process (``scoring_worker`` through Dagster
+Like the reward-model scores, the work runs out of process (``valuebias.scoring_worker`` through Dagster
 Pipes); these assets say what to compute, then validate and publish what the worker wrote."""
 
 import dagster as dg
 
-from assets.partition_models import adopt_recorded_outputs, partition_model, plain, record_scoring
-from assets.rm_scores import SCORING_INPUTS
-from assets.tables import (content_version, large_table_version, lm_next_token_key, lm_word_logprobs_key,
+from valuebias.assets.partition_models import adopt_recorded_outputs, partition_model, plain, record_scoring
+from valuebias.assets.rm_scores import SCORING_INPUTS
+from valuebias.assets.tables import (content_version, large_table_version, lm_next_token_key, lm_word_logprobs_key,
                            promote_validated, staging_key, stored_table_result, table_result)
-from assets.versions import CODE_VERSIONS, reads
-from orchestration.partitions import language_model_partitions
-from resources.registry import Registry
-from resources.scoring_launcher import ScoringLauncher
-from resources.storage import Storage
-from resources.validation import ContractValidator
+from valuebias.assets.versions import CODE_VERSIONS, reads
+from valuebias.orchestration.partitions import language_model_partitions
+from valuebias.resources.registry import Registry
+from valuebias.resources.scoring_launcher import ScoringLauncher
+from valuebias.resources.storage import Storage
+from valuebias.resources.validation import ContractValidator
 
 
 @dg.asset(

@@ -18,12 +18,12 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, fitted_result, lm_word_logprobs_key, report_result,
+from valuebias.assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, fitted_result, lm_word_logprobs_key, report_result,
                            statistics_checks, table_result, write_table)
-from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
-from resources.registry import Registry
-from resources.storage import Storage
-from resources.validation import ContractValidator
+from valuebias.assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
+from valuebias.resources.registry import Registry
+from valuebias.resources.storage import Storage
+from valuebias.resources.validation import ContractValidator
 from valuebias.config import POOLED, RegistryConfig
 from valuebias.lm_statistics import common_words, lm_anova as fit_anova, lm_posthoc as welch_posthoc
 from valuebias.lm_statistics import lm_rank_cells as median_rank_cells

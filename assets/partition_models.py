@@ -3,10 +3,10 @@ recorded before content identities existed, and record the provenance of what it
 
 import dagster as dg
 
-from assets.versions import (CONTENT_ASSETS, INPUT_VERSIONS, current_input_versions, data_version, latest_record,
+from valuebias.assets.versions import (CONTENT_ASSETS, INPUT_VERSIONS, current_input_versions, data_version, latest_record,
                              legacy_but_unchanged, recorded_input_versions)
-from resources.registry import Registry
-from resources.storage import Storage
+from valuebias.resources.registry import Registry
+from valuebias.resources.storage import Storage
 from valuebias.config import ModelConfig, RegistryConfig
 
 

@@ -1,17 +1,17 @@
 """The release of the registry as a Dagster asset that runs only on demand: the Materialize button, ``valuebias
 release`` (which launches ``release_job``) or ``release_schedule`` (stopped unless switched on). No sensor,
 schedule or ``valuebias run`` requests it on its own: it is in none of the registry's jobs
-(``orchestration.jobs.ALL_JOBS``), so ``orchestration.plan`` never plans it.
+(``valuebias.orchestration.jobs.ALL_JOBS``), so ``valuebias.orchestration.plan`` never plans it.
 
-It writes release ``name`` (``orchestration.release.create_release``: refused, naming the partitions, while
+It writes release ``name`` (``valuebias.orchestration.release.create_release``: refused, naming the partitions, while
 anything is missing, stale or failed) and shows the diff against the previous release as markdown metadata.
 """
 
 
 import dagster as dg
 
-from assets.versions import CODE_VERSIONS
-from resources.registry import Registry
+from valuebias.assets.versions import CODE_VERSIONS
+from valuebias.resources.registry import Registry
 
 
 class ReleaseConfig(dg.Config):
@@ -26,10 +26,10 @@ class ReleaseConfig(dg.Config):
                       "previous release.")
 def registry_release(context: dg.AssetExecutionContext, config: ReleaseConfig,
                      registry: Registry) -> dg.MaterializeResult:
-    from orchestration.plan import RegistryGraph, registry_states
-    from orchestration.release import ReleaseError, create_release, list_releases, release_side
-    from assets.versions import ContentCheck
-    from object_store import ObjectStore
+    from valuebias.orchestration.plan import RegistryGraph, registry_states
+    from valuebias.orchestration.release import ReleaseError, create_release, list_releases, release_side
+    from valuebias.assets.versions import ContentCheck
+    from valuebias.object_store import ObjectStore
     from valuebias.release_diff import diff_markdown
 
     registry_config = registry.load()

@@ -1,22 +1,22 @@
 """Per-model reward-model word scores: one partition per registered model (METHOD.md section 3).
 
-The scoring itself runs out of process (``scoring_worker`` through Dagster Pipes, see
-``resources.scoring_launcher``); these assets say what to score, then validate and publish what the
+The scoring itself runs out of process (``valuebias.scoring_worker`` through Dagster Pipes, see
+``valuebias.resources.scoring_launcher``); these assets say what to score, then validate and publish what the
 worker wrote."""
 
 import warnings
 
 import dagster as dg
 
-from assets.partition_models import adopt_recorded_outputs, partition_model, plain, record_scoring
-from assets.tables import (TABLE_KEYS, content_version, promote_validated, rm_sweep_tokens_key,
+from valuebias.assets.partition_models import adopt_recorded_outputs, partition_model, plain, record_scoring
+from valuebias.assets.tables import (TABLE_KEYS, content_version, promote_validated, rm_sweep_tokens_key,
                            rm_vocabulary_sweep_key, rm_word_scores_key, staging_key, stored_table_result, table_result)
-from assets.versions import CODE_VERSIONS, reads
-from orchestration.partitions import reward_model_partitions, swept_reward_model_partitions
-from resources.registry import Registry
-from resources.scoring_launcher import ScoringLauncher
-from resources.storage import Storage
-from resources.validation import ContractValidator
+from valuebias.assets.versions import CODE_VERSIONS, reads
+from valuebias.orchestration.partitions import reward_model_partitions, swept_reward_model_partitions
+from valuebias.resources.registry import Registry
+from valuebias.resources.scoring_launcher import ScoringLauncher
+from valuebias.resources.storage import Storage
+from valuebias.resources.validation import ContractValidator
 from valuebias.invariance import AUDITED, WORDS_PER_PROMPT, audit_failures
 from valuebias.report import markdown_table
 

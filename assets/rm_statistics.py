@@ -4,12 +4,12 @@
 import dagster as dg
 import polars as pl
 
-from assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, fitted_result, report_result, rm_word_scores_key,
+from valuebias.assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, fitted_result, report_result, rm_word_scores_key,
                            statistics_checks, table_result, write_table)
-from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
-from resources.registry import Registry
-from resources.storage import Storage
-from resources.validation import ContractValidator
+from valuebias.assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
+from valuebias.resources.registry import Registry
+from valuebias.resources.storage import Storage
+from valuebias.resources.validation import ContractValidator
 from valuebias.config import RegistryConfig
 from valuebias.report import figure1_png, markdown_table
 from valuebias.statistics import (FREQUENCY_CONTROLLED, INTERACTION_TEST, NOT_FITTED, RAW, NotFittable,
@@ -52,7 +52,7 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
     each (model, prompt), ties averaged, 1 = best (steps 1-3): ``raw`` ranks (the paper's) and, with
     ``analysis.frequency_control``, ``frequency_controlled`` ones (residualised on word frequency)."""
     config = registry.load()
-    from orchestration.plan import excluded_failed_models
+    from valuebias.orchestration.plan import excluded_failed_models
 
     versions = current_input_versions(context.instance, config, "rm_rank_cells")
     excluded = excluded_failed_models(context.instance, config)
@@ -108,7 +108,7 @@ def rm_rank_sums(context: dg.AssetExecutionContext, registry: Registry, storage:
     """The registry's rank sums: per (corpus, ranks, prompt, word, category), the sum of the ranks every
     registered reward model gives the entry and how many models ranked it. A value card reads the other
     models' mean rank from it as (sum - own rank) / (models - 1), without reading their tables."""
-    from orchestration.plan import excluded_failed_models
+    from valuebias.orchestration.plan import excluded_failed_models
 
     config = registry.load()
     versions = current_input_versions(context.instance, config, "rm_rank_sums")

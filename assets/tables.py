@@ -6,7 +6,7 @@ import json
 import dagster as dg
 import polars as pl
 
-from resources.storage import Storage
+from valuebias.resources.storage import Storage
 from valuebias.table_version import content_version, large_table_version  # noqa: F401 (re-exported)
 
 #: Storage key of every unpartitioned table the product writes (``valuebias table NAME`` reads these).

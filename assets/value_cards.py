@@ -4,15 +4,15 @@
 import dagster as dg
 import polars as pl
 
-from assets.partition_models import plain
-from assets.rm_statistics import model_rankings
-from assets.tables import (TABLE_KEYS, card_key, contract_spec, rm_value_cards_key, rm_word_scores_key, table_result,
+from valuebias.assets.partition_models import plain
+from valuebias.assets.rm_statistics import model_rankings
+from valuebias.assets.tables import (TABLE_KEYS, card_key, contract_spec, rm_value_cards_key, rm_word_scores_key, table_result,
                            write_table)
-from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, latest_record, reads
-from orchestration.partitions import reward_model_partitions
-from resources.registry import Registry
-from resources.storage import Storage
-from resources.validation import ContractValidator
+from valuebias.assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, latest_record, reads
+from valuebias.orchestration.partitions import reward_model_partitions
+from valuebias.resources.registry import Registry
+from valuebias.resources.storage import Storage
+from valuebias.resources.validation import ContractValidator
 from valuebias.report import embed_plots, value_card_markdown, value_card_png
 from valuebias.value_cards import (MIN_OTHER_MODELS, model_profiles, neighbours, panel_positions, reference_note,
                                    value_card)
@@ -43,7 +43,7 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
     both the prompts and the words, effect size A, the frequency-controlled D, the flag after
     Benjamini-Hochberg), its nearest and farthest models, and the provenance of its scores. The card is shown
     here (markdown with its plot) and stored as ``cards/<model>.md`` and ``.png``."""
-    from orchestration.plan import excluded_failed_models
+    from valuebias.orchestration.plan import excluded_failed_models
 
     config = registry.load()
     model_id = context.partition_key

@@ -64,7 +64,7 @@ class ContentCheck:
 
     def identity(self, model: ModelConfig) -> ContentIdentity | None:
         if model.model_id not in self._known:
-            from object_store import read_input_uri
+            from valuebias.object_store import read_input_uri
 
             if self._digests is None:  # one digest cache (one read of its file) for every model
                 self._digests = DigestCache(self.config.digest_cache_path)
@@ -119,7 +119,7 @@ def settings_fingerprint(config: RegistryConfig, section: str, *fields: str) -> 
 #
 # ``INPUTS`` is the one declaration of what every computed asset reads. The assets' Dagster ``deps`` are
 # derived from it (``reads``), so the asset graph the UI draws, the run order of ``valuebias run`` and the
-# requests of the sensor and the schedule (``orchestration.plan``, which walks that graph) and the input
+# requests of the sensor and the schedule (``valuebias.orchestration.plan``, which walks that graph) and the input
 # versions recorded and compared here all come from the same lines.
 #
 # Why not Dagster's own stale status (``CachingStaleStatusResolver``)? It sees data versions and code

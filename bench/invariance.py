@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from assets.ingest import build_corpus_words, build_prompts
+from valuebias.assets.ingest import build_corpus_words, build_prompts
 from valuebias.config import load_config
 from valuebias.invariance import audit_failures, audit_partition
 from valuebias.rm_scoring import HuggingFaceSource, load_reward_model

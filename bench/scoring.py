@@ -74,7 +74,7 @@ def build(shape: str, device: str, dtype: torch.dtype, prompts, words):
     import jinja2
     import transformers
 
-    from demo_models import tiny_models
+    from valuebias.demo_models import tiny_models
     from valuebias import rm_scoring as scoring
 
     env = jinja2.Template(LLAMA31_TEMPLATE, keep_trailing_newline=True)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import s3fs
 
-    from object_store import ObjectStore
+    from valuebias.object_store import ObjectStore
 
     store = ObjectStore("s3://bench/prefix", endpoint, retries=0)
     ours, succeeded = [], 0

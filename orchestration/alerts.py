@@ -35,8 +35,8 @@ from pathlib import Path
 import dagster as dg
 from filelock import FileLock
 
-from resources.registry import Registry
-from resources.storage import Storage
+from valuebias.resources.registry import Registry
+from valuebias.resources.storage import Storage
 from valuebias.config import AlertChannel, RegistryConfig
 
 SENT_PREFIX = "valuebias/alerts/sent/"
@@ -140,7 +140,7 @@ def retry_outbox(instance: dg.DagsterInstance, config: RegistryConfig, log) -> N
 
 
 def run_failed_alert(instance: dg.DagsterInstance, run: dg.DagsterRun) -> Alert:
-    from orchestration.plan import first_error
+    from valuebias.orchestration.plan import first_error
 
     partition = run.tags.get("dagster/partition")
     reason = first_error(instance, run).split(" failed: ", 1)[-1]
@@ -161,7 +161,7 @@ def card_flags(storage: Storage, model_id: str) -> dict[str, dict] | None:
     """The flagged panels of a model's stored value card: ``{"corpus/category/framing": numbers}``."""
     import polars as pl
 
-    from assets.tables import rm_value_cards_key
+    from valuebias.assets.tables import rm_value_cards_key
 
     key = rm_value_cards_key(model_id)
     if not storage.exists(key):
@@ -243,8 +243,8 @@ def stale_alerts(instance: dg.DagsterInstance, config: RegistryConfig, states, n
                        "alerts. Starts no runs.")
 def registry_alerts_sensor(context: dg.SensorEvaluationContext, registry: Registry,
                            storage: Storage) -> dg.SkipReason:
-    from assets.versions import ContentCheck
-    from orchestration.plan import RegistryGraph, registry_states
+    from valuebias.assets.versions import ContentCheck
+    from valuebias.orchestration.plan import RegistryGraph, registry_states
 
     config = registry.load()
     retry_outbox(context.instance, config, context.log)

@@ -1,5 +1,5 @@
 """Automation: what recomputes by itself, and when. One engine, walked from the asset graph
-(``orchestration.plan``), so the CLI, the sensor and the schedule agree on what is missing, stale and
+(``valuebias.orchestration.plan``), so the CLI, the sensor and the schedule agree on what is missing, stale and
 ready:
 
 - ``model_partitions_sensor`` (every 30 s, running by default) keeps the partition sets in step with the
@@ -22,23 +22,23 @@ mapping expresses (see ``assets/versions.py``).
 
 import dagster as dg
 
-from assets.versions import ContentCheck
-from resources.registry import Registry
+from valuebias.assets.versions import ContentCheck
+from valuebias.resources.registry import Registry
 from valuebias.config import RegistryConfig
 
 
 def ready_requests(context, config: RegistryConfig, *, reread_inputs: bool) -> list[dg.RunRequest]:
     """For a sensor or schedule tick: a run request (with a run key: the same work for the same inputs is
-    requested once) for every run that can start now (``orchestration.plan.ready_work``). Ticks see model
+    requested once) for every run that can start now (``valuebias.orchestration.plan.ready_work``). Ticks see model
     content by stat only, never hashing weights."""
     return tick_plan(context, config, reread_inputs=reread_inputs)[0]
 
 
 def tick_plan(context, config: RegistryConfig, *, reread_inputs: bool,
               retry_failed: bool | None = None) -> tuple[list[dg.RunRequest], str]:
-    """``ready_requests`` and what holds work back (``orchestration.plan.waiting_summary``: failed and
+    """``ready_requests`` and what holds work back (``valuebias.orchestration.plan.waiting_summary``: failed and
     running partitions and what waits for them), for a tick's skip reason or log."""
-    from orchestration.plan import RegistryGraph, ready_work, registry_states, waiting_summary
+    from valuebias.orchestration.plan import RegistryGraph, ready_work, registry_states, waiting_summary
 
     graph = RegistryGraph(context.repository_def.asset_graph)
     states = registry_states(graph, context.instance, config, ContentCheck(config, mode="stat"),
@@ -54,7 +54,7 @@ def tick_plan(context, config: RegistryConfig, *, reread_inputs: bool,
 def build_refresh_schedules(cron: str) -> list[dg.ScheduleDefinition]:
     """One ``<job>_refresh`` schedule per job (a Dagster schedule launches runs of one job), all on the same
     cron: each requests the ready work of its job, so together they cover every kind of partition."""
-    from orchestration.jobs import ALL_JOBS
+    from valuebias.orchestration.jobs import ALL_JOBS
 
     def refresh(job_name: str) -> dg.ScheduleDefinition:
         @dg.schedule(cron_schedule=cron, job_name=job_name, name=f"{job_name}_refresh",

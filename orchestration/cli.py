@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from orchestration.faults import disk_full, sigterm_as_interrupt, stop_children
-from orchestration.state import project_instance, run_lock, use_project_instance  # noqa: F401 (re-exported)
+from valuebias.orchestration.faults import disk_full, sigterm_as_interrupt, stop_children
+from valuebias.orchestration.state import project_instance, run_lock, use_project_instance  # noqa: F401 (re-exported)
 from valuebias.config import RegistryConfig, load_config
 from valuebias.errors import InputError
 
@@ -38,14 +38,14 @@ TABLE_NAMES = ("prompts", "corpus_words", "model_registry", "rm_word_scores", "r
 
 
 def _config_path(arg: str | None) -> Path:
-    from orchestration.definitions import default_config_path
+    from valuebias.orchestration.definitions import default_config_path
 
     return Path(arg).expanduser().resolve() if arg else default_config_path()
 
 
 def prepare_instance(config: RegistryConfig):
     """The project's instance, with the partition sets synced and the ``gpu`` pool limit set."""
-    from orchestration.partitions import sync_model_partitions
+    from valuebias.orchestration.partitions import sync_model_partitions
 
     instance = project_instance(config)
     instance.event_log_storage.set_concurrency_slots("gpu", scoring_slots(config))
@@ -74,14 +74,14 @@ def scoring_slots(config: RegistryConfig) -> int:
 def content_check(config: RegistryConfig, verify: bool):
     """How this command sees model content: cached weight digests (rehashed when a file's size, mtime or
     inode changed), or with ``--verify`` every digest recomputed."""
-    from assets.versions import ContentCheck
+    from valuebias.assets.versions import ContentCheck
 
     return ContentCheck(config, mode="verify" if verify else "cached")
 
 
 def registry_graph(config: RegistryConfig):
-    from orchestration.definitions import build_definitions
-    from orchestration.plan import RegistryGraph
+    from valuebias.orchestration.definitions import build_definitions
+    from valuebias.orchestration.plan import RegistryGraph
 
     return RegistryGraph(build_definitions(config.path).resolve_asset_graph())
 
@@ -115,7 +115,7 @@ def cmd_run(args) -> int:
 
 def state_folders(config: RegistryConfig) -> list[Path]:
     """The folders `valuebias run` writes to on this machine: the Dagster instance, local storage, the state folder."""
-    from object_store import ObjectStore
+    from valuebias.object_store import ObjectStore
 
     try:
         local = ObjectStore(config.storage_uri).local_path("x")
@@ -126,13 +126,13 @@ def state_folders(config: RegistryConfig) -> list[Path]:
 def run_registry(args, config: RegistryConfig, running: dict[str, None] | None = None) -> int:
     """``valuebias run`` with the state folder's run lock held; ``running`` holds the labels of the runs going on."""
     running = {} if running is None else running
-    from orchestration.jobs import ALL_JOBS
-    from orchestration.launch import JobRuns, RunOutcome, RunRequest
-    from orchestration.progress import ProgressMonitor
-    from orchestration.plan import INGEST_JOB, errors, ready_work, registry_states
+    from valuebias.orchestration.jobs import ALL_JOBS
+    from valuebias.orchestration.launch import JobRuns, RunOutcome, RunRequest
+    from valuebias.orchestration.progress import ProgressMonitor
+    from valuebias.orchestration.plan import INGEST_JOB, errors, ready_work, registry_states
 
-    from orchestration.state import remove_finished_staging
-    from resources.storage import Storage
+    from valuebias.orchestration.state import remove_finished_staging
+    from valuebias.resources.storage import Storage
 
     instance, (added, removed) = prepare_instance(config)
     graph = registry_graph(config)
@@ -238,7 +238,7 @@ def run_registry(args, config: RegistryConfig, running: dict[str, None] | None =
 
 def report_adopted(instance, asset: str, partition: str | None, run_id: str) -> None:
     """Says when run ``run_id`` adopted a partition's recorded outputs instead of recomputing them."""
-    from assets.versions import latest_record
+    from valuebias.assets.versions import latest_record
 
     record = latest_record(instance, asset, partition)
     adopted = record.asset_materialization.metadata.get("adopted_from_run") if record else None
@@ -250,7 +250,7 @@ def report_adopted(instance, asset: str, partition: str | None, run_id: str) -> 
 def cmd_status(args) -> int:
     import polars as pl
 
-    from orchestration.plan import registry_states
+    from valuebias.orchestration.plan import registry_states
     from valuebias.report import markdown_table
 
     config = load_config(_config_path(args.config))
@@ -271,9 +271,9 @@ def cmd_status(args) -> int:
 def load_table(config: RegistryConfig, name: str):
     import polars as pl
 
-    from assets.tables import (TABLE_KEYS, lm_word_logprobs_key, rm_sweep_tokens_key, rm_value_cards_key,
+    from valuebias.assets.tables import (TABLE_KEYS, lm_word_logprobs_key, rm_sweep_tokens_key, rm_value_cards_key,
                                rm_word_scores_key)
-    from resources.storage import Storage
+    from valuebias.resources.storage import Storage
 
     storage = Storage(uri=config.storage_uri)
     run_first = f"run `valuebias run --config {config.path}` first"
@@ -316,8 +316,8 @@ def cmd_table(args) -> int:
 
 def cmd_card(args) -> int:
     """One reward model's value card, as stored by ``rm_value_cards`` (markdown, or HTML with the plot inside)."""
-    from assets.tables import card_key
-    from resources.storage import Storage
+    from valuebias.assets.tables import card_key
+    from valuebias.resources.storage import Storage
     from valuebias.report import card_html
 
     config = load_config(_config_path(args.config))
@@ -380,7 +380,7 @@ def cmd_pod(args) -> int:
     """Prints, as YAML, the Pod that ``scoring.launcher: kubernetes`` would create for one partition."""
     import yaml
 
-    from resources.scoring_launcher import render_scoring_pod
+    from valuebias.resources.scoring_launcher import render_scoring_pod
 
     config = load_config(_config_path(args.config))
     if args.model not in config.models:
@@ -396,10 +396,10 @@ def cmd_pod(args) -> int:
 
 
 def cmd_release(args) -> int:
-    """``valuebias release``: an immutable release of the registry in its storage (``orchestration.release``);
+    """``valuebias release``: an immutable release of the registry in its storage (``valuebias.orchestration.release``);
     ``valuebias release verify NAME``: rehash its files against its manifest."""
-    from orchestration.release import ReleaseError, check_name, verify_release
-    from resources.storage import Storage
+    from valuebias.orchestration.release import ReleaseError, check_name, verify_release
+    from valuebias.resources.storage import Storage
 
     config = load_config(_config_path(args.config))
     store = Storage(uri=config.storage_uri).store()
@@ -419,8 +419,8 @@ def cmd_release(args) -> int:
     except ReleaseError as exc:
         print(f"valuebias: error: {exc}", file=sys.stderr)
         return 1
-    from assets.versions import latest_record
-    from orchestration.launch import JobRuns
+    from valuebias.assets.versions import latest_record
+    from valuebias.orchestration.launch import JobRuns
 
     # the release is the on-demand asset registry_release (assets/release.py): run as a release_job run, so the
     # UI lists it with the diff against the previous release; one run per state folder at a time
@@ -443,8 +443,8 @@ def cmd_releases(args) -> int:
     """``valuebias releases``: every release in the registry's storage, oldest first."""
     import polars as pl
 
-    from orchestration.release import list_releases
-    from resources.storage import Storage
+    from valuebias.orchestration.release import list_releases
+    from valuebias.resources.storage import Storage
     from valuebias.report import markdown_table
 
     config = load_config(_config_path(args.config))
@@ -459,8 +459,8 @@ def cmd_releases(args) -> int:
 def cmd_diff(args) -> int:
     """``valuebias diff [A] [B]``: what changed from release A (default: the latest) to release B (default: the
     current state)."""
-    from orchestration.release import ReleaseError, current_side, list_releases, release_side
-    from resources.storage import Storage
+    from valuebias.orchestration.release import ReleaseError, current_side, list_releases, release_side
+    from valuebias.resources.storage import Storage
     from valuebias.release_diff import diff_json, diff_markdown, diff_table
 
     config = load_config(_config_path(args.config))
@@ -525,7 +525,7 @@ def model_run_facts(config: RegistryConfig, instance) -> dict:
 def cmd_lm_page(args) -> int:
     """Writes the results page of the registry's language-model pairs from the stored tables
     (``valuebias.lm_page``): ``--out`` and its plots in ``<out stem>/`` next to it."""
-    from resources.storage import Storage
+    from valuebias.resources.storage import Storage
     from valuebias.lm_page import lm_results_page
 
     config = load_config(_config_path(args.config))

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets import implicit, ingest, lm_scores, lm_statistics, release, rm_scores, rm_statistics, value_cards
-from orchestration.alerts import alert_on_run_failure, registry_alerts_sensor
-from orchestration.automation import build_refresh_schedules
-from orchestration.jobs import (ALL_JOBS, ingest_job, lm_scoring_job, lm_statistics_job, mwlr_job,  # noqa: F401
+from valuebias.assets import implicit, ingest, lm_scores, lm_statistics, release, rm_scores, rm_statistics, value_cards
+from valuebias.orchestration.alerts import alert_on_run_failure, registry_alerts_sensor
+from valuebias.orchestration.automation import build_refresh_schedules
+from valuebias.orchestration.jobs import (ALL_JOBS, ingest_job, lm_scoring_job, lm_statistics_job, mwlr_job,  # noqa: F401
                                 release_job, release_schedule, rm_scoring_job, rm_statistics_job)
-from orchestration.sensors import model_partitions_sensor
-from resources.registry import Registry
-from resources.scoring_launcher import ScoringLauncher
-from resources.storage import Storage
-from resources.validation import ContractValidator
+from valuebias.orchestration.sensors import model_partitions_sensor
+from valuebias.resources.registry import Registry
+from valuebias.resources.scoring_launcher import ScoringLauncher
+from valuebias.resources.storage import Storage
+from valuebias.resources.validation import ContractValidator
 from valuebias.config import DEFAULT_CONFIG_NAME, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
 
 
 def __getattr__(name: str):
-    """``orchestration.definitions.defs``: the Definitions of the current ``$VALUEBIAS_CONFIG`` (PEP 562)."""
+    """``valuebias.orchestration.definitions.defs``: the Definitions of the current ``$VALUEBIAS_CONFIG`` (PEP 562)."""
     if name == "defs":
         return build_definitions()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

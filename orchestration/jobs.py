@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from orchestration.partitions import (language_model_partitions, pair_partitions, reward_model_partitions,
+from valuebias.orchestration.partitions import (language_model_partitions, pair_partitions, reward_model_partitions,
                                       swept_reward_model_partitions)
 
 ingest_job = dg.define_asset_job(

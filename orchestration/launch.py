@@ -44,7 +44,7 @@ class RunRequest:
     job: str
     partition: str | None
     assets: list[str] | None
-    tags: dict[str, str] | None = None  # extra run tags (``orchestration.plan.Work.tags``)
+    tags: dict[str, str] | None = None  # extra run tags (``valuebias.orchestration.plan.Work.tags``)
 
 
 @dataclass
@@ -97,7 +97,7 @@ class JobRuns:
         """Executes ``requests``, at most ``slots`` at a time, each in a forked child process (see the module
         docstring); ``started(request)`` and ``finished(request, outcome)`` run here, in order of events.
         ``finished`` says whether to go on: after a failure no new run starts, the running ones finish. The pids
-        of the running children are kept in ``children`` (for :class:`orchestration.progress.ProgressMonitor`).
+        of the running children are kept in ``children`` (for :class:`valuebias.orchestration.progress.ProgressMonitor`).
         True when every run succeeded. The ``gpu`` pool's limit holds as well: each run's executor claims its
         slots from the instance."""
         context = multiprocessing.get_context("forkserver")
@@ -146,7 +146,7 @@ class JobRuns:
                       **({"ops": ops} if ops else {})}
         plan = self.location.get_execution_plan(remote_job, run_config, step_keys_to_execute=None, known_state=None,
                                                 instance=self.instance).execution_plan_snapshot
-        from orchestration.state import run_tags
+        from valuebias.orchestration.state import run_tags
 
         tags = {**remote_job.tags, **run_tags(), **(tags or {}),
                 **({"dagster/partition": partition} if partition else {})}
@@ -161,7 +161,7 @@ class JobRuns:
 
 
 #: What the fork server imports once for every child (Dagster, the definitions and what they import).
-CHILD_PRELOAD = ("orchestration.launch", "orchestration.definitions")
+CHILD_PRELOAD = ("valuebias.orchestration.launch", "valuebias.orchestration.definitions")
 
 
 def _execute_in_child(request: RunRequest, verbose: bool, send) -> None:

@@ -8,7 +8,7 @@ cannot succeed.
 - ``pairs``: every ``pairs`` entry, keyed ``{model_a}__vs__{model_b}`` (``mwlr_pair``).
 
 ``PARTITION_KEYS`` says, once, which keys each set holds for a registry config. The sets are kept in step
-with the config by ``orchestration.sensors.model_partitions_sensor`` and by ``valuebias run`` / ``ui``
+with the config by ``valuebias.orchestration.sensors.model_partitions_sensor`` and by ``valuebias run`` / ``ui``
 (``sync_partitions``). Partition keys are model ids, so materializations recorded before the split (one
 ``models`` set for every model) count under the new sets unchanged.
 """

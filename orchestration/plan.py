@@ -4,8 +4,8 @@ defines, and the work that brings the missing and stale ones up to date.
 ``valuebias run``, ``valuebias status``, ``model_partitions_sensor`` and the ``<job>_refresh`` schedules all
 use these two functions, so none of them keeps its own list of assets, downstream maps or run order:
 
-- :func:`registry_states`: one :class:`~assets.versions.PartitionState` per asset partition, assets in
-  the graph's topological order, partitions as the config registers them (``orchestration.partitions``);
+- :func:`registry_states`: one :class:`~valuebias.assets.versions.PartitionState` per asset partition, assets in
+  the graph's topological order, partitions as the config registers them (``valuebias.orchestration.partitions``);
 - :func:`ready_work`: the runs to launch now: per job and partition, the non-fresh assets none of whose
   upstream assets is itself missing, stale, failed or failing.
 
@@ -17,7 +17,7 @@ recompute without it, see :func:`waits_for`). An asset that is only stale runs a
   reads it runs afterwards only if its data version changed (a recomputed table that comes out the same
   leaves its readers fresh); a missing one runs with everything that reads it in the same job.
 
-Which job materializes an asset is read from the jobs' own selections (``orchestration.jobs``).
+Which job materializes an asset is read from the jobs' own selections (``valuebias.orchestration.jobs``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.versions import ContentCheck, PartitionState, partition_state, upstream_partitions
-from orchestration.jobs import ALL_JOBS
-from orchestration.partitions import partition_keys
+from valuebias.assets.versions import ContentCheck, PartitionState, partition_state, upstream_partitions
+from valuebias.orchestration.jobs import ALL_JOBS
+from valuebias.orchestration.partitions import partition_keys
 from valuebias.config import RegistryConfig
 
 INGEST_JOB = "ingest_job"
@@ -129,17 +129,17 @@ def registry_states(graph: RegistryGraph, instance: dg.DagsterInstance, config: 
     ``reread_inputs`` the input files are read again, so an edited word list shows as stale ingest and
     stale scores before any run (sensor ticks skip that: they compare with what was last ingested). With
     ``check_outputs`` a fresh partition whose stored output is missing, truncated or altered is stale, naming the
-    file (``assets.tables.stored_output_problem``: on local storage a table whose (size, mtime, inode) changed
+    file (``valuebias.assets.tables.stored_output_problem``: on local storage a table whose (size, mtime, inode) changed
     is hashed again, as model files are; ``--verify`` hashes every table)."""
-    from assets.tables import stored_output_problem
-    from resources.storage import Storage
+    from valuebias.assets.tables import stored_output_problem
+    from valuebias.resources.storage import Storage
     from valuebias.model_content import DigestCache
 
     storage = Storage(uri=config.storage_uri)
     output_digests = DigestCache(output_digests_path(config))
     would_be = None
     if reread_inputs:
-        from assets.ingest import ingest_versions
+        from valuebias.assets.ingest import ingest_versions
 
         would_be = ingest_versions(config)
     rows = []
@@ -184,7 +184,7 @@ def with_last_attempt(instance: dg.DagsterInstance, state: PartitionState) -> Pa
     planned = instance.get_latest_planned_materialization_info(dg.AssetKey(state.asset), state.partition)
     if planned is None:
         return state
-    from assets.versions import latest_record
+    from valuebias.assets.versions import latest_record
 
     record = latest_record(instance, state.asset, state.partition)
     if record is not None and record.storage_id > planned.storage_id:
@@ -203,8 +203,8 @@ def with_last_attempt(instance: dg.DagsterInstance, state: PartitionState) -> Pa
 
 
 def first_error(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
-    """The first reason run ``run`` failed, on one line (``orchestration.launch.failure_messages``)."""
-    from orchestration.launch import failure_messages
+    """The first reason run ``run`` failed, on one line (``valuebias.orchestration.launch.failure_messages``)."""
+    from valuebias.orchestration.launch import failure_messages
 
     messages = failure_messages(instance, run.run_id)
     line = " ".join((messages[0].strip().splitlines() or ["run failed"])[0].split()) if messages else "run failed"
@@ -214,7 +214,7 @@ def first_error(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
 def ready_work(graph: RegistryGraph, states: list[PartitionState], config: RegistryConfig, *,
                everything: bool = False, retry_failed: bool = True) -> list[Work]:
     """The runs that can start now (see the module docstring), in the graph's order. An (asset, partition)
-    waits while anything it reads (``assets.versions.upstream_partitions``: a pair waits for its own two
+    waits while anything it reads (``valuebias.assets.versions.upstream_partitions``: a pair waits for its own two
     models only) is missing, stale or failing, or waits itself. ``everything``: every partition of every
     asset, one run per job and partition (``valuebias run --all``), in the graph's order. Without
     ``retry_failed`` (sensor ticks) a partition whose last run failed with the inputs it has now is not

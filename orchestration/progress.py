@@ -2,7 +2,7 @@
 lines otherwise, read from the runs' own logs (the lines the UI shows in each run's log).
 
 The scoring worker logs its progress as ``<label>: <done>/<total> <unit> (<rate>/s, <seconds> s left)``
-(:func:`scoring_worker.progress_line`). A :class:`ProgressMonitor` polls the event log of the runs this command started
+(:func:`valuebias.scoring_worker.progress_line`). A :class:`ProgressMonitor` polls the event log of the runs this command started
 (found by their ``valuebias/pid`` tag) and draws those lines as tqdm bars, or, when standard error is not a
 terminal, prints one of them per partition every ``PLAIN_EVERY_SECONDS``.
 """
@@ -16,7 +16,7 @@ import time
 
 import dagster as dg
 
-from scoring_worker import parse_progress
+from valuebias.scoring_worker import parse_progress
 
 POLL_SECONDS = 1.0
 PLAIN_EVERY_SECONDS = 10.0
@@ -69,7 +69,7 @@ class ProgressMonitor:
     def poll(self) -> None:
         """Reads what the running runs logged since the last poll and updates the display."""
         from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
-        from orchestration.state import PID_TAG
+        from valuebias.orchestration.state import PID_TAG
 
         running = {run.run_id for pid in list(self.pids()) for run in self.instance.get_runs(
             RunsFilter(statuses=[DagsterRunStatus.STARTED], tags={PID_TAG: str(pid)}))}

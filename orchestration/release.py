@@ -1,8 +1,8 @@
 """Registry releases: an immutable, citable, verifiable copy of the registry's results in its own storage.
 
 A release ``NAME`` lives under ``releases/NAME/`` in the state's storage (a local folder or S3, through
-:class:`~object_store.ObjectStore`), written only when every partition of the registry is fresh
-(``orchestration.plan.registry_states``, the computation ``valuebias status`` shows), no partition's latest
+:class:`~valuebias.object_store.ObjectStore`), written only when every partition of the registry is fresh
+(``valuebias.orchestration.plan.registry_states``, the computation ``valuebias status`` shows), no partition's latest
 materialization attempt failed and no blocking check's latest result failed:
 
 - every stored table under its own storage key (``tables/*.parquet``, ``rm_word_scores/<model>.parquet``, ...),
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import polars as pl
 
-from object_store import ObjectStore
+from valuebias.object_store import ObjectStore
 from valuebias.config import RegistryConfig
 from valuebias.errors import InputError
 
@@ -80,11 +80,11 @@ def default_name(now: datetime) -> str:
 def release_blockers(instance, config: RegistryConfig, states, asset_graph) -> list[str]:
     """Why the registry cannot be released now, one entry per partition (``asset[partition] state: reason``):
     every partition that ``valuebias status`` shows as missing, stale or error (``states``:
-    ``orchestration.plan.registry_states``), whose latest materialization attempt failed after its last success,
+    ``valuebias.orchestration.plan.registry_states``), whose latest materialization attempt failed after its last success,
     or whose blocking check's latest result is a failure (``asset_graph``: Dagster's, for the checks)."""
     import dagster as dg
 
-    from assets.versions import latest_record
+    from valuebias.assets.versions import latest_record
 
     blockers = []
     for state in states:
@@ -169,7 +169,7 @@ def config_as_loaded(config: RegistryConfig) -> dict:
 def model_entries(instance, config: RegistryConfig) -> dict[str, dict]:
     """Per registered model: kind, family, source, its entry's fingerprint, and the content identity and
     provenance its latest scoring run recorded."""
-    from assets.versions import latest_record
+    from valuebias.assets.versions import latest_record
 
     models = {}
     for model in config.models.values():
@@ -201,11 +201,11 @@ class _ReleaseWriter:
 def create_release(config: RegistryConfig, instance, states, asset_graph, *, name: str | None = None,
                    now: datetime | None = None) -> dict:
     """Writes release ``name`` (default: today's UTC date) of the registry in ``states`` (every partition, as
-    ``orchestration.plan.registry_states`` found them). Raises :class:`ReleaseError` naming the partitions when
+    ``valuebias.orchestration.plan.registry_states`` found them). Raises :class:`ReleaseError` naming the partitions when
     anything is missing, stale, errored or failed, or a blocking check failed, and when the name exists.
     Returns the manifest, with ``manifest_sha256``."""
-    from assets.tables import output_keys
-    from assets.versions import CODE_VERSIONS
+    from valuebias.assets.tables import output_keys
+    from valuebias.assets.versions import CODE_VERSIONS
 
     now = now or datetime.now(timezone.utc)
     name = check_name(name or default_name(now))
@@ -379,7 +379,7 @@ def release_side(store: ObjectStore, name: str):
     def table(relative: str) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(store.read_bytes(prefix + relative)))
 
-    from assets.tables import TABLE_KEYS
+    from valuebias.assets.tables import TABLE_KEYS
 
     files = manifest["files"]
     tests = table(TABLE_KEYS["rm_family_tests"]) if TABLE_KEYS["rm_family_tests"] in files else None
@@ -391,7 +391,7 @@ def release_side(store: ObjectStore, name: str):
 def current_side(instance, config: RegistryConfig):
     """The registry as it is stored now (the latest recorded content identity of each model) as a side of
     ``valuebias diff``."""
-    from assets.tables import TABLE_KEYS, rm_value_cards_key
+    from valuebias.assets.tables import TABLE_KEYS, rm_value_cards_key
     from valuebias.release_diff import Side
 
     store = ObjectStore(config.storage_uri)

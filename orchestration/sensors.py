@@ -2,10 +2,10 @@
 
 import dagster as dg
 
-from orchestration.automation import tick_plan
-from orchestration.jobs import ALL_JOBS
-from orchestration.partitions import PARTITION_KEYS, partition_changes
-from resources.registry import Registry
+from valuebias.orchestration.automation import tick_plan
+from valuebias.orchestration.jobs import ALL_JOBS
+from valuebias.orchestration.partitions import PARTITION_KEYS, partition_changes
+from valuebias.resources.registry import Registry
 
 
 def input_stat_signature(config) -> str:

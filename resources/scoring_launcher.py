@@ -1,4 +1,4 @@
-"""Where scoring partitions run: a Dagster resource that launches ``scoring_worker`` through
+"""Where scoring partitions run: a Dagster resource that launches ``valuebias.scoring_worker`` through
 Dagster Pipes.
 
 - ``subprocess`` (the default): a ``PipesSubprocessClient`` runs the worker on this machine, so neither
@@ -6,7 +6,7 @@ Dagster Pipes.
 - ``kubernetes``: a ``PipesK8sClient`` (dagster-k8s) runs the same worker command in a pod built from the
   registry's ``scoring.kubernetes`` block (:func:`scoring_pod_spec`): image, ``nvidia.com/gpu`` count,
   memory, node selector, tolerations, and environment from Kubernetes Secrets by reference.
-- ``in_process``: the worker's :func:`~scoring_worker.run_task` inside the step itself (for
+- ``in_process``: the worker's :func:`~valuebias.scoring_worker.run_task` inside the step itself (for
   debugging and for tests that are about something else than the process boundary).
 
 Each way returns what the worker reported: its metadata and the data version of the table it wrote. The
@@ -24,7 +24,7 @@ from typing import Any
 
 import dagster as dg
 
-from scoring_worker import ERROR_FILE_ENV, WORKER_MODULE
+from valuebias.scoring_worker import ERROR_FILE_ENV, WORKER_MODULE
 from valuebias.config import SCORING_LAUNCHERS, KubernetesScoringConfig, ModelConfig, RegistryConfig
 
 CONTAINER_NAME = "valuebias-scoring"
@@ -100,7 +100,7 @@ class ScoringLauncher(dg.ConfigurableResource):
         """:meth:`task_spec` then :meth:`run`: what a scoring asset calls. One process computes a partition at
         a time: a second run of it (another ``valuebias run``, a run launched from the UI) waits, saying for
         whom, then finds the first one's scores in the score cache."""
-        from orchestration.locks import partition_lock
+        from valuebias.orchestration.locks import partition_lock
 
         with partition_lock(config.state_dir, task, context.partition_key, context.log.info):
             return self.run(context, config, self.task_spec(config, task, model, storage_spec, inputs, outputs))
@@ -121,7 +121,7 @@ class ScoringLauncher(dg.ConfigurableResource):
             raise dg.Failure(f"unknown scoring launcher '{mode}' (expected one of: {', '.join(SCORING_LAUNCHERS)})")
         context.log.info(f"scoring '{context.partition_key}' ({spec['task']}) with the {mode} launcher")
         if mode == "in_process":
-            from scoring_worker import run_task
+            from valuebias.scoring_worker import run_task
 
             metadata, version = run_task(spec, context.log.info)
             return {**metadata, "launcher": mode}, version

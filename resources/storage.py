@@ -3,14 +3,14 @@
 :class:`Storage` is a Dagster resource rooted at ``uri`` (``/data/valuebias``, ``file:///data/valuebias``,
 ``s3://bucket/prefix``, ``memory://x``...). Keys are ``/``-separated paths relative to that root, e.g.
 ``rm_word_scores/llama-a.parquet``. Every method delegates to
-:class:`~object_store.ObjectStore` (plain Python, no Dagster, usable by an out-of-process
+:class:`~valuebias.object_store.ObjectStore` (plain Python, no Dagster, usable by an out-of-process
 worker through ``storage.store().to_spec()``), which documents the guarantees: atomic writes and moves,
 retries with exponential backoff on transient object-store faults, :class:`StorageError` naming the
 operation and the full URI, FileNotFoundError naming the full URI for a missing key. Credentials come only
 from botocore's usual sources (environment variables, shared files, instance roles); they are never fields
 of the resource.
 
-:func:`read_input_uri` and :func:`s3_endpoint_url` are re-exported from ``object_store``.
+:func:`read_input_uri` and :func:`s3_endpoint_url` are re-exported from ``valuebias.object_store``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import builtins
 import dagster as dg
 import polars as pl
 
-from object_store import ObjectStore, StorageError, read_input_uri, s3_endpoint_url
+from valuebias.object_store import ObjectStore, StorageError, read_input_uri, s3_endpoint_url
 
 __all__ = ["ObjectStore", "Storage", "StorageError", "read_input_uri", "s3_endpoint_url"]
 

@@ -106,7 +106,7 @@ def s3_bucket(s3_server, aws_credentials):
 def cli(monkeypatch, capsys):
     """Runs the ``valuebias`` command in-process; returns its stdout and fails the test on a non-zero exit.
     DAGSTER_HOME is restored after the test (the CLI points it at the registry's own instance)."""
-    from orchestration.cli import main as valuebias_main
+    from valuebias.orchestration.cli import main as valuebias_main
 
     monkeypatch.delenv("VALUEBIAS_CONFIG", raising=False)
     monkeypatch.setenv("DAGSTER_HOME", "")

@@ -58,7 +58,7 @@ def valuebias_cli(config: Path, *args: str) -> str:
     import sys
 
     project = Path(__file__).resolve().parents[1]
-    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", *args, "--config", str(config)], cwd=project,
+    proc = subprocess.run([sys.executable, "-m", "valuebias.orchestration.cli", *args, "--config", str(config)], cwd=project,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"valuebias {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -66,7 +66,7 @@ def valuebias_cli(config: Path, *args: str) -> str:
 
 def build_random_reward_model(path: Path, *, architecture: str, seed: int, words: list[str] | None = None) -> Path:
     """A tiny untrained sequence-classification RM (random weights) saved offline at ``path``."""
-    from demo_models import tiny_models
+    from valuebias.demo_models import tiny_models
 
     words = words or (AGENCY + COMMUNION)
     texts = [tiny_models.render_chat(architecture, [{"role": "user", "content": text},
@@ -89,8 +89,8 @@ def random_models_entry(models: dict[str, tuple[str, Path]], dtype: dict[str, st
 
 def ingest_and_sync(config_path: Path, instance) -> None:
     """Runs ``ingest_job`` on ``instance`` (it must succeed) and adds the config's model and pair partitions."""
-    from orchestration.definitions import build_definitions
-    from orchestration.partitions import sync_model_partitions
+    from valuebias.orchestration.definitions import build_definitions
+    from valuebias.orchestration.partitions import sync_model_partitions
     from valuebias.config import load_config
 
     assert build_definitions(config_path).resolve_job_def("ingest_job").execute_in_process(instance=instance).success
@@ -101,7 +101,7 @@ def build_random_language_model(path: Path, *, architecture: str, seed: int) -> 
     """A tiny untrained causal LM (random weights) with a chat template, saved offline at ``path``. Its tokenizer
     also learns the bare words, so every word is one token in both styles and a llama / gemma pair shares words
     (a gemma-style tokenizer otherwise only learns them glued to the template's last newline)."""
-    from demo_models import tiny_models
+    from valuebias.demo_models import tiny_models
 
     texts = [tiny_models.render_chat(architecture, [{"role": "user", "content": text}], add_generation_prompt=True)
              + w for text in PROMPTS.values() for w in AGENCY + COMMUNION] + AGENCY + COMMUNION

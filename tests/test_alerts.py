@@ -16,10 +16,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from orchestration.alerts import alert_on_run_failure, registry_alerts_sensor
-from orchestration.cli import main as valuebias_main
-from orchestration.definitions import build_definitions, build_resources
-from orchestration.sensors import model_partitions_sensor
+from valuebias.orchestration.alerts import alert_on_run_failure, registry_alerts_sensor
+from valuebias.orchestration.cli import main as valuebias_main
+from valuebias.orchestration.definitions import build_definitions, build_resources
+from valuebias.orchestration.sensors import model_partitions_sensor
 from tests.registry_fixtures import build_random_reward_model, random_models_entry, write_small_registry
 
 HOOK_ENV = "VALUEBIAS_TEST_ALERT_WEBHOOK"
@@ -153,17 +153,17 @@ def test_a_failed_model_is_failed_in_status_holds_the_statistics_and_alerts_once
     config.write_text(config.read_text() + "failed_models: exclude\n")
     requests, _ = partitions_tick(instance, config)
     assert {(r.job_name, r.partition_key) for r in requests} == {("rm_statistics_job", None)}
-    from orchestration.launch import JobRuns
+    from valuebias.orchestration.launch import JobRuns
 
     with JobRuns(instance) as runs:  # as the daemon launches the request
         assert runs.execute("rm_statistics_job", partition=None, assets=[
             k.to_user_string() for k in requests[0].asset_selection], tags=requests[0].tags).success
-    from assets.versions import latest_record
+    from valuebias.assets.versions import latest_record
 
     meta = latest_record(instance, "rm_rank_cells").asset_materialization.metadata
     assert meta["excluded_models"].value == ["broken"]
-    from assets.tables import TABLE_KEYS
-    from resources.storage import Storage
+    from valuebias.assets.tables import TABLE_KEYS
+    from valuebias.resources.storage import Storage
     from valuebias.config import load_config
 
     cells = Storage(uri=load_config(config).storage_uri).read_parquet(TABLE_KEYS["rm_rank_cells"])
@@ -182,7 +182,7 @@ def test_a_failed_model_is_failed_in_status_holds_the_statistics_and_alerts_once
 def test_a_webhook_that_fails_is_retried_logged_and_sent_once_later(tmp_path, monkeypatch, weights, webhook):
     """No URL in the environment: the delivery fails (logged, the tick does not fail) and waits in the outbox;
     the next alerts tick, with the URL set, sends it once."""
-    from orchestration.alerts import Alert, deliver, retry_outbox
+    from valuebias.orchestration.alerts import Alert, deliver, retry_outbox
     from valuebias.config import load_config
 
     config_path = write_small_registry(tmp_path, models=random_models_entry({"llama-a": weights["llama-a"]}),
@@ -208,9 +208,9 @@ def test_a_webhook_that_fails_is_retried_logged_and_sent_once_later(tmp_path, mo
 
 
 def test_card_flag_changes_and_stale_partitions_alert_once(tmp_path, monkeypatch, weights, webhook):
-    from assets.tables import rm_value_cards_key
-    from assets.versions import latest_record
-    from resources.storage import Storage
+    from valuebias.assets.tables import rm_value_cards_key
+    from valuebias.assets.versions import latest_record
+    from valuebias.resources.storage import Storage
     from valuebias.config import load_config
 
     # four reward models: a card has numbers from 3 other models on
@@ -271,7 +271,7 @@ def test_card_flag_changes_and_stale_partitions_alert_once(tmp_path, monkeypatch
 def test_work_a_queued_run_covers_is_not_started_again(tmp_path, monkeypatch, weights):
     """A run queued for a partition (as the daemon's queue holds it) covers that work: a sensor tick and
     `valuebias run` start no second run for it, and `status` says which run covers it."""
-    from orchestration.launch import JobRuns
+    from valuebias.orchestration.launch import JobRuns
 
     models = {k: weights[k] for k in ("llama-a", "llama-b", "gemma-a")}
     config = write_small_registry(tmp_path, models=random_models_entry(models))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from orchestration.cli import main as valuebias_main
-from orchestration.definitions import build_definitions, build_resources
-from orchestration.partitions import sync_model_partitions
-from orchestration.sensors import model_partitions_sensor
+from valuebias.orchestration.cli import main as valuebias_main
+from valuebias.orchestration.definitions import build_definitions, build_resources
+from valuebias.orchestration.partitions import sync_model_partitions
+from valuebias.orchestration.sensors import model_partitions_sensor
 from tests.registry_fixtures import (build_random_language_model, build_random_reward_model, language_models_entry,
                                      random_models_entry, write_small_registry)
 from valuebias.config import load_config

@@ -16,7 +16,7 @@ from tests.registry_fixtures import PROMPTS, write_small_registry
 
 PROJECT = Path(__file__).resolve().parents[1]
 PAPER = PROJECT.parent / "shared" / "paper_release"
-VALUEBIAS = [sys.executable, "-m", "orchestration.cli"]
+VALUEBIAS = [sys.executable, "-m", "valuebias.orchestration.cli"]
 
 
 def valuebias(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -76,7 +76,7 @@ def test_run_recovers_the_planted_preferences_and_is_idempotent(tmp_path):
     assert "![Figure 1, small](figure1_small.png)" in (tmp_path / ".valuebias" / "data" / "reports"
                                                      / "rm_report.md").read_text()
     # A complete run leaves no partition missing, and each partition set holds only what can succeed.
-    code = ("import json, dagster as dg; from orchestration.definitions import build_definitions as b; "
+    code = ("import json, dagster as dg; from valuebias.orchestration.definitions import build_definitions as b; "
             "i = dg.DagsterInstance.get(); g = b().resolve_asset_graph(); "
             "print(json.dumps({k.to_user_string(): [len(i.get_materialized_partitions(k)), "
             "len(i.get_dynamic_partitions(g.get(k).partitions_def.name))] "

@@ -20,7 +20,7 @@ from tests.registry_fixtures import (AGENCY, COMMUNION, build_random_reward_mode
 PROJECT = Path(__file__).resolve().parents[1]
 #: A `valuebias` command that imports everything, says it is ready, then waits for the go file: all the
 #: processes of a test start their real work at the same moment.
-BARRIER = ("import sys, time; from pathlib import Path; from orchestration.cli import main; "
+BARRIER = ("import sys, time; from pathlib import Path; from valuebias.orchestration.cli import main; "
            "Path(sys.argv[1]).write_text('ready'); go = Path(sys.argv[2]); "
            "[time.sleep(0.002) for _ in iter(lambda: not go.exists(), False)]; sys.exit(main(sys.argv[3:]))")
 
@@ -84,7 +84,7 @@ def test_commands_started_together_on_a_new_state_folder(tmp_path, models):
     assert counts.strip() == '{"llama-a": 1, "gemma-a": 1}'
 
     reference = write_small_registry(tmp_path / "reference", models=random_models_entry(models))
-    subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--config", str(reference)], cwd=PROJECT,
+    subprocess.run([sys.executable, "-m", "valuebias.orchestration.cli", "run", "--config", str(reference)], cwd=PROJECT,
                    env=env(), check=True, capture_output=True)
     for table in ("tables/rm_rank_cells.parquet", "tables/rm_family_tests.parquet", "rm_word_scores/llama-a.parquet"):
         shared = pl.read_parquet(tmp_path / "shared" / ".valuebias" / "data" / table)
@@ -101,7 +101,7 @@ def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path, models):
     (tmp_path / "words.csv").write_text("word,category\n" + "".join(
         f"{w},{'Agency' if i % 2 else 'Communion'}\n" for i, w in enumerate(words)))
     config.write_text(config.read_text().replace("batch_size: 32", "batch_size: 4"))
-    proc = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "run", "--config", str(config)], cwd=PROJECT,
+    proc = subprocess.Popen([sys.executable, "-m", "valuebias.orchestration.cli", "run", "--config", str(config)], cwd=PROJECT,
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     home = tmp_path / ".valuebias" / "dagster"
     deadline = time.monotonic() + 240
@@ -120,7 +120,7 @@ def test_a_killed_run_is_marked_failed_by_the_next_command(tmp_path, models):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
-    status = subprocess.run([sys.executable, "-m", "orchestration.cli", "status", "--config", str(config)],
+    status = subprocess.run([sys.executable, "-m", "valuebias.orchestration.cli", "status", "--config", str(config)],
                             cwd=PROJECT, env=env(), capture_output=True, text=True)
     assert status.returncode == 0, status.stderr
     os.environ["DAGSTER_HOME"] = str(home)

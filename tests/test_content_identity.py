@@ -105,7 +105,7 @@ def test_a_model_folder_is_its_content(tmp_path, weights, cli, monkeypatch):
     """Replaced weights -> stale, rescored from scratch (no cached sequence reused) and equal to a clean
     scoring; touch -> fresh; ``cp -p`` of other weights -> caught only by ``--verify``; a changed code
     version recomputes that table only; a folder that disappears is an error naming it."""
-    from orchestration import cli as cli_module
+    from valuebias.orchestration import cli as cli_module
 
     folder = tmp_path / "models" / "llama"
     shutil.copytree(weights["llama-1"], folder)
@@ -158,7 +158,7 @@ def test_a_model_folder_is_its_content(tmp_path, weights, cli, monkeypatch):
     assert stored(config, "rm_word_scores/llama.parquet").equals(first)  # the content-keyed cache of llama-1
 
     # a new code version of one statistics table recomputes it; its readers follow only if it changed
-    from assets import versions
+    from valuebias.assets import versions
 
     monkeypatch.setitem(versions.CODE_VERSIONS, "rm_rank_cells", versions.CODE_VERSIONS["rm_rank_cells"] + "-next")
     assert stale(status_rows(cli, config)) == {("rm_rank_cells", ""): "changed: code"}
@@ -224,8 +224,8 @@ def test_a_hub_id_is_the_commit_main_points_to(tmp_path, weights, cli, monkeypat
     rows = status_rows(cli, config)
     assert rows[("rm_word_scores", "hub-main")]["sequences_reused"] == "0"
     assert not stored(config, "rm_word_scores/hub-main.parquet")["score"].equals(first["score"])
-    from assets.versions import latest_record
-    from orchestration.cli import use_project_instance
+    from valuebias.assets.versions import latest_record
+    from valuebias.orchestration.cli import use_project_instance
     from valuebias.config import load_config
 
     import dagster as dg
@@ -272,7 +272,7 @@ def test_upgrading_adopts_the_recorded_scores(tmp_path, weights, cli, release):
         f"  gemma-pub:\n    kind: reward_model\n    family: gemma\n    published: {{small: {published}}}\n")
     config = write_small_registry(tmp_path / "registry", models=models)
     env = {**os.environ, "PYTHONPATH": str(previous), "DAGSTER_HOME": ""}
-    built = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--config", str(config)],
+    built = subprocess.run([sys.executable, "-m", "valuebias.orchestration.cli", "run", "--config", str(config)],
                            cwd=previous, env=env, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr
     assert ran(built.stdout, "rm_scoring_job") == ["llama", "gemma-pub"]
@@ -307,8 +307,8 @@ def test_upgrading_adopts_the_recorded_scores(tmp_path, weights, cli, release):
     # count as materialized in the new "reward_models" set (the UI's partition status), nothing rescored.
     import dagster as dg
 
-    from orchestration.cli import use_project_instance
-    from orchestration.partitions import REWARD_MODELS, reward_model_partitions
+    from valuebias.orchestration.cli import use_project_instance
+    from valuebias.orchestration.partitions import REWARD_MODELS, reward_model_partitions
     from valuebias.config import load_config
 
     use_project_instance(load_config(config))
@@ -320,7 +320,7 @@ def test_upgrading_adopts_the_recorded_scores(tmp_path, weights, cli, release):
         assert {key: status.value for key, status in statuses.items()} == {"llama": "MATERIALIZED",
                                                                            "gemma-pub": "MATERIALIZED"}
         # an adopted partition reports its invariance check too: passed, saying it was not audited
-        from assets.rm_scores import INVARIANCE_CHECK, NOT_AUDITED_ADOPTED
+        from valuebias.assets.rm_scores import INVARIANCE_CHECK, NOT_AUDITED_ADOPTED
 
         history = instance.event_log_storage.get_asset_check_execution_history(
             dg.AssetCheckKey(dg.AssetKey("rm_word_scores"), INVARIANCE_CHECK), limit=10)

@@ -286,7 +286,7 @@ def test_dic_unknown_category_names_line_and_word():
 # quoted multi-line field count; CRLF is one line end; a BOM is no line. Real files, read back as ingest does.
 
 def read_file(path: Path, **kwargs) -> InputError:
-    from resources.storage import read_input_uri
+    from valuebias.resources.storage import read_input_uri
 
     return raises(read_input_uri(str(path)), source=str(path), **kwargs)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.definitions import build_definitions
-from orchestration.plan import RegistryGraph
+from valuebias.orchestration.definitions import build_definitions
+from valuebias.orchestration.plan import RegistryGraph
 
 
 def test_jobs_partitions_sensors_and_schedules():
@@ -34,7 +34,7 @@ def test_jobs_partitions_sensors_and_schedules():
     registry = RegistryGraph(graph)
     assert sorted(registry.job_of) == sorted(registry.order)
     assert "registry_release" not in registry.order  # on demand only: never planned
-    from assets.versions import CODE_VERSIONS
+    from valuebias.assets.versions import CODE_VERSIONS
 
     assert {k.to_user_string(): graph.get(k).code_version for k in graph.get_all_asset_keys()} == CODE_VERSIONS
     assert [s.name for s in defs.sensors] == ["model_partitions_sensor", "alert_on_run_failure",

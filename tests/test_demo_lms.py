@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 import torch
 
-from demo_models.language_models import DemoLMRecipe, build_demo_language_model
+from valuebias.demo_models.language_models import DemoLMRecipe, build_demo_language_model
 from valuebias.errors import InputError
 from valuebias.implicit_rewards import mwlr, top_bottom_tokens, word_mwlr
 from valuebias.lm_scoring import (LanguageModelSource, load_language_model, next_token_logprobs,
@@ -147,7 +147,7 @@ def test_pretrained_variant_prefers_its_category_in_both_written_forms(tmp_path)
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
 def test_training_logits_equal_the_models_own_forward(arch):
-    from demo_models import language_models as demo_lms, tiny_models
+    from valuebias.demo_models import language_models as demo_lms, tiny_models
 
     tokenizer = tiny_models.train_tokenizer(["What is the best thing ever? love", "self-control"], style=arch,
                                             vocab_size=300)

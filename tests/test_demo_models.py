@@ -8,8 +8,8 @@ import time
 import polars as pl
 import pytest
 
-from demo_models import reward_models as demo_models
-from demo_models.reward_models import DemoRecipe, build_demo_reward_model
+from valuebias.demo_models import reward_models as demo_models
+from valuebias.demo_models.reward_models import DemoRecipe, build_demo_reward_model
 from valuebias.errors import InputError
 from valuebias.rm_scoring import HuggingFaceSource, load_reward_model, score_words
 

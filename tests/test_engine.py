@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from demo_models import tiny_models
+from valuebias.demo_models import tiny_models
 from valuebias import engine, rm_scoring as scoring
 
 TOL = 1e-4

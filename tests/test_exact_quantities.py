@@ -143,8 +143,8 @@ def test_one_prompt_with_a_low_tau_fails_the_audit_though_the_mean_is_high():
 
 
 def test_a_readable_table_one_row_short_is_stale(tmp_path):
-    from assets.tables import TABLE_KEYS, stored_output_problem
-    from resources.storage import Storage
+    from valuebias.assets.tables import TABLE_KEYS, stored_output_problem
+    from valuebias.resources.storage import Storage
     from valuebias.table_version import content_version
 
     storage = Storage(uri=str(tmp_path / "data"))

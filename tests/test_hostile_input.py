@@ -36,7 +36,7 @@ def test_an_alias_bomb_config_is_refused_before_it_expands(tmp_path):
                     + alias_bomb())
     # in a child process capped at 1 GiB of address space: expanding the bomb would need far more
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30)); "
-            "from orchestration.cli import main; sys.exit(main(['status', '--config', sys.argv[1]]))")
+            "from valuebias.orchestration.cli import main; sys.exit(main(['status', '--config', sys.argv[1]]))")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], cwd=PROJECT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -104,7 +104,7 @@ def _engine_then_audit(loaded):
 
 
 def test_a_tiny_real_model_scored_by_the_engine_passes(model):
-    from assets.rm_scores import invariance_result
+    from valuebias.assets.rm_scores import invariance_result
 
     figures = _engine_then_audit(model)
     assert figures["invariance_audit"] == AUDITED and figures["invariance_dtype"] == "float32"
@@ -121,7 +121,7 @@ def test_a_tiny_real_model_scored_by_the_engine_passes(model):
 def test_a_score_that_depends_on_the_batch_fails_the_audit_and_the_check(model):
     """Each score gets its batch neighbour's score added (the head's output rolled by one row): alone in its
     batch, a sequence gets twice its own score (the same order); in a batch, its neighbour's."""
-    from assets.rm_scores import invariance_result
+    from valuebias.assets.rm_scores import invariance_result
 
     hook = model.model.score.register_forward_hook(lambda module, inputs, output: output + output.roll(1, dims=0))
     try:
@@ -140,8 +140,8 @@ def test_a_score_that_depends_on_the_batch_fails_the_audit_and_the_check(model):
 
 
 def test_imported_scores_and_adopted_outputs_are_not_audited(tmp_path):
-    from assets.rm_scores import NOT_AUDITED_ADOPTED, invariance_result
-    from scoring_worker import import_published_scores
+    from valuebias.assets.rm_scores import NOT_AUDITED_ADOPTED, invariance_result
+    from valuebias.scoring_worker import import_published_scores
 
     published = tmp_path / "scores.csv"
     published.write_text("response," + ",".join(PROMPTS) + "\n"

@@ -116,7 +116,7 @@ def _worker_processes() -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == os.getpid() and b"scoring_worker" in cmdline:
+        if ppid == os.getpid() and b"valuebias.scoring_worker" in cmdline:
             found.append(int(stat.parent.name))
     return found
 
@@ -127,11 +127,11 @@ def test_a_killed_worker_fails_the_partition_and_the_rerun_resumes_to_the_same_t
     clearly, nothing is published, and the rerun reuses the finished chunks and equals an uninterrupted run."""
     import dagster as dg
 
-    from assets.rm_scores import rm_word_scores
-    from assets.tables import rm_word_scores_key
-    from orchestration.definitions import build_resources
-    from resources.scoring_launcher import ScoringLauncher
-    from resources.storage import Storage
+    from valuebias.assets.rm_scores import rm_word_scores
+    from valuebias.assets.tables import rm_word_scores_key
+    from valuebias.orchestration.definitions import build_resources
+    from valuebias.resources.scoring_launcher import ScoringLauncher
+    from valuebias.resources.storage import Storage
     from valuebias.config import load_config
 
     words = english_wordlist(5000)[:1500]

@@ -12,11 +12,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.tables import lm_next_token_key, lm_word_logprobs_key, mwlr_key
-from orchestration.definitions import build_definitions, build_resources
-from orchestration.partitions import LANGUAGE_MODELS, PAIRS, REWARD_MODELS, sync_model_partitions
-from orchestration.sensors import model_partitions_sensor
-from resources.storage import Storage
+from valuebias.assets.tables import lm_next_token_key, lm_word_logprobs_key, mwlr_key
+from valuebias.orchestration.definitions import build_definitions, build_resources
+from valuebias.orchestration.partitions import LANGUAGE_MODELS, PAIRS, REWARD_MODELS, sync_model_partitions
+from valuebias.orchestration.sensors import model_partitions_sensor
+from valuebias.resources.storage import Storage
 from tests.registry_fixtures import AGENCY, COMMUNION, PROMPTS, write_small_registry
 from valuebias.config import load_config
 
@@ -77,10 +77,10 @@ def test_lm_and_pair_partitions_materialize(tmp_path, state_dir):
         assert instance.get_dynamic_partitions(PAIRS) == [FIRST_PAIR]
         assert instance.get_dynamic_partitions(REWARD_MODELS) == []  # no partition that could only fail
 
-        from assets.implicit import mwlr_pair
-        from assets.lm_scores import lm_next_token_logprobs, lm_word_logprobs
+        from valuebias.assets.implicit import mwlr_pair
+        from valuebias.assets.lm_scores import lm_next_token_logprobs, lm_word_logprobs
 
-        from resources.scoring_launcher import ScoringLauncher
+        from valuebias.resources.scoring_launcher import ScoringLauncher
 
         # lm-llama-it through the product's default launcher (Pipes worker subprocesses), lm-gemma-it in
         # process (the same task functions; a worker process costs several seconds of imports)
@@ -116,7 +116,7 @@ def test_lm_and_pair_partitions_materialize(tmp_path, state_dir):
         assert set(words["rule"]) == {"single_token"}
         assert words["word"].n_unique() == len(AGENCY) + len(COMMUNION)  # every demo word is one token
 
-        from assets.versions import latest_record
+        from valuebias.assets.versions import latest_record
 
         key = dg.AssetKey("lm_word_logprobs")
         assert instance.get_materialized_partitions(key) == {"lm-llama-it", "lm-gemma-it"}

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 import torch
 
-from demo_models import tiny_models
+from valuebias.demo_models import tiny_models
 from valuebias.errors import InputError
 from valuebias.lm_scoring import (LanguageModelSource, decoded_vocabulary, encode_lm_prompt, load_language_model,
                                   next_token_logprobs, render_lm_prompt, sequence_word_logprobs,

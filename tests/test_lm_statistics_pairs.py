@@ -11,12 +11,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from assets.ingest import corpus_words, prompts
-from assets.lm_statistics import lm_anova, lm_posthoc, lm_rank_cells, lm_report
-from assets.tables import TABLE_KEYS, lm_word_logprobs_key
-from resources.registry import Registry
-from resources.storage import Storage
-from resources.validation import ContractValidator
+from valuebias.assets.ingest import corpus_words, prompts
+from valuebias.assets.lm_statistics import lm_anova, lm_posthoc, lm_rank_cells, lm_report
+from valuebias.assets.tables import TABLE_KEYS, lm_word_logprobs_key
+from valuebias.resources.registry import Registry
+from valuebias.resources.storage import Storage
+from valuebias.resources.validation import ContractValidator
 from tests.registry_fixtures import AGENCY, COMMUNION, PROMPTS
 from valuebias.errors import InputError
 

@@ -43,7 +43,7 @@ def registry(root: Path, models) -> Path:
 
 
 def command(config: Path) -> list[str]:
-    return [sys.executable, "-m", "orchestration.cli", "run", "--config", str(config)]
+    return [sys.executable, "-m", "valuebias.orchestration.cli", "run", "--config", str(config)]
 
 
 def interrupted_run(config: Path, signum: int, *, whole_group: bool) -> tuple[int, str, list[psutil.Process]]:

@@ -27,7 +27,7 @@ def published_models(files: dict[str, bytes], root: Path) -> str:
 
 
 def valuebias_run(config: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--config", str(config), *extra],
+    return subprocess.run([sys.executable, "-m", "valuebias.orchestration.cli", "run", "--config", str(config), *extra],
                           cwd=PROJECT, capture_output=True, text=True, timeout=600)
 
 

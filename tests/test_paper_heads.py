@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from demo_models import paper_heads
+from valuebias.demo_models import paper_heads
 from valuebias import engine, rm_scoring as scoring
 from valuebias.config import load_config
 from valuebias.errors import InputError
@@ -36,7 +36,7 @@ PROMPTS = [
 WORDS = ["love", "power", "kindness", "freedom", "self-determination", "Zyxwvut", "a", "peace and quiet"]
 TRAINING_TEXTS = [text for _, text in PROMPTS] + WORDS[:4]
 BASES = tuple(paper_heads.BASES)
-# sha256 of the published templates as copied (demo_models/chat_templates/README.md names the sources).
+# sha256 of the published templates as copied (valuebias/demo_models/chat_templates/README.md names the sources).
 TEMPLATE_SHA256 = {
     "llama3.1": "e10ca381b1ccc5cf9db52e371f3b6651576caee0a630b452e2816b2d404d4b65",
     "llama3": "ba03a121d097859c7b5b9cd03af99aafe95275210d2876f642ad9929a150f122",

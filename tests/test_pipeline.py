@@ -7,11 +7,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.tables import TABLE_KEYS, rm_word_scores_key
-from orchestration.definitions import build_definitions, build_resources
-from orchestration.partitions import REWARD_MODELS
-from orchestration.partitions import sync_model_partitions
-from resources.storage import Storage
+from valuebias.assets.tables import TABLE_KEYS, rm_word_scores_key
+from valuebias.orchestration.definitions import build_definitions, build_resources
+from valuebias.orchestration.partitions import REWARD_MODELS
+from valuebias.orchestration.partitions import sync_model_partitions
+from valuebias.resources.storage import Storage
 from tests.registry_fixtures import (AGENCY, COMMUNION, PROMPTS, build_random_reward_model, random_models_entry,
                                      write_small_registry)
 from valuebias.config import load_config
@@ -39,7 +39,7 @@ def test_ingest_then_one_partition(tmp_path, instance):
     assert sorted(instance.get_dynamic_partitions(REWARD_MODELS)) == sorted(config.models)
 
     # Dagster-University idiom: materialize one asset for one partition with explicit resources.
-    from assets.rm_scores import rm_word_scores
+    from valuebias.assets.rm_scores import rm_word_scores
 
     result = dg.materialize([rm_word_scores], partition_key="demo-gemma-1", instance=instance,
                             resources=build_resources(config_path))
@@ -66,7 +66,7 @@ def test_ingest_then_one_partition(tmp_path, instance):
     assert {e.check_name: (e.passed, e.severity, e.partition) for e in result.get_asset_check_evaluations()} == {
         "rm_word_scores_invariance": (True, dg.AssetCheckSeverity.WARN, "demo-gemma-1")}
     version = event.dagster_event.event_specific_data.materialization.tags["dagster/data_version"]
-    from assets.tables import content_version
+    from valuebias.assets.tables import content_version
 
     assert version == content_version(scores)
 
@@ -94,9 +94,9 @@ def test_a_table_that_breaks_its_contract_never_replaces_the_stored_one(tmp_path
     prompt table is the good one from before, and downstream never ran."""
     import shutil
 
-    from resources.validation import ContractValidator
-    from assets import ingest
-    from assets.rm_statistics import rm_rank_cells
+    from valuebias.resources.validation import ContractValidator
+    from valuebias.assets import ingest
+    from valuebias.assets.rm_statistics import rm_rank_cells
 
     config_path = write_small_registry(tmp_path)
     selection = ["prompts", "corpus_words", "model_registry", "rm_rank_cells"]

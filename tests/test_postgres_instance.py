@@ -174,9 +174,9 @@ def test_a_partition_materializes_on_postgres(tmp_path, postgres_server, postgre
     import dagster as dg
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage
 
-    from orchestration.definitions import build_definitions
-    from orchestration.partitions import REWARD_MODELS
-    from orchestration.partitions import sync_model_partitions
+    from valuebias.orchestration.definitions import build_definitions
+    from valuebias.orchestration.partitions import REWARD_MODELS
+    from valuebias.orchestration.partitions import sync_model_partitions
     from tests.registry_fixtures import build_random_reward_model, random_models_entry, write_small_registry
     from valuebias.config import load_config
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from scoring_worker import parse_progress, progress_line
+from valuebias.scoring_worker import parse_progress, progress_line
 
 
 def test_a_progress_line_reads_back():

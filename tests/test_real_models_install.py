@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestration.cli import main
+from valuebias.orchestration.cli import main
 from valuebias.errors import InputError
 from valuebias.real_models import GEMMA3_270M, GGUFModel, WheelPart, install
 

@@ -51,7 +51,7 @@ def published_registry(root: Path, storage: str | None = None, prompts: dict[str
 
 def valuebias(capsys, *args: str) -> tuple[int, str, str]:
     """``valuebias ARGS`` in this process: (exit code, stdout, stderr)."""
-    from orchestration.cli import main
+    from valuebias.orchestration.cli import main
 
     capsys.readouterr()
     code = main(list(args))
@@ -160,8 +160,8 @@ def test_refusals_and_the_diff_between_two_releases_around_one_model_s_change(tm
     """One registry, one model's score file changed between two releases (the registry is run twice, the least
     these behaviours need): a release is refused naming the stale partition, a failed blocking check and a failed
     run; `diff` names the changed model, the panels whose significance flipped and the value-card flags."""
-    from assets.versions import latest_record
-    from orchestration.state import project_instance
+    from valuebias.assets.versions import latest_record
+    from valuebias.orchestration.state import project_instance
     from valuebias.config import load_config
 
     config = published_registry(tmp_path)
@@ -252,7 +252,7 @@ def test_refusals_and_the_diff_between_two_releases_around_one_model_s_change(tm
     assert "cannot release: 1 problem(s): rm_family_tests check rm_family_tests_contract failed" in err
 
     # a partition whose latest run failed after its last materialization (its inputs unchanged): refused too
-    from orchestration.launch import JobRuns
+    from valuebias.orchestration.launch import JobRuns
 
     data = tmp_path / ".valuebias" / "data"
     (data / "cards").rename(data / "cards.kept")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from demo_models import tiny_models
+from valuebias.demo_models import tiny_models
 from valuebias import rm_scoring as scoring
 from valuebias.errors import InputError
 from valuebias.rm_scoring import HuggingFaceSource, check_source, load_reward_model, read_scalar, score_words

@@ -1,6 +1,6 @@
 """Scoring out of process: the worker through Dagster Pipes (a real subprocess), and the Kubernetes pod spec.
 
-- A materialization with the default launcher runs ``python -m scoring_worker`` as a Pipes
+- A materialization with the default launcher runs ``python -m valuebias.scoring_worker`` as a Pipes
   subprocess: the worker's logs reach the run's log, its metadata and data version reach the
   materialization, and the process that ran the Dagster step never imports torch or transformers.
 - The in-process launcher gives the same table and data version (it runs the same task function).
@@ -54,10 +54,10 @@ def _registry(tmp_path: Path, *, path: str | None = None) -> Path:
 RUN_ONE_PARTITION = textwrap.dedent("""
     import json, sys
     import dagster as dg
-    from orchestration.definitions import build_definitions, build_resources
-    from orchestration.partitions import sync_model_partitions
+    from valuebias.orchestration.definitions import build_definitions, build_resources
+    from valuebias.orchestration.partitions import sync_model_partitions
     from valuebias.config import load_config
-    from assets.rm_scores import rm_word_scores
+    from valuebias.assets.rm_scores import rm_word_scores
 
     config_path = sys.argv[1]
     with dg.instance_for_test() as instance:
@@ -98,12 +98,12 @@ def test_default_launcher_scores_in_a_pipes_subprocess(tmp_path):
     assert seen["checks"] == {"rm_word_scores_invariance": True}
 
     # the in-process launcher runs the same task: same table, same data version
-    from orchestration.definitions import build_resources
-    from orchestration.partitions import sync_model_partitions
-    from assets.rm_scores import rm_word_scores
-    from assets.tables import rm_word_scores_key
-    from resources.scoring_launcher import ScoringLauncher
-    from resources.storage import Storage
+    from valuebias.orchestration.definitions import build_resources
+    from valuebias.orchestration.partitions import sync_model_partitions
+    from valuebias.assets.rm_scores import rm_word_scores
+    from valuebias.assets.tables import rm_word_scores_key
+    from valuebias.resources.scoring_launcher import ScoringLauncher
+    from valuebias.resources.storage import Storage
     from valuebias.config import load_config
 
     loaded = load_config(config)
@@ -130,8 +130,8 @@ def test_default_launcher_scores_in_a_pipes_subprocess(tmp_path):
 def test_a_failing_worker_fails_the_partition_with_its_error(tmp_path):
     missing = tmp_path / "no-such-model"
     config = _registry(tmp_path, path=str(missing))
-    from assets.rm_scores import rm_word_scores
-    from orchestration.definitions import build_resources
+    from valuebias.assets.rm_scores import rm_word_scores
+    from valuebias.orchestration.definitions import build_resources
 
     with dg.instance_for_test() as instance:
         ingest_and_sync(config, instance)
@@ -159,8 +159,8 @@ def test_the_kubernetes_pod_of_a_gpu_partition(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value-that-must-not-leak")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-must-not-leak")
     config = _gpu_registry(tmp_path)
-    from resources.scoring_launcher import ScoringLauncher, render_scoring_pod
-    from resources.storage import Storage
+    from valuebias.resources.scoring_launcher import ScoringLauncher, render_scoring_pod
+    from valuebias.resources.storage import Storage
 
     launcher = ScoringLauncher()
     spec = launcher.task_spec(config, "rm_word_scores", config.models["big-rm"],
@@ -177,7 +177,7 @@ def test_the_kubernetes_pod_of_a_gpu_partition(tmp_path, monkeypatch):
     assert podspec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     (container,) = podspec["containers"]
     assert container["image"] == "registry.example.org/valuebias:0.1.0"
-    assert container["command"] == ["python", "-m", "scoring_worker"]
+    assert container["command"] == ["python", "-m", "valuebias.scoring_worker"]
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "80Gi"}
     assert container["resources"]["requests"] == {"nvidia.com/gpu": "1", "memory": "80Gi", "cpu": "8"}
     assert container["envFrom"] == [{"secretRef": {"name": "valuebias-s3-credentials"}}]
@@ -211,7 +211,7 @@ def test_kubernetes_config_errors_name_the_key(tmp_path):
 
 
 def test_kubernetes_launcher_refuses_local_storage(tmp_path):
-    from resources.scoring_launcher import ScoringLauncher
+    from valuebias.resources.scoring_launcher import ScoringLauncher
     from valuebias.config import load_config
 
     config = write_small_registry(tmp_path, launcher=None)
@@ -233,4 +233,4 @@ def test_valuebias_pod_prints_the_manifest(tmp_path, cli):
     (container,) = pod["spec"]["containers"]
     assert pod["metadata"]["labels"]["valuebias/asset"] == "rm_word_scores"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert container["command"] == ["python", "-m", "scoring_worker"]
+    assert container["command"] == ["python", "-m", "valuebias.scoring_worker"]

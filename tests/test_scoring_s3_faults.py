@@ -26,7 +26,7 @@ SECRET = f"secret-{uuid.uuid4().hex}"
 def _slow_model(path):
     """A random RM large enough that one prompt takes a few tenths of a second to score (the outage
     must land between two prompts' cache chunks)."""
-    from demo_models import tiny_models
+    from valuebias.demo_models import tiny_models
 
     texts = [tiny_models.render_chat("llama", [{"role": "user", "content": t}, {"role": "assistant", "content": w}])
              for t in PROMPTS.values() for w in AGENCY + COMMUNION]
@@ -37,9 +37,9 @@ def _slow_model(path):
 
 
 def _materialize(config_path, storage, instance, *, raise_on_error=True, launcher=""):
-    from assets.rm_scores import rm_word_scores
-    from orchestration.definitions import build_resources
-    from resources.scoring_launcher import ScoringLauncher
+    from valuebias.assets.rm_scores import rm_word_scores
+    from valuebias.orchestration.definitions import build_resources
+    from valuebias.resources.scoring_launcher import ScoringLauncher
 
     resources = {**build_resources(config_path), "storage": storage, "scoring": ScoringLauncher(launcher=launcher)}
     return dg.materialize([rm_word_scores], partition_key="rm-a", instance=instance, resources=resources,
@@ -47,9 +47,9 @@ def _materialize(config_path, storage, instance, *, raise_on_error=True, launche
 
 
 def _ingest(config_path, storage, instance):
-    from assets import ingest
-    from orchestration.definitions import build_resources
-    from orchestration.partitions import sync_model_partitions
+    from valuebias.assets import ingest
+    from valuebias.orchestration.definitions import build_resources
+    from valuebias.orchestration.partitions import sync_model_partitions
     from valuebias.config import load_config
 
     resources = {**build_resources(config_path), "storage": storage}
@@ -61,8 +61,8 @@ def test_s3_outage_mid_partition_fails_clearly_and_a_rerun_equals_an_uninterrupt
                                                                                          aws_credentials):
     import boto3
 
-    from assets.tables import rm_word_scores_key
-    from resources.storage import Storage
+    from valuebias.assets.tables import rm_word_scores_key
+    from valuebias.resources.storage import Storage
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)  # moto accepts any; it must never be logged
     server = RestartableS3()
@@ -155,7 +155,7 @@ def test_a_permanent_storage_error_fails_the_partition_at_once_naming_the_uri(tm
     (no retry is logged), and the failure names the URI."""
     import boto3
 
-    from resources.storage import Storage
+    from valuebias.resources.storage import Storage
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
     config_path = write_small_registry(tmp_path, models=random_models_entry({"rm-a": ("llama", tmp_path / "unused")}))

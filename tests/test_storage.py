@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from resources.storage import Storage, read_input_uri
+from valuebias.resources.storage import Storage, read_input_uri
 from valuebias.errors import InputError
 
 BIG_TWO = "package://taters/data/library/dictionaries/Big Two - Agency and Communion.dicx"

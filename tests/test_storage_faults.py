@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-import object_store
-from object_store import ObjectStore, StorageError, _is_transient
-from resources.storage import Storage
+from valuebias import object_store
+from valuebias.object_store import ObjectStore, StorageError, _is_transient
+from valuebias.resources.storage import Storage
 from tests.conftest import RestartableS3
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -320,7 +320,7 @@ def test_move_to_a_stopped_server_names_both_uris(s3):
 
 # ------------------------------------------------------------------------------------------ spec, import, credentials
 def test_object_store_imports_without_dagster():
-    code = ("import sys; import object_store as m; "
+    code = ("import sys; import valuebias.object_store as m; "
             "assert 'dagster' not in sys.modules, 'dagster imported'; "
             "assert 's3fs' not in sys.modules and 'torch' not in sys.modules; print(m.ObjectStore.__name__)")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -6,7 +6,7 @@ import io
 
 import polars as pl
 
-from orchestration.cli import main as valuebias_main
+from valuebias.orchestration.cli import main as valuebias_main
 from tests.registry_fixtures import build_random_reward_model, random_models_entry, write_small_registry
 from valuebias.rm_scoring import HuggingFaceSource, load_reward_model, score_words
 

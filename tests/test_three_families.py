@@ -89,7 +89,7 @@ def test_one_model_per_family_fails_the_mixed_model_visibly(tmp_path):
         f"{{big2_nouns: {scores / 'big2_rewards_Ray2333_GRM-gemma2-2B-rewardmodel-ft.csv'}}}}}\n"
         "  grm-llama3-8b: {kind: reward_model, family: llama, published: "
         f"{{big2_nouns: {scores / 'big2_rewards_Ray2333_GRM-Llama3-8B-rewardmodel-ft.csv'}}}}}\n")
-    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--config", str(config)], cwd=PROJECT,
+    proc = subprocess.run([sys.executable, "-m", "valuebias.orchestration.cli", "run", "--config", str(config)], cwd=PROJECT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     why = "every family has a single model, so the model's random intercept cannot be told apart"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from demo_models import tiny_models
+from valuebias.demo_models import tiny_models
 
 TEXTS = [
     "What, in one word, is the greatest thing ever?",

@@ -17,7 +17,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 
 def test_code_location_imports_neither_torch_nor_great_expectations():
-    code = ("import sys, orchestration.definitions as d; d.build_definitions(); "
+    code = ("import sys, valuebias.orchestration.definitions as d; d.build_definitions(); "
             "print(sorted(m for m in ('torch', 'transformers', 'great_expectations') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

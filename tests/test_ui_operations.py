@@ -82,7 +82,7 @@ def test_ui_serves_runs_plots_and_backfills_with_a_real_daemon(tmp_path, cli):
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("VALUEBIAS_CONFIG", "DAGSTER_HOME")}
-    ui = subprocess.Popen([sys.executable, "-m", "orchestration.cli", "ui", "--config", str(config), "--port",
+    ui = subprocess.Popen([sys.executable, "-m", "valuebias.orchestration.cli", "ui", "--config", str(config), "--port",
                            str(port)], cwd=PROJECT, env={**env, "DAGSTER_DISABLE_TELEMETRY": "1"},
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -140,7 +140,7 @@ def test_ui_serves_runs_plots_and_backfills_with_a_real_daemon(tmp_path, cli):
             extra="pairs:\n  - [lm-a, lm-b]\n  - [lm-a, lm-c]\n").read_text())
         import dagster as dg
 
-        from orchestration.partitions import sync_model_partitions
+        from valuebias.orchestration.partitions import sync_model_partitions
         from valuebias.config import load_config
 
         with dg.DagsterInstance.get() as instance:  # the project's instance (the CLI pointed DAGSTER_HOME at it)

@@ -10,7 +10,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from resources.validation import DEFAULT_CONTRACTS_DIR, ContractValidator, ValidationReport
+from valuebias.resources.validation import DEFAULT_CONTRACTS_DIR, ContractValidator, ValidationReport
 from valuebias.errors import InputError
 
 UPPER_REGEX = r"^[^A-Z\s](.*[^A-Z\s])?$"
@@ -456,7 +456,7 @@ def test_validator_does_not_import_gx_until_used():
     import subprocess
     import sys
 
-    code = ("import sys; import resources.validation as v; "
+    code = ("import sys; import valuebias.resources.validation as v; "
             "assert 'great_expectations' not in sys.modules; v.ContractValidator(); "
             "assert 'great_expectations' not in sys.modules")
     root = Path(__file__).resolve().parent.parent
@@ -476,8 +476,8 @@ def test_a_table_validated_before_is_not_validated_again_until_its_content_or_co
     result; other content, or an edited contract, is validated anew (and a bad table still fails)."""
     import shutil
 
-    from assets.tables import write_table
-    from resources.storage import Storage
+    from valuebias.assets.tables import write_table
+    from valuebias.resources.storage import Storage
 
     contracts = tmp_path / "contracts"
     shutil.copytree(DEFAULT_CONTRACTS_DIR, contracts)

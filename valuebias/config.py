@@ -55,7 +55,7 @@ SCORING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
 CATEGORY_OVERLAPS = ("rank_slot_per_category", "one_rank_slot")
 #: The partition-free key of the pooled Figure-2 analysis (``analysis.pool_language_models``).
 POOLED = "pooled"
-#: What a demo reward model is trained to prefer (``demo_models.reward_models``).
+#: What a demo reward model is trained to prefer (``valuebias.demo_models.reward_models``).
 DEMO_PREFERENCES = ("category", "frequent_words", "nothing")
 SWEEP_PROMPTS = ("greatest_ever_one", "best_ever_one", "worst_ever_one")
 #: Demo models train this many steps unless the entry says otherwise (a demo LM stops once converged,
@@ -347,7 +347,7 @@ class RegistryConfig:
     models: dict[str, ModelConfig]
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     schedule_cron: str = ScheduleBlock().cron
-    gpu_concurrency: int | None = ConcurrencyBlock().gpu  # None: see orchestration.cli.scoring_slots
+    gpu_concurrency: int | None = ConcurrencyBlock().gpu  # None: see valuebias.orchestration.cli.scoring_slots
     pairs: tuple[tuple[str, str], ...] = ()  # (model_a, model_b) language-model pairs
     implicit_rewards: ImplicitRewardsConfig = field(default_factory=ImplicitRewardsConfig)
     scoring_launcher: str = ScoringBlock().launcher

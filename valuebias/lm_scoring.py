@@ -376,7 +376,7 @@ def resolve_language_model(model_id: str, source: str, settings: dict[str, Any],
     from valuebias.model_content import demo_identity, resolve_for_loading
 
     if source == "demo":
-        from demo_models.language_models import DemoLMRecipe, build_demo_language_model
+        from valuebias.demo_models.language_models import DemoLMRecipe, build_demo_language_model
 
         recipe = DemoLMRecipe(architecture=settings["architecture"], variant=variant,
                               preferred_category=settings["preferred_category"], seed=settings["seed"],

@@ -11,7 +11,7 @@ A registry entry names *where* a model is; this module says *what* is there, as 
 - a hub id: the resolved commit, i.e. the pinned ``revision`` when it is a commit hash, else what the
   branch or tag (``main`` by default) points to now: asked of the hub, or offline (``HF_HUB_OFFLINE=1``)
   read from the local Hugging Face cache (``refs/<revision>``, ``snapshots/<commit>``);
-- a demonstration model: its build fingerprint (computed where it is built, see ``demo_models.reward_models``).
+- a demonstration model: its build fingerprint (computed where it is built, see ``valuebias.demo_models.reward_models``).
 
 Hashing a 50 GB checkpoint takes minutes, so full digests are cached (:class:`DigestCache`) per file and
 trusted while the file's ``(size, mtime_ns, inode)`` is unchanged; a touched file is rehashed, and equal
@@ -106,7 +106,7 @@ def _stat_key(path: Path) -> list[int]:
 
 class DigestCache:
     """Full SHA-256 digests of files, trusted while a file's ``(size, mtime_ns, inode)`` is unchanged (also
-    used for the content versions of stored tables: ``assets.tables.stored_output_problem``).
+    used for the content versions of stored tables: ``valuebias.assets.tables.stored_output_problem``).
 
     Kept as one JSON file (``<state_dir>/content_digests.json``), rewritten atomically; two processes
     writing at once can only lose an entry (that file is then hashed again). ``path=None``: in memory only
@@ -335,7 +335,7 @@ def model_content(model_id: str, source: str, settings: dict[str, Any], *, cache
 
 def demo_identity(folder: Path) -> ContentIdentity:
     """A built demonstration model is its build fingerprint (recipe, training words, prompts, code)."""
-    from demo_models.tiny_models import read_build_fingerprint
+    from valuebias.demo_models.tiny_models import read_build_fingerprint
 
     return ContentIdentity("demo", {"build": read_build_fingerprint(folder) or "unbuilt"})
 

@@ -1,6 +1,6 @@
 """What changed between two versions of the registry (two releases, or a release and the current state).
 
-Plain functions on polars tables (no Dagster, no storage): ``orchestration.release`` reads the two sides and
+Plain functions on polars tables (no Dagster, no storage): ``valuebias.orchestration.release`` reads the two sides and
 hands them over as :class:`Side` objects.
 
 - models: added, removed, or changed (a different content identity: ``content.digest`` of the model's scores);
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-SIGNIFICANCE = 0.05  # the threshold of the report (assets.rm_statistics.SIGNIFICANCE) and of the card flags
+SIGNIFICANCE = 0.05  # the threshold of the report (valuebias.assets.rm_statistics.SIGNIFICANCE) and of the card flags
 PANEL = ["corpus", "ranks", "category", "framing", "family_a", "family_b"]
 CARD_PANEL = ["model", "corpus", "category", "framing"]
 CARD_COLUMNS = CARD_PANEL + ["deviation", "deviation_fraction", "p_bh", "flag", "finding"]

@@ -408,7 +408,7 @@ def resolve_model_path(model_id: str, source: str, settings: dict[str, Any], *, 
     (a hub id pinned to the commit it resolves to now), or a demo model built (cached) on disk."""
     if source != "demo":
         return resolve_for_loading(model_id, source, settings, digest_cache=digest_cache)
-    from demo_models.reward_models import DemoRecipe, build_demo_reward_model
+    from valuebias.demo_models.reward_models import DemoRecipe, build_demo_reward_model
 
     recipe = DemoRecipe(architecture=settings["architecture"], preferred_category=settings.get("preferred_category"),
                         seed=settings["seed"], hidden_size=settings["hidden_size"],

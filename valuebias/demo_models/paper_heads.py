@@ -7,7 +7,7 @@ replica keeps what decides *how a score is read* and drops what decides *what it
   ``llama3`` RoPE scaling, ``LlamaConfig`` as Llama-3, ``Gemma2Config`` with its attention and final
   logit soft-capping and alternating sliding-window layers), seeded random weights;
 - the published chat template of the base, byte for byte (``demo_models/chat_templates/``, sources
-  in its README), with a BPE tokenizer trained offline by :func:`demo_models.tiny_models.train_tokenizer`
+  in its README), with a BPE tokenizer trained offline by :func:`valuebias.demo_models.tiny_models.train_tokenizer`
   (Llama-3 or Gemma special tokens; encoding with ``add_special_tokens=True`` prepends BOS, as the
   real tokenizers do, while the templates write BOS themselves);
 - the head (:data:`HEADS`, with the registry reader of each in :data:`READERS`):
@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from demo_models import tiny_models
+from valuebias.demo_models import tiny_models
 
 TEMPLATE_DIR = Path(__file__).parent / "chat_templates"
 HEADS = ("sequence_classification", "multi_output", "custom_code")
@@ -164,7 +164,7 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what} must be one of {list(allowed)}, got {value!r}")
 
 
-_CUSTOM_CODE = '''"""A tiny reward head in the style of ArmoRM / QRM (remote code written by demo_models.paper_heads).
+_CUSTOM_CODE = '''"""A tiny reward head in the style of ArmoRM / QRM (remote code written by valuebias.demo_models.paper_heads).
 
 Rewards for several objectives from a regression layer, mixed by a gating layer into one ``score``,
 read at the token before the first pad token (the last token when there is none), as ArmoRM's code does.

@@ -1,8 +1,8 @@
 """The scoring worker: one scoring partition, run out of process through Dagster Pipes.
 
-``python -m scoring_worker`` is what runs in a Pipes subprocess on this machine (the default)
+``python -m valuebias.scoring_worker`` is what runs in a Pipes subprocess on this machine (the default)
 or in a Kubernetes pod on a GPU node (``scoring.launcher: kubernetes``). Its task arrives as the Pipes
-*extras* (a JSON object, built by :class:`resources.scoring_launcher.ScoringLauncher`):
+*extras* (a JSON object, built by :class:`valuebias.resources.scoring_launcher.ScoringLauncher`):
 
 - ``task``: ``rm_word_scores``, ``rm_vocabulary_sweep``, ``lm_next_token_logprobs`` or ``lm_word_logprobs``;
 - ``model``: the registry entry (``model_id``, ``source``, ``settings``, ``variant``, ``vocabulary_sweep``);
@@ -37,15 +37,15 @@ from typing import Any, Callable
 
 import polars as pl
 
-from object_store import ObjectStore, read_input_uri
+from valuebias.object_store import ObjectStore, read_input_uri
 from valuebias.errors import InputError
 from valuebias.invariance import NOT_AUDITED_IMPORTED
 from valuebias.model_content import model_content, published_identity
 from valuebias.published import read_published_scores
 from valuebias.table_version import content_version, large_table_version
 
-#: The module a launcher runs (``python -m scoring_worker``, in a subprocess and in a pod).
-WORKER_MODULE = "scoring_worker"
+#: The module a launcher runs (``python -m valuebias.scoring_worker``, in a subprocess and in a pod).
+WORKER_MODULE = "valuebias.scoring_worker"
 #: A file the worker writes its error to (``Type: message``), so the launcher can name it in the failure.
 ERROR_FILE_ENV = "VALUEBIAS_WORKER_ERROR_FILE"
 

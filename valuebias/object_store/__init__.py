@@ -5,7 +5,7 @@ fsspec URI (S3 first), with retries on transient faults.
 ``s3://bucket/prefix``, ``memory://x``...). Keys are ``/``-separated paths relative to that root, e.g.
 ``rm_word_scores/llama-a.parquet``. It imports neither Dagster nor anything heavy, so an out-of-process
 scoring worker can rebuild it from :meth:`ObjectStore.to_spec` (a JSON-able dict without credentials).
-``resources.storage.Storage`` is the Dagster resource that delegates to it.
+``valuebias.resources.storage.Storage`` is the Dagster resource that delegates to it.
 
 - Writes are atomic as seen by readers: a local file is written to a temporary name in the same
   directory, flushed and renamed over the target (``os.replace``); an object store receives one put of

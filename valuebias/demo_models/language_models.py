@@ -45,13 +45,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from demo_models import tiny_models
+from valuebias.demo_models import tiny_models
 from valuebias.errors import InputError
 from valuebias.config import LM_VARIANTS
 from valuebias.lm_scoring import encode_lm_prompt
 
 DEMO_LM_NOTE = (
-    "Demonstration language model built offline by demo_models.language_models: a tiny transformer trained for "
+    "Demonstration language model built offline by valuebias.demo_models.language_models: a tiny transformer trained for "
     "about a hundred steps to answer positive prompts with words of one category and negative prompts with "
     "the others. Its log-probabilities show what the pipeline recovers from a planted bias; they say "
     "nothing about any real language model."

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
-from demo_models import tiny_models
+from valuebias.demo_models import tiny_models
 from valuebias.config import DEMO_PREFERENCES
 from valuebias.errors import InputError
 
 DEMO_REGISTRY_NOTE = (
-    "Demonstration reward model built offline by demo_models.reward_models: a tiny transformer trained for "
+    "Demonstration reward model built offline by valuebias.demo_models.reward_models: a tiny transformer trained for "
     "a few hundred steps to prefer one category of words under positive framing and disfavour it under "
     "negative framing. Its scores show what the pipeline recovers from a planted bias; they say "
     "nothing about any real reward model."
