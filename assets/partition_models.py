@@ -8,6 +8,7 @@ from valuebias.assets.versions import (CONTENT_ASSETS, INPUT_VERSIONS, current_i
 from valuebias.resources.registry import Registry
 from valuebias.resources.storage import Storage
 from valuebias.config import ModelConfig, RegistryConfig
+from valuebias.model_sources import source_of
 
 
 def registered_model(config: RegistryConfig, model_id: str, kind: str) -> ModelConfig:
@@ -39,13 +40,12 @@ def record_scoring(metadata: dict, model: ModelConfig, asset: str, input_version
     computed (which joins ``input_versions`` as ``model_content``) and one ``provenance`` object with
     everything the registry knows about how these numbers were made."""
     content = plain(metadata.get("content")) or {}
-    if content and model.source != "demo" and asset in CONTENT_ASSETS:
+    source = source_of(model)
+    if content and not source.identity_from_build and asset in CONTENT_ASSETS:
         input_versions = {**input_versions, "model_content": content["digest"]}
-    settings = model.settings
     provenance = {
         "source": model.source,
-        "location": settings.get("path") if model.source == "huggingface" else (
-            dict(settings) if model.source == "published" else f"demo build under the state folder ({model.model_id})"),
+        "location": source.location(model),
         "content_kind": content.get("kind"),
         "content_digest": content.get("digest"),
         "resolved_revision": (content.get("parts") or {}).get("commit"),
@@ -76,7 +76,7 @@ def adopt_recorded_outputs(context: dg.AssetExecutionContext, asset: str, model:
     recorded = recorded_input_versions(record)
     if record is None or recorded is None:
         return None
-    needs_content = asset in CONTENT_ASSETS and model.source != "demo"
+    needs_content = asset in CONTENT_ASSETS and not source_of(model).identity_from_build
     current = {**input_versions, **({"model_content": "to be computed"} if needs_content else {})}
     if not legacy_but_unchanged(asset, recorded, current):
         return None

@@ -20,7 +20,8 @@ import dagster as dg
 
 from valuebias.config import ModelConfig, RegistryConfig
 from valuebias.errors import InputError
-from valuebias.model_content import ContentIdentity, DigestCache, describe_change, model_content
+from valuebias.model_content import ContentIdentity, DigestCache, describe_change
+from valuebias.model_sources import source_of
 
 #: The version of the code that computes each asset. Bump one when a change to that code changes what
 #: it writes (a ranking convention, a test statistic, a scoring kernel): that asset then recomputes, and
@@ -68,9 +69,9 @@ class ContentCheck:
 
             if self._digests is None:  # one digest cache (one read of its file) for every model
                 self._digests = DigestCache(self.config.digest_cache_path)
-            self._known[model.model_id] = model_content(
-                model.model_id, model.source, model.settings, cache=self._digests,
-                read=lambda uri: read_input_uri(uri, base_dir=self.config.base_dir), mode=self.mode)
+            self._known[model.model_id] = source_of(model).content_identity(
+                model, cache=self._digests, read=lambda uri: read_input_uri(uri, base_dir=self.config.base_dir),
+                mode=self.mode)
         return self._known[model.model_id]
 
 DATA_VERSION_TAG = "dagster/data_version"
@@ -270,7 +271,7 @@ INPUTS: dict[str, tuple] = {
     "lm_next_token_logprobs": (
         MODEL_ENTRY, Table("prompts"),
         # a demo LM is trained on a corpus's words; a real one reads no word list
-        Table("corpus_words", only_if=lambda model: model is not None and model.source == "demo"),
+        Table("corpus_words", only_if=lambda model: model is not None and source_of(model).trained_on_corpus_words),
         Lineage("model_registry")),
     "lm_word_logprobs": (MODEL_ENTRY, SamePartition("lm_next_token_logprobs"), Table("corpus_words"),
                          Setting(lambda config, _: {"word_rule": config.implicit_rewards.word_rule}),

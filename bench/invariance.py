@@ -29,7 +29,8 @@ from valuebias.assets.ingest import build_corpus_words, build_prompts
 from valuebias.config import load_config
 from valuebias.invariance import audit_failures, audit_partition
 from valuebias.rm_scoring import HuggingFaceSource, load_reward_model
-from valuebias.rm_scoring import resolve_model_path, score_reward_model
+from valuebias.rm_scoring import score_reward_model
+from valuebias.model_sources import Workspace, source_of
 
 
 SMOKE_PROMPTS = {"best_ever_one": "What, in one word, is the best thing ever?",
@@ -83,11 +84,12 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="valuebias-invariance-bench-") as folder:
         demo_dir = Path(folder)
         built = Path(config.state_dir) / "demo_models" / model_id
-        if model.source == "demo" and built.is_dir():
+        source = source_of(model)
+        if source.identity_from_build and built.is_dir():
             shutil.copytree(built, demo_dir / model_id)
-        table, metadata = score_reward_model(model_id, model.source, model.settings, prompts=prompts,
-                                             corpus_words=corpus_words, demo_dir=demo_dir,
-                                             batch_size=config.scoring_batch_size)
+        where = Workspace(prompts=prompts, corpus_words=corpus_words, demo_dir=demo_dir)
+        table, metadata = score_reward_model(model_id, lambda: source.reward_model(model, where), prompts=prompts,
+                                             corpus_words=corpus_words, batch_size=config.scoring_batch_size)
         audit = metadata["invariance_seconds"]
         partition = metadata["total_seconds"] - audit
         print(f"model {model_id}: {metadata['sequences_scored']} sequences ({metadata['prompts']} prompts x "
@@ -103,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
         failures = audit_failures(figures)
         print(f"  failures: {failures or 'none'}")
 
-        hf, _ = resolve_model_path(model_id, model.source, model.settings, demo_dir=demo_dir, prompts=prompts,
-                                   corpus_words=corpus_words)
+        hf, _ = source.reward_model(model, where)
         src = HuggingFaceSource(model_id=model_id, **hf)
         started = time.perf_counter()
         loaded = load_reward_model(src)

@@ -15,10 +15,10 @@ def input_stat_signature(config) -> str:
     import os
 
     from valuebias.config import resolve_uri
+    from valuebias.model_sources import source_of
 
     paths = [str(config.path), config.prompts_uri] + [c.uri for c in config.corpora.values()] + [
-        resolve_uri(uri, config.base_dir) for m in config.models.values() if m.source == "published"
-        for uri in m.settings.values() if isinstance(uri, str)]
+        resolve_uri(uri, config.base_dir) for m in config.models.values() for uri in source_of(m).input_files(m)]
     stats = []
     for path in paths:
         local = path[len("file://"):] if path.startswith("file://") else path

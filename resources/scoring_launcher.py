@@ -32,8 +32,7 @@ CONTAINER_NAME = "valuebias-scoring"
 
 def model_entry(model: ModelConfig) -> dict[str, Any]:
     """The registry entry of a model as the worker receives it."""
-    return {"model_id": model.model_id, "kind": model.kind, "source": model.source, "settings": model.settings,
-            "variant": model.variant, "vocabulary_sweep": model.vocabulary_sweep}
+    return model.to_entry()
 
 
 def scoring_pod_spec(k8s: KubernetesScoringConfig) -> dict[str, Any]:

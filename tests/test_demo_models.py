@@ -10,7 +10,9 @@ import pytest
 
 from valuebias.demo_models import reward_models as demo_models
 from valuebias.demo_models.reward_models import DemoRecipe, build_demo_reward_model
+from valuebias.config import ModelConfig
 from valuebias.errors import InputError
+from valuebias.model_sources import Workspace, source_of
 from valuebias.rm_scoring import HuggingFaceSource, load_reward_model, score_words
 
 AGENCY = ("ambition power success skill strength courage leader control victory achievement competence "
@@ -130,9 +132,6 @@ def test_bad_inputs_are_refused(tmp_path):
 def test_a_bad_demo_recipe_names_its_config_entry(tmp_path, kind):
     """A demo block the config cannot check (the categories are known only once the corpus is read)
     fails naming the config key, models.<id>.demo.<key>, not an internal name."""
-    from valuebias.lm_scoring import resolve_language_model
-    from valuebias.rm_scoring import resolve_model_path
-
     prompts = pl.DataFrame({"prompt": ["best_ever_one"], "text": [PROMPTS[0][0]], "framing": ["positive"]})
     words = pl.DataFrame({"corpus": ["big2", "big2", "solo"], "word": ["power", "love", "alone"],
                           "category": ["Agency", "Communion", "Agency"]})
@@ -140,11 +139,12 @@ def test_a_bad_demo_recipe_names_its_config_entry(tmp_path, kind):
                 "hidden_size": 16, "num_layers": 1, "train_steps": 1}
 
     def resolve(**changes):
-        args = ("demo-x", "demo", {**settings, **changes})
-        kwargs = {"demo_dir": tmp_path, "prompts": prompts, "corpus_words": words}
+        model = ModelConfig("demo-x", kind, "llama", "demo", {**settings, **changes},
+                            variant="pretrained" if kind == "language_model" else None)
+        where = Workspace(prompts=prompts, corpus_words=words, demo_dir=tmp_path)
         if kind == "reward_model":
-            return resolve_model_path(*args, **kwargs)
-        return resolve_language_model(*args, "pretrained", **kwargs)
+            return source_of(model).reward_model(model, where)
+        return source_of(model).language_model(model, where)
 
     with pytest.raises(InputError) as err:
         resolve()

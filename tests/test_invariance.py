@@ -141,7 +141,7 @@ def test_a_score_that_depends_on_the_batch_fails_the_audit_and_the_check(model):
 
 def test_imported_scores_and_adopted_outputs_are_not_audited(tmp_path):
     from valuebias.assets.rm_scores import NOT_AUDITED_ADOPTED, invariance_result
-    from valuebias.scoring_worker import import_published_scores
+    from valuebias.published import import_published_scores
 
     published = tmp_path / "scores.csv"
     published.write_text("response," + ",".join(PROMPTS) + "\n"

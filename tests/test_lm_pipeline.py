@@ -206,7 +206,8 @@ def test_run_shows_the_planted_preference_and_a_new_pair_recomputes_only_itself(
 
 
 def test_full_sequence_rule_scores_the_words_that_are_several_tokens(tmp_path, state_dir):
-    from valuebias.lm_scoring import language_model_word_logprobs, resolve_language_model, score_language_model
+    from valuebias.lm_scoring import language_model_word_logprobs, score_language_model
+    from valuebias.model_sources import Workspace, source_of
     from valuebias.lm_scoring import load_language_model
 
     config = load_config(lm_registry(tmp_path, state_dir, [], models=("lm-llama-it",)))
@@ -215,14 +216,13 @@ def test_full_sequence_rule_scores_the_words_that_are_several_tokens(tmp_path, s
                             "framing": ["positive"] * 3 + ["negative"] * 3})
     corpus = pl.DataFrame({"corpus": "small", "word": AGENCY + COMMUNION,
                            "category": ["Agency"] * len(AGENCY) + ["Communion"] * len(COMMUNION)})
-    args = (model.model_id, model.source, model.settings, model.variant)
-    next_token, meta = score_language_model(*args, prompts=prompts, corpus_words=corpus,
-                                            demo_dir=state_dir / "demo_models")
+    where = Workspace(prompts=prompts, corpus_words=corpus, demo_dir=state_dir / "demo_models")
+    next_token, meta = score_language_model(model.model_id, lambda: source_of(model).language_model(model, where),
+                                            prompts=prompts)
     assert meta["demo_converged"] and meta["max_probability_sum_error"] < 1e-4
 
     def load():
-        source, _ = resolve_language_model(*args, demo_dir=state_dir / "demo_models", prompts=prompts,
-                                           corpus_words=corpus)
+        source, _ = source_of(model).language_model(model, where)
         return load_language_model(source, device="cpu")
 
     # Two words the demo LM never saw whole: several tokens each.

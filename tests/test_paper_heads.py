@@ -415,14 +415,18 @@ def test_the_scoring_worker_runs_a_local_remote_code_head_as_digested(replica, t
     it, checks the code that ran, and records the digest of the remote code in its provenance."""
     import polars as pl
 
+    from valuebias.config import ModelConfig
+    from valuebias.model_sources import Workspace, source_of
     from valuebias.rm_scoring import score_reward_model
 
     folder = _fresh_custom_copy(replica, "gemma2", tmp_path, "worker")
     prompts = pl.DataFrame({"prompt": [p for p, _ in PROMPTS], "text": [t for _, t in PROMPTS]})
     words = pl.DataFrame({"corpus": "big2", "word": WORDS, "category": "Agency"})
     settings = {"path": str(folder), "score": "score", "trust_remote_code": True, "dtype": "float32"}
-    table, metadata = score_reward_model("armo", "huggingface", settings, prompts=prompts, corpus_words=words,
-                                         demo_dir=tmp_path / "demo", device="cpu")
+    model = ModelConfig("armo", "reward_model", "llama", "huggingface", settings)
+    where = Workspace(prompts=prompts, corpus_words=words, demo_dir=tmp_path / "demo")
+    table, metadata = score_reward_model("armo", lambda: source_of(model).reward_model(model, where),
+                                         prompts=prompts, corpus_words=words, device="cpu")
     assert table.height == len(PROMPTS) * len(WORDS) and metadata["engine"].startswith("straightforward (")
     parts = metadata["content"]["parts"]
     code = (folder / paper_heads.CUSTOM_CODE_FILE).read_bytes()

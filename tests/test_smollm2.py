@@ -15,11 +15,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from valuebias.config import load_config
+from valuebias.config import ModelConfig, load_config
 from valuebias.errors import InputError
 from valuebias.lm_scoring import (LanguageModelSource, encode_lm_prompt, load_language_model, next_token_logprobs,
                                   render_lm_prompt, single_token_word_logprobs)
-from valuebias.model_content import DigestCache, model_content, resolve_for_loading
+from valuebias.model_content import DigestCache
+from valuebias.model_sources import Workspace
+from valuebias.model_sources.huggingface import HuggingFace
 from valuebias.rm_scoring import HuggingFaceSource, check_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +51,8 @@ def gguf_package(tmp_path, monkeypatch):
 def test_a_package_folder_is_a_local_folder_whose_named_gguf_file_is_its_content(gguf_package, tmp_path):
     settings = {"path": "package://vb_test_gguf_pkg/weights", "gguf_file": "model.gguf"}
     cache_file = tmp_path / "content_digests.json"
-    identity = model_content("m", "huggingface", settings, cache=DigestCache(cache_file))
+    model = ModelConfig("m", "language_model", "llama", "huggingface", settings, variant="pretrained")
+    identity = HuggingFace().content_identity(model, cache=DigestCache(cache_file), read=None)
     weights = gguf_package / "weights" / "model.gguf"
     # the named .gguf file is the content; the folder's other quantization is not
     assert identity.kind == "files"
@@ -57,7 +60,8 @@ def test_a_package_folder_is_a_local_folder_whose_named_gguf_file_is_its_content
     # the digest is cached by the file's stat: the next process does not rehash it
     assert DigestCache(cache_file).lookup(weights) == identity.parts["model.gguf"]
 
-    resolved, same = resolve_for_loading("m", "huggingface", settings, digest_cache=cache_file)
+    resolved, same = HuggingFace().reward_model(model, Workspace(pl.DataFrame(), pl.DataFrame(), tmp_path,
+                                                                 digest_cache=cache_file))
     assert resolved["path"] == str(gguf_package / "weights") and same.digest == identity.digest
     kwargs = check_source(HuggingFaceSource("m", settings["path"], gguf_file="model.gguf"))
     assert kwargs == {"pretrained_model_name_or_path": str(gguf_package / "weights"), "gguf_file": "model.gguf",
@@ -79,7 +83,8 @@ def test_a_missing_gguf_file_or_package_is_an_input_error_naming_the_key(gguf_pa
             check_source(HuggingFaceSource("m", path, gguf_file="model.gguf"))
         assert err.value.field == "huggingface.path" and message in str(err.value)
         with pytest.raises(InputError) as err:
-            model_content("m", "huggingface", {"path": path}, cache=DigestCache(None))
+            HuggingFace().content_identity(ModelConfig("m", "reward_model", "llama", "huggingface", {"path": path}),
+                                           cache=DigestCache(None), read=None)
         assert err.value.field == "huggingface.path" and message in str(err.value)
 
 

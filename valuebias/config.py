@@ -13,6 +13,7 @@ product reads.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import types
@@ -40,7 +41,6 @@ MAX_CONFIG_BYTES = 1 << 20
 MODEL_KINDS = ("reward_model", "language_model")
 LM_VARIANTS = ("instruction_tuned", "pretrained")
 WORD_RULES = ("single_token", "full_sequence")
-MODEL_SOURCES = ("huggingface", "published", "demo")
 CORPUS_FORMATS = ("csv", "dic", "dicx")
 CATEGORY_RULES = ("identity", "foundation")
 WILDCARD_MODES = ("expand", "drop", "error")
@@ -319,6 +319,14 @@ class ModelConfig:
     display_name: str | None = None
     variant: str | None = None  # language models only: instruction_tuned or pretrained
     vocabulary_sweep: dict[str, Any] | None = None  # reward models only: {prompts, top_n}
+
+    def to_entry(self) -> dict[str, Any]:
+        """The entry as plain JSON data (what a scoring worker receives); :meth:`from_entry` reads it back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> "ModelConfig":
+        return cls(**entry)
 
     @property
     def fingerprint(self) -> str:
@@ -614,47 +622,69 @@ def _model(at: _Located, mid: str, e: ModelBlock, base: Path, corpora: dict[str,
     block = getattr(e, source)
     if block is None:
         raise at.error(sp, "expected a mapping (key: value), got nothing (an empty value)")
-    if source == "huggingface":
-        if language_model and block.score is not None:
-            raise at.error(sp + ("score",), "'score' is for reward models; a language model is read through "
-                                            "its next-token distribution")
-        # unset options stay out of the settings, so a model's fingerprint changes only when one is set
-        settings = block.model_dump(exclude={"score", *({"clean_up_tokenization_spaces"}
-                                                      if block.clean_up_tokenization_spaces is None else ())})
-        if block.gguf_file is None:
-            settings.pop("gguf_file")
-        if block.attn_implementation is None:
-            settings.pop("attn_implementation")
-        if block.trust_remote_code and not _looks_local(block.path, base) and not COMMIT.match(block.revision or ""):
-            raise at.error(sp + ("revision",), remote_code_pin_message(block.path, block.revision))
-        # a hub id (org/name) stays as written; a local path resolves against the config file
-        settings["path"] = resolve_uri(block.path, base) if _looks_local(block.path, base) else block.path
-        if not language_model:
-            settings["score"] = block.score or "logits[0]"
-    elif source == "published":
-        if language_model:
-            raise at.error(sp, "language models have no published scores; use a huggingface or demo source")
-        if not block:
-            raise at.error(sp, "list at least one corpus id with the uri of its score file")
-        for cid in block:
-            if cid not in corpora:
-                raise at.error(sp + (cid,), f"unknown corpus '{cid}' (corpora: {', '.join(corpora)})")
-        settings = {cid: resolve_uri(uri, base) for cid, uri in block.items()}
-    else:
-        train_corpus = block.train_corpus or next(iter(corpora))
-        if train_corpus not in corpora:
-            raise at.error(sp + ("train_corpus",), f"unknown corpus '{train_corpus}' (corpora: {', '.join(corpora)})")
-        if block.prefers == "category" and block.preferred_category is None:
-            raise at.error(sp + ("preferred_category",), "required key is missing (a category of "
-                                                         f"'{train_corpus}'), unless prefers is frequent_words or nothing")
-        if block.prefers != "category" and (language_model or block.preferred_category is not None):
-            raise at.error(sp + ("prefers",), "only demo reward models prefer frequent_words or nothing, and then "
-                                              "without a preferred_category" if not language_model else
-                           "demo language models prefer a category (prefers: category)")
-        settings = block.model_dump(exclude={"prefers"} if block.prefers == "category" else {"preferred_category"})
-        settings |= {"train_corpus": train_corpus, "train_steps": block.train_steps or DEMO_TRAIN_STEPS[e.kind]}
+    settings = SOURCE_RULES[source](at, sp, block, kind=e.kind, base=base, corpora=corpora)
     return ModelConfig(model_id=mid, kind=e.kind, family=e.family, source=source, settings=settings,
                        display_name=e.display_name, variant=e.variant, vocabulary_sweep=_sweep(at, p, e))
+
+
+# --------------------------------------------------------------------------------------------------
+# Each model source's config rules: its block (checked against the model's kind) -> the entry's settings.
+# The rest of what a source does lives in its module of ``valuebias.model_sources``.
+
+
+def _huggingface_settings(at: _Located, sp: tuple, block: HuggingFaceBlock, *, kind: str, base: Path,
+                          corpora: dict[str, CorpusConfig]) -> dict[str, Any]:
+    if kind == "language_model" and block.score is not None:
+        raise at.error(sp + ("score",), "'score' is for reward models; a language model is read through "
+                                        "its next-token distribution")
+    # unset options stay out of the settings, so a model's fingerprint changes only when one is set
+    settings = block.model_dump(exclude={"score", *({"clean_up_tokenization_spaces"}
+                                                  if block.clean_up_tokenization_spaces is None else ())})
+    if block.gguf_file is None:
+        settings.pop("gguf_file")
+    if block.attn_implementation is None:
+        settings.pop("attn_implementation")
+    if block.trust_remote_code and not _looks_local(block.path, base) and not COMMIT.match(block.revision or ""):
+        raise at.error(sp + ("revision",), remote_code_pin_message(block.path, block.revision))
+    # a hub id (org/name) stays as written; a local path resolves against the config file
+    settings["path"] = resolve_uri(block.path, base) if _looks_local(block.path, base) else block.path
+    if kind == "reward_model":
+        settings["score"] = block.score or "logits[0]"
+    return settings
+
+
+def _published_settings(at: _Located, sp: tuple, block: dict[str, str], *, kind: str, base: Path,
+                        corpora: dict[str, CorpusConfig]) -> dict[str, Any]:
+    if kind == "language_model":
+        raise at.error(sp, "language models have no published scores; use a huggingface or demo source")
+    if not block:
+        raise at.error(sp, "list at least one corpus id with the uri of its score file")
+    for cid in block:
+        if cid not in corpora:
+            raise at.error(sp + (cid,), f"unknown corpus '{cid}' (corpora: {', '.join(corpora)})")
+    return {cid: resolve_uri(uri, base) for cid, uri in block.items()}
+
+
+def _demo_settings(at: _Located, sp: tuple, block: DemoBlock, *, kind: str, base: Path,
+                   corpora: dict[str, CorpusConfig]) -> dict[str, Any]:
+    language_model = kind == "language_model"
+    train_corpus = block.train_corpus or next(iter(corpora))
+    if train_corpus not in corpora:
+        raise at.error(sp + ("train_corpus",), f"unknown corpus '{train_corpus}' (corpora: {', '.join(corpora)})")
+    if block.prefers == "category" and block.preferred_category is None:
+        raise at.error(sp + ("preferred_category",), "required key is missing (a category of "
+                                                     f"'{train_corpus}'), unless prefers is frequent_words or nothing")
+    if block.prefers != "category" and (language_model or block.preferred_category is not None):
+        raise at.error(sp + ("prefers",), "only demo reward models prefer frequent_words or nothing, and then "
+                                          "without a preferred_category" if not language_model else
+                       "demo language models prefer a category (prefers: category)")
+    settings = block.model_dump(exclude={"prefers"} if block.prefers == "category" else {"preferred_category"})
+    return settings | {"train_corpus": train_corpus, "train_steps": block.train_steps or DEMO_TRAIN_STEPS[kind]}
+
+
+#: source name (a key of a model entry) -> its rules. ``valuebias.model_sources`` has one module per name.
+SOURCE_RULES = {"huggingface": _huggingface_settings, "published": _published_settings, "demo": _demo_settings}
+MODEL_SOURCES = tuple(SOURCE_RULES)
 
 
 def _sweep(at: _Located, p: tuple, e: ModelBlock) -> dict[str, Any] | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -349,64 +348,9 @@ NEXT_TOKEN_SCHEMA = {"model": pl.Utf8, "prompt": pl.Utf8, "token_id": pl.Int32, 
                      "logprob": pl.Float32}
 WORD_SCHEMA = {"model": pl.Utf8, "corpus": pl.Utf8, "prompt": pl.Utf8, "word": pl.Utf8, "logprob": pl.Float64,
                "rule": pl.Utf8}
-# A demo LM is trained on the words of its corpus made of letters only: a word the pre-tokenizer splits
-# (hyphen, apostrophe, digits) would need one extra training sequence per prompt and multiply the
-# build time ~50-fold, for words the paper's single-token rule drops anyway.
-DEMO_WORD_PATTERN = re.compile(r"^[a-z]+$")
 # The probabilities of one prompt's next-token distribution sum to 1 within this (float32 over the
 # whole vocabulary); anything further off means the table is broken.
 PROBABILITY_SUM_TOLERANCE = 1e-2
-
-
-def demo_training_words(corpus_words: pl.DataFrame, corpus: str) -> dict[str, list[str]]:
-    """The training words of a demonstration LM: the letters-only words of one corpus, by category."""
-    rows = corpus_words.filter((pl.col("corpus") == corpus) & pl.col("word").str.contains(DEMO_WORD_PATTERN.pattern))
-    return {cat: sorted(group["word"].to_list())
-            for (cat,), group in rows.group_by("category", maintain_order=True)}
-
-
-def resolve_language_model(model_id: str, source: str, settings: dict[str, Any], variant: str, *, demo_dir: Path,
-                           prompts: pl.DataFrame, corpus_words: pl.DataFrame,
-                           digest_cache: str | Path | None = None, dequantised_dir: str | Path | None = None):
-    """(the :class:`~valuebias.lm_scoring.LanguageModelSource` to load, its content identity): as configured
-    (a hub id pinned to the commit it resolves to now), or a demo LM built (cached by its recipe
-    fingerprint) under ``demo_dir / model_id``. With ``dequantised_dir``, a local GGUF model is loaded from
-    its de-quantised copy there (:func:`valuebias.dequantised.ensure_dequantised`, keyed by the GGUF file's
-    digest; made on first use); its content identity stays the GGUF file's."""
-    from valuebias.model_content import demo_identity, resolve_for_loading
-
-    if source == "demo":
-        from valuebias.demo_models.language_models import DemoLMRecipe, build_demo_language_model
-
-        recipe = DemoLMRecipe(architecture=settings["architecture"], variant=variant,
-                              preferred_category=settings["preferred_category"], seed=settings["seed"],
-                              hidden_size=settings["hidden_size"], num_layers=settings["num_layers"],
-                              train_steps=settings["train_steps"])
-        path = build_demo_language_model(
-            demo_dir / model_id, recipe,
-            words_by_category=demo_training_words(corpus_words, settings["train_corpus"]),
-            prompts=list(zip(prompts["text"].to_list(), prompts["framing"].to_list())),
-            source=f"models.{model_id}.demo")
-        return LanguageModelSource(model_id=model_id, path=str(path), variant=variant), demo_identity(path)
-    if source != "huggingface":
-        from valuebias.errors import InputError
-
-        raise InputError(f"a language model cannot come from a '{source}' source", source=f"models.{model_id}")
-    resolved, identity = resolve_for_loading(model_id, source, settings, digest_cache=digest_cache)
-    gguf_file = resolved.get("gguf_file")
-    if gguf_file is not None and dequantised_dir is not None and identity.kind == "files":
-        from valuebias.dequantised import ensure_dequantised
-
-        resolved["path"] = str(ensure_dequantised(resolved["path"], gguf_file, identity.parts[gguf_file],
-                                                  dequantised_dir))
-        resolved["gguf_file"] = None
-    return LanguageModelSource(model_id=model_id, path=resolved["path"], variant=variant,
-                               revision=resolved.get("revision"), dtype=resolved.get("dtype", "auto"),
-                               trust_remote_code=resolved.get("trust_remote_code", False),
-                               allow_pickle=resolved.get("allow_pickle", False),
-                               clean_up_tokenization_spaces=resolved.get("clean_up_tokenization_spaces"),
-                               gguf_file=resolved.get("gguf_file"),
-                               attn_implementation=resolved.get("attn_implementation")), identity
 
 
 def _demo_summary(path: str) -> dict[str, Any]:
@@ -421,21 +365,20 @@ def _demo_summary(path: str) -> dict[str, Any]:
             "demo_note": meta.get("note")}
 
 
-def score_language_model(model_id: str, source: str, settings: dict[str, Any], variant: str, *,
-                         prompts: pl.DataFrame, corpus_words: pl.DataFrame, demo_dir: Path,
-                         device: str | None = None, progress: Callable[[int, int], None] | None = None,
-                         digest_cache: str | Path | None = None,
-                         dequantised_dir: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
+def score_language_model(model_id: str, resolve: Callable[[], tuple[LanguageModelSource, ContentIdentity]], *,
+                         prompts: pl.DataFrame, device: str | None = None,
+                         progress: Callable[[int, int], None] | None = None) -> tuple[pl.DataFrame, dict]:
     """Next-token log-probs over the whole vocabulary for every prompt (one forward pass each).
+
+    ``resolve()`` gives the model to load and its content identity (its model source's ``language_model``,
+    ``valuebias.model_sources``: a hub id pinned to a commit, a demo LM built, a GGUF file de-quantised).
 
     Returns ``model, prompt, token_id, token, logprob`` (prompt-major, ids ascending) and metadata:
     vocabulary size, device, dtype, timings, the largest deviation of a prompt's probabilities from
     summing to 1, and for a demo LM its training summary. Raises ``ValueError`` when a prompt's
     probabilities do not sum to 1 (within ``PROBABILITY_SUM_TOLERANCE``)."""
     started = time.perf_counter()
-    src, identity = resolve_language_model(model_id, source, settings, variant, demo_dir=demo_dir, prompts=prompts,
-                                           corpus_words=corpus_words, digest_cache=digest_cache,
-                                           dequantised_dir=dequantised_dir)
+    src, identity = resolve()
     built = time.perf_counter()
     loaded = load_language_model(src, device=device, identity=identity)
     t0 = time.perf_counter()
@@ -453,7 +396,7 @@ def score_language_model(model_id: str, source: str, settings: dict[str, Any], v
         "vocabulary_size": len(loaded.decoded_vocabulary()),
         "token_string_rule": TOKEN_STRING_RULE,
         "tokens_without_string": loaded.decoded_vocabulary().null_count(),
-        "variant": variant,
+        "variant": src.variant,
         "device": str(loaded.device),
         "dtype": str(loaded.dtype).replace("torch.", ""),
         "max_probability_sum_error": round(deviation, 8),
@@ -462,7 +405,7 @@ def score_language_model(model_id: str, source: str, settings: dict[str, Any], v
         "total_seconds": round(time.perf_counter() - started, 3),
         "model_path": src.path,
         **_demo_summary(src.path),
-        **provenance(identity, loaded.tokenizer, template_used=variant == "instruction_tuned"),
+        **provenance(identity, loaded.tokenizer, template_used=src.variant == "instruction_tuned"),
     }
     return table.cast(NEXT_TOKEN_SCHEMA), metadata
 

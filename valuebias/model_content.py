@@ -11,7 +11,7 @@ A registry entry names *where* a model is; this module says *what* is there, as 
 - a hub id: the resolved commit, i.e. the pinned ``revision`` when it is a commit hash, else what the
   branch or tag (``main`` by default) points to now: asked of the hub, or offline (``HF_HUB_OFFLINE=1``)
   read from the local Hugging Face cache (``refs/<revision>``, ``snapshots/<commit>``);
-- a demonstration model: its build fingerprint (computed where it is built, see ``valuebias.demo_models.reward_models``).
+- a demonstration model: its build fingerprint (computed where it is built, see ``valuebias.model_sources.demo``).
 
 Hashing a 50 GB checkpoint takes minutes, so full digests are cached (:class:`DigestCache`) per file and
 trusted while the file's ``(size, mtime_ns, inode)`` is unchanged; a touched file is rehashed, and equal
@@ -313,45 +313,6 @@ def published_identity(files: dict[str, str], read: Callable[[str], bytes]) -> C
     """The SHA-256 of each published score file (``files``: corpus id -> uri; ``read`` gives the bytes)."""
     return ContentIdentity("published", {cid: hashlib.sha256(read(uri)).hexdigest() for cid, uri in files.items()},
                            labels=dict(files))
-
-
-def model_content(model_id: str, source: str, settings: dict[str, Any], *, cache: DigestCache,
-                  read: Callable[[str], bytes] | None = None, mode: str = "cached") -> ContentIdentity | None:
-    """The content identity of a registry entry as seen from here; None for a demonstration model (its
-    identity is its build fingerprint, known only once it is built)."""
-    where = f"models.{model_id}"
-    if source == "demo":
-        return None
-    if source == "published":
-        if read is None:
-            raise ValueError("reading published score files needs `read`")
-        return published_identity(settings, read)
-    path = settings["path"]
-    if is_local_path(path):
-        return folder_identity(model_folder(path, source=where), cache=cache, mode=mode, source=where,
-                               gguf_file=settings.get("gguf_file"))
-    return hub_identity(path, settings.get("revision"), source=where)
-
-
-def demo_identity(folder: Path) -> ContentIdentity:
-    """A built demonstration model is its build fingerprint (recipe, training words, prompts, code)."""
-    from valuebias.demo_models.tiny_models import read_build_fingerprint
-
-    return ContentIdentity("demo", {"build": read_build_fingerprint(folder) or "unbuilt"})
-
-
-def resolve_for_loading(model_id: str, source: str, settings: dict[str, Any], *,
-                        digest_cache: str | Path | None) -> tuple[dict[str, Any], ContentIdentity]:
-    """(the ``huggingface`` settings to load, the identity of what they load) for a hub or local model,
-    computed where the weights are. A hub id is pinned to the commit it resolves to now, so the weights
-    loaded are the ones the identity names; a ``package://`` path becomes the folder it names here."""
-    identity = model_content(model_id, source, settings, cache=DigestCache(digest_cache))
-    resolved = dict(settings)
-    if identity.kind == "hub":
-        resolved["revision"] = identity.parts["commit"]
-    elif settings["path"].startswith(PACKAGE_SCHEME):
-        resolved["path"] = str(model_folder(settings["path"], source=f"models.{model_id}"))
-    return resolved, identity
 
 
 def check_executed_code(loaded: list[Any], identity: ContentIdentity, *, source: str | None = None) -> list[str]:

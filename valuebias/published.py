@@ -12,6 +12,9 @@ import io
 import polars as pl
 
 from valuebias.errors import InputError
+from valuebias.invariance import NOT_AUDITED_IMPORTED
+from valuebias.model_content import published_identity
+from valuebias.object_store import read_input_uri
 from valuebias.text_input import csv_rows, line_of
 
 WORD_COLUMN = "response"
@@ -97,3 +100,33 @@ def read_published_scores(data: bytes, *, source: str, prompt_ids: list[str]) ->
 def _line(lines: list[int], index: int) -> int:
     """The file line of data row ``index`` (0-based), as the csv module counted it."""
     return lines[index] if index < len(lines) else index + 2
+
+
+def import_published_scores(model_id: str, files: dict[str, str], base_dir: str, prompts: pl.DataFrame,
+                            corpus_words: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+    """Reads the authors' wide score files (``response`` + one column per prompt id), one per corpus
+    (``files``: {corpus id: uri}), keeping the words of that corpus. Metadata counts what matched."""
+    prompt_ids = prompts["prompt"].to_list()
+    tables, metadata, contents = [], {}, {}
+    for corpus_id, uri in files.items():
+        contents[uri] = read_input_uri(uri, base_dir=base_dir)
+        scores = read_published_scores(contents[uri], source=uri,
+                                       prompt_ids=prompt_ids).unique(maintain_order=True)  # exact duplicates
+        clash = scores.filter(pl.struct("prompt", "word").is_duplicated())
+        if not clash.is_empty():
+            raise InputError(f"word '{clash['word'][0]}' has two different scores (after lowercasing and "
+                             "trimming); keep one row per word", source=uri, field="response")
+        words = corpus_words.filter(pl.col("corpus") == corpus_id).select("word").unique()
+        kept = scores.join(words, on="word", how="inner")
+        metadata[f"{corpus_id}/file"] = uri
+        metadata[f"{corpus_id}/words_in_file"] = scores["word"].n_unique()
+        metadata[f"{corpus_id}/words_matched"] = kept["word"].n_unique()
+        metadata[f"{corpus_id}/corpus_words_without_score"] = len(words) - kept["word"].n_unique()
+        tables.append(kept.select(pl.lit(model_id).alias("model"), pl.lit(corpus_id).alias("corpus"),
+                                  "prompt", "word", "score"))
+    table = pl.concat(tables).sort("corpus", "prompt", "word")
+    metadata["sequences_scored"] = 0
+    metadata["rows_imported"] = len(table)
+    metadata["invariance_audit"] = NOT_AUDITED_IMPORTED
+    metadata["content"] = published_identity(files, contents.__getitem__).to_metadata()
+    return table, metadata

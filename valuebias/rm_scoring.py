@@ -34,8 +34,7 @@ import torch
 
 from valuebias.config import ATTN_IMPLEMENTATIONS, SCORE_READERS, remote_code_pin_message
 from valuebias.errors import InputError
-from valuebias.model_content import (ContentIdentity, check_executed_code, demo_identity, resolve_for_loading,
-                                     score_cache_key, text_sha256)
+from valuebias.model_content import ContentIdentity, check_executed_code, score_cache_key, text_sha256
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl")
@@ -394,34 +393,6 @@ def score_words(loaded: LoadedModel, *, score: str, prompts: list[tuple[str, str
 SCORE_SCHEMA = {"model": pl.Utf8, "corpus": pl.Utf8, "prompt": pl.Utf8, "word": pl.Utf8, "score": pl.Float64}
 
 
-def demo_words_by_category(corpus_words: pl.DataFrame, corpus: str) -> dict[str, list[str]]:
-    """The training words of a demonstration model: the words of one corpus, by category."""
-    rows = corpus_words.filter(pl.col("corpus") == corpus)
-    return {cat: sorted(group["word"].to_list())
-            for (cat,), group in rows.group_by("category", maintain_order=True)}
-
-
-def resolve_model_path(model_id: str, source: str, settings: dict[str, Any], *, demo_dir: Path,
-                       prompts: pl.DataFrame, corpus_words: pl.DataFrame,
-                       digest_cache: str | Path | None = None) -> tuple[dict[str, Any], ContentIdentity]:
-    """(the huggingface-style settings to load, the content identity of what they load): as configured
-    (a hub id pinned to the commit it resolves to now), or a demo model built (cached) on disk."""
-    if source != "demo":
-        return resolve_for_loading(model_id, source, settings, digest_cache=digest_cache)
-    from valuebias.demo_models.reward_models import DemoRecipe, build_demo_reward_model
-
-    recipe = DemoRecipe(architecture=settings["architecture"], preferred_category=settings.get("preferred_category"),
-                        seed=settings["seed"], hidden_size=settings["hidden_size"],
-                        num_layers=settings["num_layers"], train_steps=settings["train_steps"],
-                        prefers=settings.get("prefers", "category"))
-    path = build_demo_reward_model(
-        demo_dir / model_id, recipe,
-        words_by_category=demo_words_by_category(corpus_words, settings["train_corpus"]),
-        prompts=list(zip(prompts["text"].to_list(), prompts["framing"].to_list())), source=f"models.{model_id}.demo",
-    )
-    return {"path": str(path), "score": "logits[0]"}, demo_identity(path)
-
-
 class ScoreCache(Protocol):
     """Where finished chunks of scores are kept: rows (key, score), one chunk per prompt."""
 
@@ -451,12 +422,14 @@ def sequence_key(rendered: str) -> str:
     return hashlib.sha256(rendered.encode()).hexdigest()[:32]
 
 
-def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, prompts: pl.DataFrame,
-                       corpus_words: pl.DataFrame, demo_dir: Path, batch_size: int = 64,
+def score_reward_model(model_id: str, resolve: Callable[[], tuple[dict[str, Any], ContentIdentity]], *,
+                       prompts: pl.DataFrame, corpus_words: pl.DataFrame, batch_size: int = 64,
                        device: str | None = None, cache: Callable[[str], ScoreCache] | None = None,
-                       progress: Callable[[int, int], None] | None = None,
-                       digest_cache: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
+                       progress: Callable[[int, int], None] | None = None) -> tuple[pl.DataFrame, dict]:
     """Scores every unique corpus word under every prompt with the model's own chat template.
+
+    ``resolve()`` gives the Hugging Face-style settings to load and the content identity of what they load
+    (its model source's ``reward_model``, ``valuebias.model_sources``: a hub id pinned, a demo model built).
 
     ``cache(key)`` gives the score cache of the resolved model, keyed by its content identity
     (``valuebias.model_content.score_cache_key``: other weights never share a cache). With it,
@@ -468,8 +441,7 @@ def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, 
     from valuebias import engine
 
     started = time.perf_counter()
-    hf, identity = resolve_model_path(model_id, source, settings, demo_dir=demo_dir, prompts=prompts,
-                                      corpus_words=corpus_words, digest_cache=digest_cache)
+    hf, identity = resolve()
     src = HuggingFaceSource(model_id=model_id, **hf)
     words = sorted(corpus_words["word"].unique().to_list())
     tokenizer = _load_tokenizer(check_source(src))
@@ -539,9 +511,9 @@ def score_reward_model(model_id: str, source: str, settings: dict[str, Any], *, 
 SWEEP_SCHEMA = {"model": pl.Utf8, "prompt": pl.Utf8, "token_id": pl.Int32, "token": pl.Utf8, "score": pl.Float64}
 
 
-def sweep_reward_model(model_id: str, source: str, settings: dict[str, Any], sweep: dict[str, Any], *,
-                       prompts: pl.DataFrame, corpus_words: pl.DataFrame, demo_dir: Path, batch_size: int = 64,
-                       device: str | None = None, digest_cache: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
+def sweep_reward_model(model_id: str, resolve: Callable[[], tuple[dict[str, Any], ContentIdentity]],
+                       sweep: dict[str, Any], *, prompts: pl.DataFrame, batch_size: int = 64,
+                       device: str | None = None) -> tuple[pl.DataFrame, dict]:
     """Scores every vocabulary token, decoded, as the response to each sweep prompt (METHOD.md section 6,
     the FAccT predecessor). Ids that decode to the same string share one score (same conversation).
     Returns (model, prompt, token_id, token, score) and metadata."""
@@ -556,8 +528,7 @@ def sweep_reward_model(model_id: str, source: str, settings: dict[str, Any], swe
         raise InputError(f"unknown prompt id(s) {unknown}", source=f"models.{model_id}",
                          field="vocabulary_sweep.prompts")
     started = time.perf_counter()
-    hf, identity = resolve_model_path(model_id, source, settings, demo_dir=demo_dir, prompts=prompts,
-                                      corpus_words=corpus_words, digest_cache=digest_cache)
+    hf, identity = resolve()
     src = HuggingFaceSource(model_id=model_id, **hf)
     loaded = load_reward_model(src, device=device, identity=identity)
     vocabulary = decoded_vocabulary(loaded.tokenizer, len(loaded.tokenizer))

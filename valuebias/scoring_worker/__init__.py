@@ -39,9 +39,8 @@ import polars as pl
 
 from valuebias.object_store import ObjectStore, read_input_uri
 from valuebias.errors import InputError
-from valuebias.invariance import NOT_AUDITED_IMPORTED
-from valuebias.model_content import model_content, published_identity
-from valuebias.published import read_published_scores
+from valuebias.config import ModelConfig
+from valuebias.model_sources import ModelSource, Workspace, source_of
 from valuebias.table_version import content_version, large_table_version
 
 #: The module a launcher runs (``python -m valuebias.scoring_worker``, in a subprocess and in a pod).
@@ -124,36 +123,6 @@ class StorageScoreCache:
         self.store.write_parquet(f"{self.prefix}{prompt_id}-{content_version(chunk)}.parquet", chunk)
 
 
-def import_published_scores(model_id: str, files: dict[str, str], base_dir: str, prompts: pl.DataFrame,
-                            corpus_words: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-    """Reads the authors' wide score files (``response`` + one column per prompt id), one per corpus
-    (``files``: {corpus id: uri}), keeping the words of that corpus. Metadata counts what matched."""
-    prompt_ids = prompts["prompt"].to_list()
-    tables, metadata, contents = [], {}, {}
-    for corpus_id, uri in files.items():
-        contents[uri] = read_input_uri(uri, base_dir=base_dir)
-        scores = read_published_scores(contents[uri], source=uri,
-                                       prompt_ids=prompt_ids).unique(maintain_order=True)  # exact duplicates
-        clash = scores.filter(pl.struct("prompt", "word").is_duplicated())
-        if not clash.is_empty():
-            raise InputError(f"word '{clash['word'][0]}' has two different scores (after lowercasing and "
-                             "trimming); keep one row per word", source=uri, field="response")
-        words = corpus_words.filter(pl.col("corpus") == corpus_id).select("word").unique()
-        kept = scores.join(words, on="word", how="inner")
-        metadata[f"{corpus_id}/file"] = uri
-        metadata[f"{corpus_id}/words_in_file"] = scores["word"].n_unique()
-        metadata[f"{corpus_id}/words_matched"] = kept["word"].n_unique()
-        metadata[f"{corpus_id}/corpus_words_without_score"] = len(words) - kept["word"].n_unique()
-        tables.append(kept.select(pl.lit(model_id).alias("model"), pl.lit(corpus_id).alias("corpus"),
-                                  "prompt", "word", "score"))
-    table = pl.concat(tables).sort("corpus", "prompt", "word")
-    metadata["sequences_scored"] = 0
-    metadata["rows_imported"] = len(table)
-    metadata["invariance_audit"] = NOT_AUDITED_IMPORTED
-    metadata["content"] = published_identity(files, contents.__getitem__).to_metadata()
-    return table, metadata
-
-
 # ------------------------------------------------------------------------------------------- tasks
 def _set_threads(spec: dict) -> None:
     if spec.get("threads"):
@@ -166,21 +135,33 @@ def _inputs(spec: dict, store: ObjectStore) -> tuple[pl.DataFrame, pl.DataFrame]
     return store.read_parquet(spec["inputs"]["prompts"]), store.read_parquet(spec["inputs"]["corpus_words"])
 
 
+def _model(spec: dict) -> tuple[ModelConfig, ModelSource]:
+    """The task's registry entry, typed again, and its source."""
+    model = ModelConfig.from_entry(spec["model"])
+    return model, source_of(model)
+
+
+def _workspace(spec: dict, prompts: pl.DataFrame, words: pl.DataFrame) -> Workspace:
+    return Workspace(prompts=prompts, corpus_words=words, demo_dir=Path(spec["demo_dir"]),
+                     digest_cache=spec.get("digest_cache"), dequantised_dir=spec.get("dequantised_dir"))
+
+
 def rm_word_scores(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
     """Every corpus word x every prompt through one reward model (or its published scores)."""
-    model = spec["model"]
+    model, source = _model(spec)
     prompts, words = _inputs(spec, store)
-    if model["source"] == "published":
-        return import_published_scores(model["model_id"], model["settings"], spec["base_dir"], prompts, words)
+    if not source.has_weights:
+        return source.import_scores(model, base_dir=spec["base_dir"], prompts=prompts, corpus_words=words)
     from valuebias.rm_scoring import score_reward_model
 
     _set_threads(spec)
-    model_id = model["model_id"]
+    model_id = model.model_id
+    where = _workspace(spec, prompts, words)
     return score_reward_model(
-        model_id, model["source"], model["settings"], prompts=prompts, corpus_words=words,
-        demo_dir=Path(spec["demo_dir"]), batch_size=int(spec["batch_size"]), device=spec.get("device"),
+        model_id, lambda: source.reward_model(model, where), prompts=prompts, corpus_words=words,
+        batch_size=int(spec["batch_size"]), device=spec.get("device"),
         cache=lambda key: StorageScoreCache(store, f"score_cache/{model_id}/{key}/", warn=log),
-        progress=throttled_progress(log, model_id, "sequences scored"), digest_cache=spec.get("digest_cache"))
+        progress=throttled_progress(log, model_id, "sequences scored"))
 
 
 def rm_vocabulary_sweep(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
@@ -188,19 +169,19 @@ def rm_vocabulary_sweep(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.Da
     to ``outputs.extremes``."""
     from valuebias.rm_scoring import sweep_extremes, sweep_reward_model
 
-    model = spec["model"]
-    if model["source"] == "published":
-        raise InputError("a published model has no weights to sweep: remove its vocabulary_sweep, or register the "
-                         "model with a huggingface source", source=f"models.{model['model_id']}",
+    model, source = _model(spec)
+    if not source.has_weights:
+        raise InputError(f"a {source.name} model has no weights to sweep: remove its vocabulary_sweep, or register "
+                         "the model with a huggingface source", source=f"models.{model.model_id}",
                          field="vocabulary_sweep")
     _set_threads(spec)
     prompts, words = _inputs(spec, store)
-    log(f"{model['model_id']}: sweeping the whole vocabulary")
-    table, metadata = sweep_reward_model(model["model_id"], model["source"], model["settings"],
-                                         model["vocabulary_sweep"], prompts=prompts, corpus_words=words,
-                                         demo_dir=Path(spec["demo_dir"]), batch_size=int(spec["batch_size"]),
-                                         device=spec.get("device"), digest_cache=spec.get("digest_cache"))
-    store.write_parquet(spec["outputs"]["extremes"], sweep_extremes(table, model["vocabulary_sweep"]["top_n"]))
+    log(f"{model.model_id}: sweeping the whole vocabulary")
+    where = _workspace(spec, prompts, words)
+    table, metadata = sweep_reward_model(model.model_id, lambda: source.reward_model(model, where),
+                                         model.vocabulary_sweep, prompts=prompts,
+                                         batch_size=int(spec["batch_size"]), device=spec.get("device"))
+    store.write_parquet(spec["outputs"]["extremes"], sweep_extremes(table, model.vocabulary_sweep["top_n"]))
     return table, metadata
 
 
@@ -208,36 +189,30 @@ def lm_next_token_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl
     """The log-softmax over the whole vocabulary after every prompt."""
     from valuebias.lm_scoring import score_language_model
 
-    model = spec["model"]
+    model, source = _model(spec)
     _set_threads(spec)
     prompts, words = _inputs(spec, store)
-    return score_language_model(model["model_id"], model["source"], model["settings"], model["variant"],
-                                prompts=prompts, corpus_words=words, demo_dir=Path(spec["demo_dir"]),
-                                device=spec.get("device"), digest_cache=spec.get("digest_cache"),
-                                dequantised_dir=spec.get("dequantised_dir"),
-                                progress=throttled_progress(log, model["model_id"], "prompts"))
+    where = _workspace(spec, prompts, words)
+    return score_language_model(model.model_id, lambda: source.language_model(model, where), prompts=prompts,
+                                device=spec.get("device"),
+                                progress=throttled_progress(log, model.model_id, "prompts"))
 
 
 def lm_word_logprobs(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
     """Every corpus word's log-prob after every prompt, from the stored next-token log-probs (and, with
     the ``full_sequence`` rule, the model itself for words of several tokens)."""
-    from valuebias.lm_scoring import language_model_word_logprobs, resolve_language_model
+    from valuebias.lm_scoring import language_model_word_logprobs, load_language_model
 
-    model = spec["model"]
+    model, source = _model(spec)
     prompts, words = _inputs(spec, store)
     next_token = store.read_parquet(spec["inputs"]["next_token"])
 
     def load():
-        from valuebias.lm_scoring import load_language_model
-
         _set_threads(spec)
-        source, identity = resolve_language_model(model["model_id"], model["source"], model["settings"],
-                                                  model["variant"], demo_dir=Path(spec["demo_dir"]), prompts=prompts,
-                                                  corpus_words=words, digest_cache=spec.get("digest_cache"),
-                                                  dequantised_dir=spec.get("dequantised_dir"))
-        return load_language_model(source, device=spec.get("device"), identity=identity)
+        lm, identity = source.language_model(model, _workspace(spec, prompts, words))
+        return load_language_model(lm, device=spec.get("device"), identity=identity)
 
-    return language_model_word_logprobs(model["model_id"], next_token, words, prompts, rule=spec["word_rule"],
+    return language_model_word_logprobs(model.model_id, next_token, words, prompts, rule=spec["word_rule"],
                                         load=load, batch_size=int(spec["batch_size"]))
 
 
@@ -245,14 +220,13 @@ def identify(spec: dict, store: ObjectStore, log: Log) -> tuple[None, dict]:
     """Only the content identity of a hub, local or published model, computed here (no scoring)."""
     from valuebias.model_content import DigestCache
 
-    model = spec["model"]
-    identity = model_content(model["model_id"], model["source"], model["settings"],
-                             cache=DigestCache(spec.get("digest_cache")),
-                             read=lambda uri: read_input_uri(uri, base_dir=spec["base_dir"]))
+    model, source = _model(spec)
+    identity = source.content_identity(model, cache=DigestCache(spec.get("digest_cache")),
+                                       read=lambda uri: read_input_uri(uri, base_dir=spec["base_dir"]))
     if identity is None:
-        raise InputError("a demonstration model is identified by its build, not by a stored file",
-                         source=f"models.{model['model_id']}")
-    log(f"{model['model_id']}: content identity {identity.digest}")
+        raise InputError(f"a {source.name} model is identified by its build, not by a stored file",
+                         source=f"models.{model.model_id}")
+    log(f"{model.model_id}: content identity {identity.digest}")
     return None, {"content": identity.to_metadata()}
 
 
