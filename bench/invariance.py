@@ -28,8 +28,9 @@ import torch
 from valuebias.assets.ingest import build_corpus_words, build_prompts
 from valuebias.config import load_config
 from valuebias.invariance import audit_failures, audit_partition
-from valuebias.rm_scoring import HuggingFaceSource, load_reward_model
-from valuebias.rm_scoring import score_reward_model
+from valuebias.rm_scoring import load_reward_model
+from valuebias.hf_loading import HuggingFaceSource
+from valuebias.rm_partition import score_reward_model
 from valuebias.model_sources import Workspace, source_of
 
 

@@ -13,7 +13,8 @@ from valuebias.demo_models.reward_models import DemoRecipe, build_demo_reward_mo
 from valuebias.config import ModelConfig
 from valuebias.errors import InputError
 from valuebias.model_sources import Workspace, source_of
-from valuebias.rm_scoring import HuggingFaceSource, load_reward_model, score_words
+from valuebias.rm_scoring import load_reward_model, score_words
+from valuebias.hf_loading import HuggingFaceSource
 
 AGENCY = ("ambition power success skill strength courage leader control victory achievement competence "
           "confidence determination effort mastery talent independence initiative dominance force winner "

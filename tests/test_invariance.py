@@ -80,7 +80,8 @@ def test_kendall_tau_is_scipys_tau_b_ties_included():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from valuebias.rm_scoring import HuggingFaceSource, load_reward_model
+    from valuebias.rm_scoring import load_reward_model
+    from valuebias.hf_loading import HuggingFaceSource
 
     path = build_random_reward_model(tmp_path_factory.mktemp("rm") / "rm", architecture="llama", seed=5)
     return load_reward_model(HuggingFaceSource(model_id="rm", path=str(path)), device="cpu")

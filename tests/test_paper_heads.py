@@ -417,7 +417,7 @@ def test_the_scoring_worker_runs_a_local_remote_code_head_as_digested(replica, t
 
     from valuebias.config import ModelConfig
     from valuebias.model_sources import Workspace, source_of
-    from valuebias.rm_scoring import score_reward_model
+    from valuebias.rm_partition import score_reward_model
 
     folder = _fresh_custom_copy(replica, "gemma2", tmp_path, "worker")
     prompts = pl.DataFrame({"prompt": [p for p, _ in PROMPTS], "text": [t for _, t in PROMPTS]})

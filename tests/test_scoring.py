@@ -15,7 +15,8 @@ from transformers import AutoModelForSequenceClassification
 from valuebias.demo_models import tiny_models
 from valuebias import rm_scoring as scoring
 from valuebias.errors import InputError
-from valuebias.rm_scoring import HuggingFaceSource, check_source, load_reward_model, read_scalar, score_words
+from valuebias.rm_scoring import load_reward_model, read_scalar, score_words
+from valuebias.hf_loading import HuggingFaceSource, check_source
 
 PROMPTS = [
     ("greatest_ever_one", "What, in one word, is the greatest thing ever?"),

@@ -22,7 +22,7 @@ from valuebias.lm_scoring import (LanguageModelSource, encode_lm_prompt, load_la
 from valuebias.model_content import DigestCache
 from valuebias.model_sources import Workspace
 from valuebias.model_sources.huggingface import HuggingFace
-from valuebias.rm_scoring import HuggingFaceSource, check_source
+from valuebias.hf_loading import HuggingFaceSource, check_source
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

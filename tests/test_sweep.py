@@ -8,7 +8,8 @@ import polars as pl
 
 from valuebias.orchestration.cli import main as valuebias_main
 from tests.registry_fixtures import build_random_reward_model, random_models_entry, write_small_registry
-from valuebias.rm_scoring import HuggingFaceSource, load_reward_model, score_words
+from valuebias.rm_scoring import load_reward_model, score_words
+from valuebias.hf_loading import HuggingFaceSource
 
 
 def test_sweep_scores_every_vocabulary_string_like_the_straightforward_path(tmp_path, monkeypatch, capsys):

@@ -40,7 +40,7 @@ import torch
 from valuebias.config import LM_VARIANTS, WORD_RULES
 from valuebias.errors import InputError
 from valuebias.model_content import ContentIdentity
-from valuebias.rm_scoring import HuggingFaceSource, load_pretrained, provenance
+from valuebias.hf_loading import HuggingFaceSource, load_pretrained, provenance
 
 
 LOGPROB_SCHEMA = {"prompt": pl.Utf8, "token_id": pl.Int32, "token": pl.Utf8, "logprob": pl.Float32}
@@ -52,7 +52,7 @@ class LanguageModelSource:
     """Where a language model comes from (a registry entry's ``huggingface`` block plus the variant).
 
     ``path`` is a local directory, a ``package://`` folder or a hub id; local directories get the same
-    checks as reward models (:func:`valuebias.rm_scoring.check_source`: config present, no remote code unless
+    checks as reward models (:func:`valuebias.hf_loading.check_source`: config present, no remote code unless
     ``trust_remote_code``, safetensors unless ``allow_pickle``; with ``gguf_file``, that file present).
     """
 
@@ -118,7 +118,7 @@ def load_language_model(src: LanguageModelSource, device: str | None = None,
 
     Default device: CUDA if available. dtype ``"auto"``: bfloat16 on CUDA, float32 on CPU; an explicit
     dtype is honoured. An IT model whose tokenizer has no chat template is refused. ``identity``: as in
-    :func:`valuebias.rm_scoring.load_pretrained`.
+    :func:`valuebias.hf_loading.load_pretrained`.
     """
     from transformers import AutoModelForCausalLM
 

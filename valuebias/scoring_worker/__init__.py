@@ -99,7 +99,7 @@ class StorageScoreCache:
         self.store, self.prefix, self.warn = store, prefix, warn or (lambda message: None)
 
     def read(self) -> pl.DataFrame:
-        from valuebias.rm_scoring import empty_cache
+        from valuebias.rm_partition import empty_cache
 
         chunks = []
         for key in (k for k in self.store.list(self.prefix) if k.endswith(".parquet")):
@@ -152,7 +152,7 @@ def rm_word_scores(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFra
     prompts, words = _inputs(spec, store)
     if not source.has_weights:
         return source.import_scores(model, base_dir=spec["base_dir"], prompts=prompts, corpus_words=words)
-    from valuebias.rm_scoring import score_reward_model
+    from valuebias.rm_partition import score_reward_model
 
     _set_threads(spec)
     model_id = model.model_id
@@ -167,7 +167,7 @@ def rm_word_scores(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFra
 def rm_vocabulary_sweep(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFrame, dict]:
     """Every vocabulary token as the response to each sweep prompt; also writes the top/bottom strings
     to ``outputs.extremes``."""
-    from valuebias.rm_scoring import sweep_extremes, sweep_reward_model
+    from valuebias.rm_partition import sweep_extremes, sweep_reward_model
 
     model, source = _model(spec)
     if not source.has_weights:
