@@ -265,7 +265,7 @@ def test_cards_of_the_papers_ten_rms_agree_with_the_family_difference(tmp_path):
         pytest.skip(f"paper release data not found at {paper}")
     text = (project / "configs" / "paper_published.yaml").read_text()
     config = tmp_path / "paper.yaml"
-    config.write_text(text.replace("../../shared/paper_release", str(paper)).replace(
+    config.write_text(text.replace("../.valuebias/paper_release", str(paper)).replace(
         "state_dir: ../.valuebias/paper_published", f"state_dir: {tmp_path / 'state'}"))
     valuebias_cli(config, "run")
     families = {m: e["family"] for m, e in yaml.safe_load(config.read_text())["models"].items()}
