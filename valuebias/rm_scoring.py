@@ -1,4 +1,4 @@
-"""Explicit reward-model scores (METHOD §3): one scalar per (prompt, word).
+"""Explicit reward-model scores (docs/METHOD.md#31-scoring): one scalar per (prompt, word).
 
 For each prompt and word, the conversation ``[user: prompt, assistant: word]`` is rendered with the
 RM's own chat template, tokenized without extra special tokens (the template carries BOS), run through
@@ -542,7 +542,7 @@ SWEEP_SCHEMA = {"model": pl.Utf8, "prompt": pl.Utf8, "token_id": pl.Int32, "toke
 def sweep_reward_model(model_id: str, source: str, settings: dict[str, Any], sweep: dict[str, Any], *,
                        prompts: pl.DataFrame, corpus_words: pl.DataFrame, demo_dir: Path, batch_size: int = 64,
                        device: str | None = None, digest_cache: str | Path | None = None) -> tuple[pl.DataFrame, dict]:
-    """Scores every vocabulary token, decoded, as the response to each sweep prompt (METHOD.md section 6,
+    """Scores every vocabulary token, decoded, as the response to each sweep prompt (docs/METHOD.md#6-vocabulary-sweep,
     the FAccT predecessor). Ids that decode to the same string share one score (same conversation).
     Returns (model, prompt, token_id, token, score) and metadata."""
     from valuebias import engine
