@@ -104,8 +104,8 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
 def rm_vocabulary_sweep(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                         validator: ContractValidator, scoring: ScoringLauncher) -> dg.MaterializeResult:
     """Optional, per registry entry (``vocabulary_sweep``): every vocabulary token, decoded, scored as the
-    response to each sweep prompt (docs/METHOD.md#6-vocabulary-sweep). Stores the whole sweep and, as ``rm_sweep_tokens``,
-    the top and bottom ``top_n`` strings per prompt."""
+    response to each sweep prompt (docs/METHOD.md#6-vocabulary-sweep). Stores the whole sweep and, as
+    ``rm_sweep_tokens``, the top and bottom ``top_n`` strings per prompt."""
     config, model, input_versions = partition_model(context, registry, "rm_vocabulary_sweep", "reward_model")
     if model.vocabulary_sweep is None:
         raise dg.Failure(f"model '{model.model_id}' has no vocabulary_sweep in {config.path}: add "

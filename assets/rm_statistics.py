@@ -182,7 +182,8 @@ def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storag
 def rm_interaction_test(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                         validator: ContractValidator) -> dg.MaterializeResult:
     """Does the family x category x framing interaction exist (any number of families)? A likelihood-ratio
-    test of the mixed model with and without the three-way term, both fitted by ML (docs/METHOD.md#82-interaction-test)."""
+    test of the mixed model with and without the three-way term, both fitted by ML
+    (docs/METHOD.md#82-interaction-test)."""
     versions = current_input_versions(context.instance, registry.load(), "rm_interaction_test")
 
     def fit(cells: pl.DataFrame):

@@ -176,13 +176,16 @@ class ModelBlock(_Block):
 
 
 class AnalysisConfig(_Block):
-    """How the statistics are run (docs/METHOD.md#3-reward-model-scores-figure-1, #4-language-model-log-probabilities-figure-2, #8-the-registrys-own-analyses). The defaults are the paper's choices."""
+    """How the statistics are run (docs/METHOD.md#3-reward-model-scores-figure-1,
+    #4-language-model-log-probabilities-figure-2, #8-the-registrys-own-analyses). The defaults are the paper's
+    choices."""
 
     families: tuple[str, ...] | None = None  # the families compared (>= 2); default: every RM family, alphabetical
     comparisons: tuple[tuple[str, str], ...] | None = None  # family pairs tested per panel; default: every pair
     permutations: Count = 10000
     seed: Natural = 0
-    frequency_control: StrictBool = True  # also run Figure 1 on ranks residualised on word frequency (docs/METHOD.md#83-frequency-control)
+    # also run Figure 1 on ranks residualised on word frequency (docs/METHOD.md#83-frequency-control)
+    frequency_control: StrictBool = True
     category_overlap: Literal[CATEGORY_OVERLAPS] = "rank_slot_per_category"  # the paper's: a word in k
     # categories is ranked k times (tied with itself); one_rank_slot ranks each word once
     pool_language_models: StrictBool = False  # also Figure 2 over every registered LM together (pair "pooled")

@@ -1,4 +1,5 @@
-"""Human-readable outputs of the Figure-1 analysis (docs/METHOD.md#3-reward-model-scores-figure-1): markdown tables and the figure."""
+"""Human-readable outputs of the Figure-1 analysis (docs/METHOD.md#3-reward-model-scores-figure-1): markdown tables
+and the figure."""
 
 from __future__ import annotations
 
@@ -113,7 +114,8 @@ def figure1_png(cells: pl.DataFrame, *, title: str, significant: dict[tuple[str,
 
 
 def figure3_png(words: pl.DataFrame, *, title: str) -> bytes:
-    """A Figure-3-style plot of word MWLRs across language-model pairs (docs/METHOD.md#5-implicit-rewards-and-mwlr-table-1-figure-3), as PNG bytes.
+    """A Figure-3-style plot of word MWLRs across language-model pairs
+    (docs/METHOD.md#5-implicit-rewards-and-mwlr-table-1-figure-3), as PNG bytes.
 
     ``words`` has ``pair, framing, word, mwlr`` (one row per pair, prompt and word, as the
     ``mwlr_words`` table). One panel per framing (positive, then negative); x = pair (labelled

@@ -1,4 +1,5 @@
-"""The paper's Figure-1 analysis of explicit reward-model scores (docs/METHOD.md#3-reward-model-scores-figure-1, steps 1-5).
+"""The paper's Figure-1 analysis of explicit reward-model scores (docs/METHOD.md#3-reward-model-scores-figure-1, steps
+1-5).
 
 The pipeline, exactly as the paper:
 
@@ -340,7 +341,8 @@ INTERACTION_TEST = f"likelihood ratio, ML fits: with vs without {INTERACTION_TER
 
 
 def interaction_test(cells: pl.DataFrame) -> dict:
-    """docs/METHOD.md#82-interaction-test: does the family x category x framing interaction exist, for any number of families?
+    """docs/METHOD.md#82-interaction-test: does the family x category x framing interaction exist, for any number of
+    families?
 
     A likelihood-ratio test of nested linear mixed models fitted by maximum likelihood (REML likelihoods
     are not comparable across different fixed effects; see :func:`_max_log_likelihood`): ``median_rank ~ family * category * framing +
