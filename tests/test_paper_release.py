@@ -228,3 +228,18 @@ def test_no_config_reads_outside_the_repository():
                 read_from_release.add(resolved.relative_to(DEFAULT_DEST).as_posix())
     assert read_from_release and read_from_release <= manifest_paths
     assert len(read_from_release) == 13  # prompts, two word lists, ten score files
+
+
+def test_a_config_read_before_the_fetch_names_the_command(tmp_path):
+    """What `valuebias run --config configs/paper_published.yaml` reads first, before any fetch: the error names
+    the missing file and `valuebias paper-data fetch`; any other missing file does not mention it."""
+    from object_store import read_input_uri
+
+    with pytest.raises(InputError) as err:
+        read_input_uri("../.valuebias/paper_release/config/prompts.yaml", base_dir=tmp_path / "configs")
+    assert str(err.value) == (f"../.valuebias/paper_release/config/prompts.yaml: cannot read file: no such file "
+                              f"{tmp_path}/configs/../.valuebias/paper_release/config/prompts.yaml (the paper's "
+                              "released files: `valuebias paper-data fetch`)")
+    with pytest.raises(InputError) as err:
+        read_input_uri("words.csv", base_dir=tmp_path)
+    assert "paper-data" not in str(err.value)
