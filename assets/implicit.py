@@ -1,5 +1,6 @@
-"""Implicit rewards of language-model pairs (METHOD.md section 5): the mixture-weighted log ratio per
-pair (one partition per ``pairs`` entry), and the Table-1 and Figure-3 tables built from all pairs.
+"""Implicit rewards of language-model pairs (docs/METHOD.md#5-implicit-rewards-and-mwlr-table-1-figure-3): the
+mixture-weighted log ratio per pair (one partition per ``pairs`` entry), and the Table-1 and Figure-3 tables built
+from all pairs.
 
 A pair partition ``a__vs__b`` reads two partitions (``a`` and ``b``) of ``lm_next_token_logprobs``.
 Dagster has no partition mapping from one dynamic key to two keys of another dynamic partitioning, so

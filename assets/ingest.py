@@ -65,7 +65,7 @@ def ingest_versions(config: RegistryConfig) -> dict[str, str]:
 @dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["prompts"],
           check_specs=[contract_spec("prompts")])
 def prompts(registry: Registry, storage: Storage, validator: ContractValidator) -> dg.MaterializeResult:
-    """The prompt table (prompt id, text, adjective, superlative, style, framing), METHOD.md section 1."""
+    """The prompt table (prompt id, text, adjective, superlative, style, framing), docs/METHOD.md#1-prompts."""
     config = registry.load()
     table = build_prompts(config)
     uri, version, check = write_table(storage, validator, "prompts", table)
@@ -80,7 +80,7 @@ def prompts(registry: Registry, storage: Storage, validator: ContractValidator) 
           check_specs=[contract_spec("corpus_words")])
 def corpus_words(registry: Registry, storage: Storage, validator: ContractValidator) -> dg.MaterializeResult:
     """Every corpus as (corpus, word, category) rows: lowercased, trimmed, duplicates removed,
-    ``*`` wildcards expanded against one fixed English word list (METHOD.md section 2)."""
+    ``*`` wildcards expanded against one fixed English word list (docs/METHOD.md#2-corpora)."""
     table, per_corpus, description = build_corpus_words(registry.load())
     uri, version, check = write_table(storage, validator, "corpus_words", table)
     metadata = {f"corpus/{cid}": dg.MetadataValue.json(_jsonable(stats)) for cid, stats in per_corpus.items()}

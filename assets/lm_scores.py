@@ -1,4 +1,5 @@
-"""Per-language-model log-probabilities: one partition per registered language model (METHOD.md section 4).
+"""Per-language-model log-probabilities: one partition per registered language model
+(docs/METHOD.md#41-next-token-distribution).
 
 Like the reward-model scores, the work runs out of process (``valuebias.scoring_worker`` through Dagster
 Pipes); these assets say what to compute, then validate and publish what the worker wrote."""

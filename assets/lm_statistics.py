@@ -1,4 +1,5 @@
-"""Figure-2 statistics for language models, per corpus and pair (METHOD.md sections 4 and 8), and the LM
+"""Figure-2 statistics for language models, per corpus and pair (docs/METHOD.md#43-anova-and-post-hoc-tests,
+docs/METHOD.md#81-figure-2-per-pair), and the LM
 report (Figure 2 tables, Table 1, Figure 3).
 
 Figure 2 is computed per group of ``config.figure2_groups()``: each configured pair (``a__vs__b``) on the

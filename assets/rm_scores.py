@@ -1,4 +1,4 @@
-"""Per-model reward-model word scores: one partition per registered model (METHOD.md section 3).
+"""Per-model reward-model word scores: one partition per registered model (docs/METHOD.md#31-scoring).
 
 The scoring itself runs out of process (``valuebias.scoring_worker`` through Dagster Pipes, see
 ``valuebias.resources.scoring_launcher``); these assets say what to score, then validate and publish what the
@@ -104,8 +104,8 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
 def rm_vocabulary_sweep(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                         validator: ContractValidator, scoring: ScoringLauncher) -> dg.MaterializeResult:
     """Optional, per registry entry (``vocabulary_sweep``): every vocabulary token, decoded, scored as the
-    response to each sweep prompt (METHOD.md section 6). Stores the whole sweep and, as ``rm_sweep_tokens``,
-    the top and bottom ``top_n`` strings per prompt."""
+    response to each sweep prompt (docs/METHOD.md#6-vocabulary-sweep). Stores the whole sweep and, as
+    ``rm_sweep_tokens``, the top and bottom ``top_n`` strings per prompt."""
     config, model, input_versions = partition_model(context, registry, "rm_vocabulary_sweep", "reward_model")
     if model.vocabulary_sweep is None:
         raise dg.Failure(f"model '{model.model_id}' has no vocabulary_sweep in {config.path}: add "

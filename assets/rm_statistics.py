@@ -1,4 +1,4 @@
-"""Figure-1 statistics for reward models, per corpus (METHOD.md section 3, steps 1-5), and the report."""
+"""Figure-1 statistics for reward models, per corpus (docs/METHOD.md#3-reward-model-scores-figure-1), and the report."""
 
 
 import dagster as dg
@@ -182,7 +182,8 @@ def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storag
 def rm_interaction_test(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                         validator: ContractValidator) -> dg.MaterializeResult:
     """Does the family x category x framing interaction exist (any number of families)? A likelihood-ratio
-    test of the mixed model with and without the three-way term, both fitted by ML (METHOD.md section 8)."""
+    test of the mixed model with and without the three-way term, both fitted by ML
+    (docs/METHOD.md#82-interaction-test)."""
     versions = current_input_versions(context.instance, registry.load(), "rm_interaction_test")
 
     def fit(cells: pl.DataFrame):

@@ -1,5 +1,5 @@
 """Value cards: one partition per reward model, what it favours against the rest of the registry
-(METHOD.md section 8, docs/METHOD.md; the science is ``valuebias.value_cards``, the rendering ``valuebias.report``)."""
+(docs/METHOD.md#84-value-cards; the science is ``valuebias.value_cards``, the rendering ``valuebias.report``)."""
 
 import dagster as dg
 import polars as pl

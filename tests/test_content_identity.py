@@ -56,8 +56,8 @@ def test_an_edited_published_file_restales_exactly_its_model(tmp_path, cli):
     published = tmp_path / "rm_scores"
     shutil.copytree(PAPER_RELEASE / "rm_scores", published)
     text = (ROOT / "configs" / "paper_published.yaml").read_text()
-    text = text.replace("../../shared/paper_release/rm_scores/", f"{published}/")
-    text = text.replace("../../shared/paper_release/", f"{PAPER_RELEASE}/")
+    text = text.replace("../.valuebias/paper_release/rm_scores/", f"{published}/")
+    text = text.replace("../.valuebias/paper_release/", f"{PAPER_RELEASE}/")
     text = text.replace("state_dir: ../.valuebias/paper_published", f"state_dir: {tmp_path / '.valuebias'}")
     text += "\nscoring: {launcher: in_process}\n"
     text = text.replace("permutations: 10000", "permutations: 1000")

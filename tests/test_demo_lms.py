@@ -1,4 +1,6 @@
-"""Demo LMs with a planted preference: the LM pipeline must recover it (METHOD §4-5 end to end)."""
+"""Demo LMs with a planted preference: the LM pipeline must recover it
+(docs/METHOD.md#4-language-model-log-probabilities-figure-2 and #5-implicit-rewards-and-mwlr-table-1-figure-3, end to
+end)."""
 
 from __future__ import annotations
 

@@ -111,8 +111,8 @@ def test_layouts_equal_straightforward(rm, pack_tokens):
 
 
 def test_vocabulary_sweep(rm):
-    """METHOD §6 in miniature: every vocabulary token, decoded, as the response (spaces, newlines,
-    byte fragments, special tokens such as the pad token itself)."""
+    """docs/METHOD.md#6-vocabulary-sweep in miniature: every vocabulary token, decoded, as the response (spaces,
+    newlines, byte fragments, special tokens such as the pad token itself)."""
     tok = rm.tokenizer
     words = [tok.decode([i]) for i in range(len(tok))]
     assert tok.pad_token in words

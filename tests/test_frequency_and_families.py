@@ -1,4 +1,5 @@
-"""Figure 1 beyond the paper (METHOD.md section 8): word-frequency control and any number of families.
+"""Figure 1 beyond the paper (docs/METHOD.md#82-interaction-test, #83-frequency-control): word-frequency control and
+any number of families.
 
 Function-level tests on scores whose structure is known, with real wordfreq frequencies:
 - a family that prefers frequent words (not a category) differs from a neutral family on raw ranks, and

@@ -1,4 +1,5 @@
-"""MWLR and implicit-reward helpers (METHOD §5), checked against hand values and scipy."""
+"""MWLR and implicit-reward helpers (docs/METHOD.md#5-implicit-rewards-and-mwlr-table-1-figure-3), checked against
+hand values and scipy."""
 
 from __future__ import annotations
 

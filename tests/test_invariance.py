@@ -1,4 +1,4 @@
-"""The invariance audit of a reward-model partition (METHOD.md section 8; ``valuebias.invariance``).
+"""The invariance audit of a reward-model partition (docs/METHOD.md#85-invariance-audit; ``valuebias.invariance``).
 
 - The sample is fixed: one prompt per adjective (seeded draws when there is no adjective column), up to
   ``WORDS_PER_PROMPT`` words each, the same whatever the order of the tables.

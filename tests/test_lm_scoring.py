@@ -1,4 +1,4 @@
-"""LM log-probabilities (METHOD §4) on tiny real transformers models built offline."""
+"""LM log-probabilities (docs/METHOD.md#41-next-token-distribution) on tiny real transformers models built offline."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Figure-2 statistics (METHOD §4): ranks, medians, type-II ANOVA, Welch post-hocs with BH."""
+"""Figure-2 statistics (docs/METHOD.md#43-anova-and-post-hoc-tests): ranks, medians, type-II ANOVA, Welch post-hocs
+with BH."""
 
 from __future__ import annotations
 

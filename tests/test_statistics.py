@@ -1,4 +1,5 @@
-"""Tests for valuebias.statistics (METHOD §3 steps 1-5) on small hand-made and synthetic data."""
+"""Tests for valuebias.statistics (docs/METHOD.md#3-reward-model-scores-figure-1) on small hand-made and synthetic
+data."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The optional full-vocabulary sweep of a reward model (issue 4, METHOD.md section 6)."""
+"""The optional full-vocabulary sweep of a reward model (issue 4, docs/METHOD.md#6-vocabulary-sweep)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Value cards (METHOD.md section 8, docs/METHOD.md): the crossed (words x prompts) test against an
+"""Value cards (docs/METHOD.md#84-value-cards): the crossed (words x prompts) test against an
 independent computation, the four acceptance tests of section 8 on its synthetic registry, then end to end on
 demo RMs (`valuebias run`, `valuebias card`, `valuebias cards`) and on the paper's ten published RMs."""
 
@@ -17,7 +17,7 @@ REFERENCE = {"m1": "a", "m2": "b", "m3": "a", "m4": "b", "m5": "a"}
 
 
 def _card(seed: int, model: str = "m0", **simulation) -> pl.DataFrame:
-    """The card of ``model`` in a synthetic registry of METHOD.md section 8 (6 models, two corpora)."""
+    """The card of ``model`` in a synthetic registry of docs/METHOD.md#acceptance-tests (6 models, two corpora)."""
     ranks, framings, sizes = simulate_ranks(seed, **simulation)
     sums = rank_sums(table.drop("model") for table in ranks.partition_by("model"))
     others = {m: REFERENCE.get(m, "b") for m in ranks["model"].unique().to_list() if m != model}
@@ -265,7 +265,7 @@ def test_cards_of_the_papers_ten_rms_agree_with_the_family_difference(tmp_path):
         pytest.skip(f"paper release data not found at {paper}")
     text = (project / "configs" / "paper_published.yaml").read_text()
     config = tmp_path / "paper.yaml"
-    config.write_text(text.replace("../../shared/paper_release", str(paper)).replace(
+    config.write_text(text.replace("../.valuebias/paper_release", str(paper)).replace(
         "state_dir: ../.valuebias/paper_published", f"state_dir: {tmp_path / 'state'}"))
     valuebias_cli(config, "run")
     families = {m: e["family"] for m, e in yaml.safe_load(config.read_text())["models"].items()}

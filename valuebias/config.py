@@ -51,7 +51,7 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3
 #: Where scoring partitions run: a Dagster Pipes subprocess on this machine (default), a Kubernetes pod
 #: through Dagster Pipes, or inside the Dagster step itself (tests and debugging).
 SCORING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
-#: How a word listed in several categories is ranked: k rank slots (the paper) or one (METHOD.md section 3).
+#: How a word listed in several categories is ranked: k rank slots (the paper) or one (docs/METHOD.md#32-ranks).
 CATEGORY_OVERLAPS = ("rank_slot_per_category", "one_rank_slot")
 #: The partition-free key of the pooled Figure-2 analysis (``analysis.pool_language_models``).
 POOLED = "pooled"
@@ -176,13 +176,16 @@ class ModelBlock(_Block):
 
 
 class AnalysisConfig(_Block):
-    """How the statistics are run (METHOD.md sections 3, 4 and 8). The defaults are the paper's choices."""
+    """How the statistics are run (docs/METHOD.md#3-reward-model-scores-figure-1,
+    #4-language-model-log-probabilities-figure-2, #8-the-registrys-own-analyses). The defaults are the paper's
+    choices."""
 
     families: tuple[str, ...] | None = None  # the families compared (>= 2); default: every RM family, alphabetical
     comparisons: tuple[tuple[str, str], ...] | None = None  # family pairs tested per panel; default: every pair
     permutations: Count = 10000
     seed: Natural = 0
-    frequency_control: StrictBool = True  # also run Figure 1 on ranks residualised on word frequency (METHOD 8)
+    # also run Figure 1 on ranks residualised on word frequency (docs/METHOD.md#83-frequency-control)
+    frequency_control: StrictBool = True
     category_overlap: Literal[CATEGORY_OVERLAPS] = "rank_slot_per_category"  # the paper's: a word in k
     # categories is ranked k times (tied with itself); one_rank_slot ranks each word once
     pool_language_models: StrictBool = False  # also Figure 2 over every registered LM together (pair "pooled")
@@ -688,7 +691,7 @@ MODEL_SOURCES = tuple(SOURCE_RULES)
 
 
 def _sweep(at: _Located, p: tuple, e: ModelBlock) -> dict[str, Any] | None:
-    """The optional full-vocabulary sweep of a reward model (FAccT predecessor, METHOD.md section 6)."""
+    """The optional full-vocabulary sweep of a reward model (FAccT predecessor, docs/METHOD.md#6-vocabulary-sweep)."""
     if "vocabulary_sweep" not in e.model_fields_set:
         return None
     if e.kind != "reward_model":

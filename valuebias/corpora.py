@@ -1,4 +1,4 @@
-"""Psycholinguistic word lists (corpora) parsed into one long table ``word, category`` (METHOD section 2).
+"""Psycholinguistic word lists (corpora) parsed into one long table ``word, category`` (docs/METHOD.md#2-corpora).
 
 Formats (``format=``):
 

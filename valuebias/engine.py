@@ -1,4 +1,4 @@
-"""Prefix-cached scoring engine (METHOD §3 and §6; project issue 4).
+"""Prefix-cached scoring engine (docs/METHOD.md#31-scoring and #6-vocabulary-sweep; project issue 4).
 
 All the sequences of one prompt share a long token prefix (chat template, system header, the prompt,
 the assistant header); only the last few tokens, the word, differ. The straightforward path
@@ -53,7 +53,7 @@ sequence-classification head, a cache layer type the engine does not know) fall 
 asset metadata.
 
 ``sequence_logprobs`` is the same engine for causal LMs: the total log-probability of (possibly
-multi-token) continuations after a shared context (METHOD §4, the named multi-token option).
+multi-token) continuations after a shared context (docs/METHOD.md#42-word-rule, the named `full_sequence` option).
 """
 
 from __future__ import annotations

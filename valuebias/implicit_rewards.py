@@ -1,4 +1,5 @@
-"""Implicit rewards of two language models: the mixture-weighted log ratio (METHOD §5).
+"""Implicit rewards of two language models: the mixture-weighted log ratio
+(docs/METHOD.md#5-implicit-rewards-and-mwlr-table-1-figure-3).
 
 A policy tuned with KL-regularised RL satisfies ``pi_r(y|x) ∝ pi_ref(y|x) exp(r(x, y) / beta)``, so the
 log-ratio of two models is a reward up to a prompt-only constant. The paper compares two families

@@ -1,4 +1,4 @@
-"""Invariance audit of a reward-model partition (METHOD.md section 8, "Invariance audit").
+"""Invariance audit of a reward-model partition (docs/METHOD.md#85-invariance-audit).
 
 A partition's scores come from the prefix-cached engine (``valuebias.engine``: packed batches against a
 shared key/value cache). A score must not depend on which other sequences share its batch: ranks are what

@@ -1,4 +1,5 @@
-"""Language-model log-probabilities (METHOD §4): the next-token distribution after a value-laden prompt.
+"""Language-model log-probabilities (docs/METHOD.md#41-next-token-distribution): the next-token distribution after a
+value-laden prompt.
 
 For an LM and a prompt, one forward pass gives the log-softmax over the **whole vocabulary** at the
 last position (:func:`next_token_logprobs`). How the prompt is put to the model depends on the

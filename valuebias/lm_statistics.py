@@ -1,4 +1,5 @@
-"""The paper's Figure-2 analysis of language-model log-probabilities (METHOD §4).
+"""The paper's Figure-2 analysis of language-model log-probabilities
+(docs/METHOD.md#4-language-model-log-probabilities-figure-2).
 
 1. :func:`common_words` keeps the words every compared model scored (the paper keeps words that are
    a single token in both models);
@@ -9,8 +10,8 @@
 4. :func:`lm_posthoc`: Welch t-test per category x valence between two models, Benjamini-Hochberg
    adjusted over the panels.
 
-Figure 2 is run per pair of models (METHOD §8): the assets call these functions once per pair (and
-once for the pooled group when ``analysis.pool_language_models`` is on) with only that group's models.
+Figure 2 is run per pair of models (docs/METHOD.md#81-figure-2-per-pair): the assets call these functions once per
+pair (and once for the pooled group when ``analysis.pool_language_models`` is on) with only that group's models.
 A design that cannot be fitted or tested raises :class:`valuebias.statistics.NotFittable`; bad input
 (a missing column, a null, an unknown model) raises :class:`valuebias.errors.InputError`.
 

@@ -24,7 +24,7 @@ SCHEMA_VERSION = "0.3.0"  # the version the vendored schema declares
 CARD_COLUMNS = ["model", "corpus", "category", "framing", "deviation", "deviation_fraction", "p_bh", "flag", "finding"]
 METHOD = ("Christian et al., Reward Models Inherit Value Biases from Pretraining (ICLR 2026): every corpus word is "
           "scored as the answer to 54 value-laden prompts, ranked per prompt, and the median rank per category is "
-          "compared with the other reward models of the registry (value card, METHOD.md section 8)")
+          "compared with the other reward models of the registry (value card, docs/METHOD.md#84-value-cards)")
 
 
 def schema() -> dict:

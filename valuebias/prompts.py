@@ -1,4 +1,4 @@
-"""Prompt tables: the value-laden questions put to reward models and language models (METHOD section 1).
+"""Prompt tables: the value-laden questions put to reward models and language models (docs/METHOD.md#1-prompts).
 
 A prompt table maps a prompt id to its text, either as a YAML mapping ``prompt_id: "text"`` or as a CSV
 with columns ``prompt,text``. The id encodes the factorial design: ``{adjective}_{superlative}_{style}``,

@@ -1,4 +1,4 @@
-"""Read the reward-model scores released by the paper's authors (METHOD §3).
+"""Read the reward-model scores released by the paper's authors (docs/METHOD.md#31-scoring).
 
 The authors publish one CSV per reward model (``paper_release/rm_scores/*.csv``) in a wide layout:
 a column ``response`` holding the word, then one column per prompt id holding the RM's scalar score
@@ -25,7 +25,7 @@ def read_published_scores(data: bytes, *, source: str, prompt_ids: list[str]) ->
 
     ``data`` is the raw CSV; ``source`` names it in error messages; only the columns named in
     ``prompt_ids`` are kept (in that order), other columns are ignored. ``word`` is lowercased and
-    stripped of surrounding whitespace (METHOD §3 step 1); ``score`` is Float64. The model is not part
+    stripped of surrounding whitespace (docs/METHOD.md#32-ranks, step 1); ``score`` is Float64. The model is not part
     of the file: the caller adds a ``model`` column.
 
     Raises :class:`InputError` for a file that is not UTF-8 or not a readable CSV (naming the line), an empty

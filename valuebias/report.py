@@ -1,4 +1,5 @@
-"""Human-readable outputs of the Figure-1 analysis (METHOD §3): markdown tables and the figure."""
+"""Human-readable outputs of the Figure-1 analysis (docs/METHOD.md#3-reward-model-scores-figure-1): markdown tables
+and the figure."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def _framing_panels(framings: list[str]) -> list[str]:
 
 def figure1_png(cells: pl.DataFrame, *, title: str, significant: dict[tuple[str, str], list[str]] | None = None
                 ) -> bytes:
-    """A Figure-1-style plot of the median-rank cells (METHOD §3 step 3 output), as PNG bytes.
+    """A Figure-1-style plot of the median-rank cells (docs/METHOD.md#33-rank-cells), as PNG bytes.
 
     One panel per framing (positive, then negative); x = category; y = median rank with 1 = best at
     the top. For each family, a box of its per-(model, prompt) median ranks with the cells drawn over
@@ -113,7 +114,8 @@ def figure1_png(cells: pl.DataFrame, *, title: str, significant: dict[tuple[str,
 
 
 def figure3_png(words: pl.DataFrame, *, title: str) -> bytes:
-    """A Figure-3-style plot of word MWLRs across language-model pairs (METHOD §5), as PNG bytes.
+    """A Figure-3-style plot of word MWLRs across language-model pairs
+    (docs/METHOD.md#5-implicit-rewards-and-mwlr-table-1-figure-3), as PNG bytes.
 
     ``words`` has ``pair, framing, word, mwlr`` (one row per pair, prompt and word, as the
     ``mwlr_words`` table). One panel per framing (positive, then negative); x = pair (labelled
@@ -273,7 +275,7 @@ def value_card_markdown(model, card: pl.DataFrame, *, corpus_sizes: dict[str, in
     families = ", ".join(f"{f} {n}" for f, n in sorted(Counter(reference.values()).items()))
     lines = [title, f"Family **{model.family}**, compared with the {len(reference)} other reward model(s) of the "
                     f"registry ({families or 'none'}). Word ranks, 1 = best; D < 0: the model ranks the category "
-                    "higher than the others do (docs/METHOD.md, value cards)."]
+                    "higher than the others do (docs/METHOD.md#84-value-cards)."]
     if len(reference) < MIN_OTHER_MODELS:
         return "\n\n".join(lines + [f"**No comparison**: {TOO_SMALL}."]) + "\n"
     lines.append(CARD_SENTENCE)

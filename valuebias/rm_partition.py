@@ -1,5 +1,5 @@
 """One reward-model partition, as the scoring worker runs it: every corpus word x every prompt through the
-model's own chat template (:func:`score_reward_model`, METHOD §3 via ``docs/METHOD.md``), and the vocabulary sweep
+model's own chat template (:func:`score_reward_model`, docs/METHOD.md#31-scoring), and the vocabulary sweep
 (:func:`sweep_reward_model`). The model arrives resolved by its source (``valuebias.model_sources``); the
 scoring itself is ``valuebias.engine`` (checked against ``valuebias.rm_scoring.score_words``), and
 ``valuebias.invariance`` audits it.
@@ -131,7 +131,7 @@ SWEEP_SCHEMA = {"model": pl.Utf8, "prompt": pl.Utf8, "token_id": pl.Int32, "toke
 def sweep_reward_model(model_id: str, resolve: Callable[[], tuple[dict[str, Any], ContentIdentity]],
                        sweep: dict[str, Any], *, prompts: pl.DataFrame, batch_size: int = 64,
                        device: str | None = None) -> tuple[pl.DataFrame, dict]:
-    """Scores every vocabulary token, decoded, as the response to each sweep prompt (METHOD.md section 6,
+    """Scores every vocabulary token, decoded, as the response to each sweep prompt (docs/METHOD.md#6-vocabulary-sweep,
     the FAccT predecessor). Ids that decode to the same string share one score (same conversation).
     Returns (model, prompt, token_id, token, score) and metadata."""
     from valuebias import engine

@@ -1,4 +1,4 @@
-"""Explicit reward-model scores (METHOD §3): one scalar per (prompt, word).
+"""Explicit reward-model scores (docs/METHOD.md#31-scoring): one scalar per (prompt, word).
 
 For each prompt and word, the conversation ``[user: prompt, assistant: word]`` is rendered with the
 RM's own chat template, tokenized without extra special tokens (the template carries BOS), run through

@@ -1,5 +1,5 @@
-"""The synthetic registry of the value card's acceptance tests (docs/METHOD.md, "Value card"; METHOD.md
-section 8), used by the tests and by ``bench/value_cards.py``.
+"""The synthetic registry of the value card's acceptance tests (docs/METHOD.md#acceptance-tests,
+under #84-value-cards), used by the tests and by ``bench/value_cards.py``.
 
 A model's score of a word at a prompt is ``g + 0.5 a + 0.1 e + 0.02 v``, plus ``d`` on a favoured category
 (minus ``d`` under negative framing). All are standard normals: ``g`` per entry and ``a`` per model and

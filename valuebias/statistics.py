@@ -1,4 +1,5 @@
-"""The paper's Figure-1 analysis of explicit reward-model scores (METHOD §3, steps 1-5).
+"""The paper's Figure-1 analysis of explicit reward-model scores (docs/METHOD.md#3-reward-model-scores-figure-1, steps
+1-5).
 
 The pipeline, exactly as the paper:
 
@@ -46,7 +47,7 @@ NOT_FITTED = "not fitted"
 
 def rank_words(scores: pl.DataFrame, dictionary: pl.DataFrame,
                category_overlap: str = "rank_slot_per_category") -> pl.DataFrame:
-    """METHOD §3 steps 1-2: join scores with the dictionary, then rank words per (model, prompt).
+    """docs/METHOD.md#32-ranks (steps 1-2): join scores with the dictionary, then rank words per (model, prompt).
 
     ``scores`` has ``model, prompt, word, score``; ``dictionary`` has ``word, category`` (a word may
     belong to several categories). Words are lowercased and stripped on both sides, the inner join
@@ -101,7 +102,7 @@ def corpus_rankings(scores: pl.DataFrame, dictionary: pl.DataFrame, category_ove
 
 def median_rank_cells(ranked: pl.DataFrame, prompts: pl.DataFrame,
                       families: pl.DataFrame) -> pl.DataFrame:
-    """METHOD §3 step 3: the median rank per (model, category, prompt), the units of analysis.
+    """docs/METHOD.md#33-rank-cells (step 3): the median rank per (model, category, prompt), the units of analysis.
 
     ``ranked`` is the output of :func:`rank_words`; ``prompts`` has ``prompt, framing``; ``families``
     has ``model, family``. Every model and prompt in ``ranked`` must be described exactly once
@@ -206,7 +207,7 @@ def _check_design(cells: pl.DataFrame) -> None:
 
 
 def fit_mixed_model(cells: pl.DataFrame) -> MixedModelFit:
-    """METHOD §3 step 4: ``median_rank ~ family * category * framing + (1 | model)``, REML.
+    """docs/METHOD.md#34-mixed-model (step 4): ``median_rank ~ family * category * framing + (1 | model)``, REML.
 
     ``cells`` is the output of :func:`median_rank_cells`. Fitted with statsmodels
     ``smf.mixedlm(formula, data, groups=data["model"]).fit(reml=True)``; factor levels use treatment
@@ -256,7 +257,7 @@ def fit_mixed_model(cells: pl.DataFrame) -> MixedModelFit:
 
 def family_tests(cells: pl.DataFrame, family_a: str, family_b: str, *, n_resamples: int = 10000,
                  seed: int = 0) -> pl.DataFrame:
-    """METHOD §3 step 5: per (category, framing) panel, a permutation Welch t-test, A vs B.
+    """docs/METHOD.md#35-family-tests (step 5): per (category, framing) panel, a permutation Welch t-test, A vs B.
 
     The samples are the median-rank cells (one per model x prompt) of each family in the panel.
     ``t`` is Welch's statistic (``mean_a - mean_b`` over its standard error; negative = family A ranks
@@ -340,7 +341,8 @@ INTERACTION_TEST = f"likelihood ratio, ML fits: with vs without {INTERACTION_TER
 
 
 def interaction_test(cells: pl.DataFrame) -> dict:
-    """METHOD section 8: does the family x category x framing interaction exist, for any number of families?
+    """docs/METHOD.md#82-interaction-test: does the family x category x framing interaction exist, for any number of
+    families?
 
     A likelihood-ratio test of nested linear mixed models fitted by maximum likelihood (REML likelihoods
     are not comparable across different fixed effects; see :func:`_max_log_likelihood`): ``median_rank ~ family * category * framing +
@@ -399,7 +401,7 @@ def word_frequencies(words: Iterable[str]) -> pl.DataFrame:
 
 
 def frequency_controlled(ranked: pl.DataFrame, frequencies: pl.DataFrame) -> pl.DataFrame:
-    """METHOD section 8: ranks residualised on word frequency within each (model, prompt).
+    """docs/METHOD.md#83-frequency-control: ranks residualised on word frequency within each (model, prompt).
 
     ``ranked`` is :func:`rank_words`'s output; ``frequencies`` is :func:`word_frequencies`'s. Within each
     (model, prompt), the least-squares line ``rank ~ zipf`` is fitted over the ranked rows and ``rank``

@@ -1,5 +1,4 @@
-"""Value cards: what one reward model favours, against the rest of the registry (docs/METHOD.md, "Value
-card"; METHOD.md section 8).
+"""Value cards: what one reward model favours, against the rest of the registry (docs/METHOD.md#84-value-cards).
 
 Prompts and words are both samples (Clark 1973, "The language-as-fixed-effect fallacy"): a claim that a
 model ranks "Care words" higher must hold for other Care words and other prompts, so a card's uncertainty
@@ -52,7 +51,7 @@ ALPHA = 0.05
 MIN_OTHER_MODELS = 3
 TOO_SMALL = f"fewer than {MIN_OTHER_MODELS} other reward models: no comparison"
 TOO_FEW_FAMILIES = "fewer than 2 word families in this category: no numbers"
-#: Said once per card, above its flags (METHOD.md section 8, wording).
+#: Said once per card, above its flags (docs/METHOD.md#flags-wording-and-the-reference).
 CARD_SENTENCE = ("Intervals and flags allow for both the prompts and the words used, so a flag should hold for "
                  "other prompts and words of the category; deviations are from this registry, not from a neutral "
                  "standard.")

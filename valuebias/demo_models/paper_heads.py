@@ -1,6 +1,6 @@
 """Tiny random-weight replicas of the paper's reward-model heads, built offline (tests and checks).
 
-The paper's ten reward models (METHOD.md section 7) sit on three bases and are read three ways. A
+The paper's ten reward models (docs/METHOD.md#7-the-papers-models) sit on three bases and are read three ways. A
 replica keeps what decides *how a score is read* and drops what decides *what it says*:
 
 - the base: the real transformers config class at tiny sizes (``LlamaConfig`` with Llama-3.1's

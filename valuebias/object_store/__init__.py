@@ -686,7 +686,9 @@ def read_input_uri(uri: str, *, base_dir: str | Path | None = None, retries: int
         try:
             return path.read_bytes()
         except FileNotFoundError:
-            raise InputError(f"cannot read file: no such file {path}", source=uri) from None
+            paper = "paper_release" in path.parts
+            fetch = " (the paper's released files: `valuebias paper-data fetch`)" if paper else ""
+            raise InputError(f"cannot read file: no such file {path}{fetch}", source=uri) from None
         except IsADirectoryError:
             raise InputError(f"cannot read file: {path} is a directory", source=uri) from None
         except OSError as exc:
