@@ -75,7 +75,7 @@ def build(shape: str, device: str, dtype: torch.dtype, prompts, words):
     import transformers
 
     from valuebias.demo_models import tiny_models
-    from valuebias import rm_scoring as scoring
+    from valuebias import hf_loading
 
     env = jinja2.Template(LLAMA31_TEMPLATE, keep_trailing_newline=True)
     texts = [env.render(messages=[{"role": "user", "content": t}, {"role": "assistant", "content": w}],
@@ -93,7 +93,7 @@ def build(shape: str, device: str, dtype: torch.dtype, prompts, words):
     with torch.device(device):
         model = transformers.AutoModelForSequenceClassification.from_config(config, dtype=dtype)
     model.eval()
-    return scoring.LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=dtype, source="bench")
+    return hf_loading.LoadedModel(model=model, tokenizer=tokenizer, device=device, dtype=dtype, source="bench")
 
 
 def _sync(device: str) -> None:
@@ -130,6 +130,7 @@ def main(argv=None) -> int:
             setattr(args, key, value)
 
     from valuebias import engine, rm_scoring as scoring
+
     from valuebias.prompts import paper_prompt_table
 
     torch.set_num_threads(args.threads)

@@ -13,6 +13,7 @@ import transformers
 
 from valuebias.demo_models import tiny_models
 from valuebias import engine, rm_scoring as scoring
+from valuebias import hf_loading
 
 TOL = 1e-4
 
@@ -58,7 +59,7 @@ def rm(style, tokenizer, tmp_path_factory):
     """A tiny RM saved and reloaded through ``scoring.load_reward_model``, like a real checkpoint."""
     model = tiny_models.build_tiny_model(tokenizer, architecture=style, head="sequence_classification", seed=3)
     out = tiny_models.save_pretrained(model, tokenizer, tmp_path_factory.mktemp(f"rm_{style}"))
-    src = scoring.HuggingFaceSource(model_id=f"tiny-{style}", path=str(out), dtype="float32")
+    src = hf_loading.HuggingFaceSource(model_id=f"tiny-{style}", path=str(out), dtype="float32")
     return scoring.load_reward_model(src, device="cpu")
 
 
@@ -225,7 +226,7 @@ def test_fallback_for_unsupported_model(tmp_path):
     base = tiny_models.build_tiny_model(tok, architecture="llama", head="sequence_classification", seed=1)
     model = CustomHeadRM(base.config).eval()
     model.load_state_dict(base.state_dict())
-    loaded = scoring.LoadedModel(model=model, tokenizer=tok, device="cpu", dtype=torch.float32)
+    loaded = hf_loading.LoadedModel(model=model, tokenizer=tok, device="cpu", dtype=torch.float32)
     ok, reason = engine.supports_prefix_cache(model)
     assert not ok and "CustomHeadRM" in reason
     got, info = engine.score_prefix_cached(loaded, score="logits[0]", prompts=PROMPTS, words=WORDS, batch_size=4)
@@ -244,7 +245,7 @@ def test_gemma_prefix_longer_than_sliding_window():
         torch.manual_seed(5)
         model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
     assert "sliding_attention" in model.config.layer_types
-    loaded = scoring.LoadedModel(model=model, tokenizer=tok, device="cpu", dtype=torch.float32)
+    loaded = hf_loading.LoadedModel(model=model, tokenizer=tok, device="cpu", dtype=torch.float32)
     got, info = engine.score_prefix_cached(loaded, score="logits[0]", prompts=PROMPTS, words=WORDS, batch_size=4)
     assert info["engine"] == "prefix_cache" and min(info["prefix_tokens"].values()) > 6
     assert info["groups"] == len(PROMPTS) and info["layout"] == "rows"  # the window is shorter than a row
@@ -256,7 +257,7 @@ def test_model_without_pad_id_like_straightforward():
     tok = _tokenizer("llama")
     model = tiny_models.build_tiny_model(tok, architecture="llama", head="sequence_classification", seed=2)
     model.config.pad_token_id = None
-    loaded = scoring.LoadedModel(model=model, tokenizer=tok, device="cpu", dtype=torch.float32)
+    loaded = hf_loading.LoadedModel(model=model, tokenizer=tok, device="cpu", dtype=torch.float32)
     got, info = engine.score_prefix_cached(loaded, score="logits[0]", prompts=PROMPTS, words=WORDS, batch_size=4)
     assert info["engine"] == "prefix_cache" and model.config.pad_token_id == tok.pad_token_id
     assert _max_diff(_straightforward(loaded), got) <= TOL
@@ -270,7 +271,7 @@ def test_multi_output_reader(tokenizer, style):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(4)
         model = transformers.AutoModelForSequenceClassification.from_config(config).eval()
-    loaded = scoring.LoadedModel(model=model, tokenizer=tokenizer, device="cpu", dtype=torch.float32)
+    loaded = hf_loading.LoadedModel(model=model, tokenizer=tokenizer, device="cpu", dtype=torch.float32)
     ref = scoring.score_words(loaded, score="logits[:,0]", prompts=PROMPTS, words=WORDS, batch_size=5)
     got, info = engine.score_prefix_cached(loaded, score="logits[:,0]", prompts=PROMPTS, words=WORDS)
     assert info["engine"] == "prefix_cache"
@@ -291,7 +292,7 @@ def _full_pass_logprob(model, ctx_ids, cont_ids) -> float:
 @pytest.fixture(scope="module")
 def lm(style, tokenizer):
     model = tiny_models.build_tiny_model(tokenizer, architecture=style, head="causal_lm", seed=7)
-    return scoring.LoadedModel(model=model, tokenizer=tokenizer, device="cpu", dtype=torch.float32)
+    return hf_loading.LoadedModel(model=model, tokenizer=tokenizer, device="cpu", dtype=torch.float32)
 
 
 def test_sequence_logprobs_equal_full_pass(lm, style):
@@ -344,7 +345,7 @@ def test_sequence_logprobs_fallback():
     base = tiny_models.build_tiny_model(tok, architecture="llama", head="causal_lm", seed=8)
     model = CustomLM(base.config).eval()
     model.load_state_dict(base.state_dict())
-    loaded = scoring.LoadedModel(model=model, tokenizer=tok, device="cpu", dtype=torch.float32)
+    loaded = hf_loading.LoadedModel(model=model, tokenizer=tok, device="cpu", dtype=torch.float32)
     got, info = engine.sequence_logprobs(loaded, contexts=["Hello there"], continuations=WORDS,
                                          add_special_tokens=True)
     assert info["engine"].startswith("straightforward (") and "CustomLM" in info["engine"]

@@ -21,6 +21,7 @@ import torch
 
 from valuebias.demo_models import paper_heads
 from valuebias import engine, rm_scoring as scoring
+from valuebias import hf_loading
 from valuebias.config import load_config
 from valuebias.errors import InputError
 from valuebias.lm_scoring import LanguageModelSource
@@ -80,12 +81,12 @@ def replica(tmp_path_factory):
     return get
 
 
-def source(path: Path, head: str, **kwargs) -> scoring.HuggingFaceSource:
-    return scoring.HuggingFaceSource(model_id="replica", path=str(path), score=paper_heads.READERS[head],
+def source(path: Path, head: str, **kwargs) -> hf_loading.HuggingFaceSource:
+    return hf_loading.HuggingFaceSource(model_id="replica", path=str(path), score=paper_heads.READERS[head],
                                      trust_remote_code=head == "custom_code", **kwargs)
 
 
-def load(path: Path, head: str, **kwargs) -> scoring.LoadedModel:
+def load(path: Path, head: str, **kwargs) -> hf_loading.LoadedModel:
     return scoring.load_reward_model(source(path, head, **kwargs), device="cpu")
 
 
@@ -281,8 +282,8 @@ def test_remote_code_is_refused_before_it_runs_and_runs_when_trusted(replica, ba
     folder = _fresh_custom_copy(replica, base, tmp_path, f"refused_{base}")
     marker = tmp_path / "imported.txt"
     monkeypatch.setenv(paper_heads.REMOTE_CODE_MARKER_ENV, str(marker))
-    untrusted = scoring.HuggingFaceSource(model_id="armo", path=str(folder), score="score")
-    for attempt in (scoring.check_source, lambda src: scoring.load_reward_model(src, device="cpu")):
+    untrusted = hf_loading.HuggingFaceSource(model_id="armo", path=str(folder), score="score")
+    for attempt in (hf_loading.check_source, lambda src: scoring.load_reward_model(src, device="cpu")):
         with pytest.raises(InputError) as err:
             attempt(untrusted)
         assert err.value.field == "huggingface.trust_remote_code" and err.value.source == "models.armo"
@@ -322,14 +323,14 @@ def test_hub_remote_code_needs_a_full_commit_sha(tmp_path):
     sha = "0123456789abcdef0123456789abcdef01234567"
     for revision in (None, "main", sha[:12]):
         with pytest.raises(InputError) as err:
-            scoring.check_source(scoring.HuggingFaceSource(model_id="armo", path="RLHFlow/ArmoRM-Llama3-8B-v0.1",
+            hf_loading.check_source(hf_loading.HuggingFaceSource(model_id="armo", path="RLHFlow/ArmoRM-Llama3-8B-v0.1",
                                                            score="score", trust_remote_code=True, revision=revision))
         assert err.value.field == "huggingface.revision" and "40-character commit sha" in str(err.value)
-    kwargs = scoring.check_source(scoring.HuggingFaceSource(model_id="armo", path="RLHFlow/ArmoRM-Llama3-8B-v0.1",
+    kwargs = hf_loading.check_source(hf_loading.HuggingFaceSource(model_id="armo", path="RLHFlow/ArmoRM-Llama3-8B-v0.1",
                                                             score="score", trust_remote_code=True, revision=sha))
     assert kwargs["revision"] == sha and kwargs["trust_remote_code"] is True
     # Without remote code, a hub id needs no pin.
-    assert "revision" not in scoring.check_source(scoring.HuggingFaceSource(model_id="sky", path="org/name"))
+    assert "revision" not in hf_loading.check_source(hf_loading.HuggingFaceSource(model_id="sky", path="org/name"))
 
     def config_with(huggingface: str) -> Path:
         path = tmp_path / "valuebias.yaml"
@@ -376,7 +377,7 @@ def test_the_paper_config_names_each_unpinned_remote_code_model(tmp_path):
 def test_gemma2_loads_with_eager_attention_by_default(replica, tmp_path):
     gemma = replica("gemma2", "sequence_classification")
     src = source(gemma, "sequence_classification")
-    assert scoring.attn_implementation(src, scoring.check_source(src)) == "eager"  # read from config.json
+    assert hf_loading.attn_implementation(src, hf_loading.check_source(src)) == "eager"  # read from config.json
     assert load(gemma, "sequence_classification").model.config._attn_implementation == "eager"
     assert LanguageModelSource(model_id="lm", path=str(gemma), variant="pretrained",
                                attn_implementation="eager").as_huggingface_source().attn_implementation == "eager"
@@ -386,7 +387,7 @@ def test_gemma2_loads_with_eager_attention_by_default(replica, tmp_path):
 
     llama = replica("llama3.1", "sequence_classification")
     src = source(llama, "sequence_classification")
-    assert scoring.attn_implementation(src, scoring.check_source(src)) is None  # transformers' own default
+    assert hf_loading.attn_implementation(src, hf_loading.check_source(src)) is None  # transformers' own default
     assert load(llama, "sequence_classification").model.config._attn_implementation == "sdpa"
     assert load(llama, "sequence_classification",
                 attn_implementation="eager").model.config._attn_implementation == "eager"

@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification
 
 from valuebias.demo_models import tiny_models
 from valuebias import rm_scoring as scoring
+from valuebias import hf_loading
 from valuebias.errors import InputError
 from valuebias.rm_scoring import load_reward_model, read_scalar, score_words
 from valuebias.hf_loading import HuggingFaceSource, check_source
@@ -102,7 +103,7 @@ def test_score_attribute_reader_end_to_end(model_dirs):
             return SimpleNamespace(score=self.inner(**kwargs).logits)  # shape (batch, 1)
 
     direct = score_words(loaded, score="logits[0]", prompts=PROMPTS, words=WORDS)
-    wrapped = scoring.LoadedModel(model=ScoreOutput(loaded.model), tokenizer=loaded.tokenizer, device="cpu",
+    wrapped = hf_loading.LoadedModel(model=ScoreOutput(loaded.model), tokenizer=loaded.tokenizer, device="cpu",
                                   dtype=torch.float32)
     via_attribute = score_words(wrapped, score="score", prompts=PROMPTS, words=WORDS, batch_size=4)
     assert (direct["score"] - via_attribute["score"]).abs().max() <= 1e-5
