@@ -272,7 +272,8 @@ def test_upgrading_adopts_the_recorded_scores(tmp_path, weights, cli, release):
         f"  gemma-pub:\n    kind: reward_model\n    family: gemma\n    published: {{small: {published}}}\n")
     config = write_small_registry(tmp_path / "registry", models=models)
     env = {**os.environ, "PYTHONPATH": str(previous), "DAGSTER_HOME": ""}
-    built = subprocess.run([sys.executable, "-m", "valuebias.orchestration.cli", "run", "--config", str(config)],
+    # the previous release's own CLI, under its own (pre-namespace) module name
+    built = subprocess.run([sys.executable, "-m", "orchestration.cli", "run", "--config", str(config)],
                            cwd=previous, env=env, capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr
     assert ran(built.stdout, "rm_scoring_job") == ["llama", "gemma-pub"]
