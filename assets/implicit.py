@@ -15,7 +15,7 @@ import polars as pl
 from valuebias.assets.tables import (TABLE_KEYS, contract_spec, large_table_version, lm_next_token_key, mwlr_key, table_result,
                            write_table)
 from valuebias.assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
-from valuebias.orchestration.partitions import pair_partitions
+from valuebias.assets.partitions import pair_partitions
 from valuebias.resources.registry import Registry
 from valuebias.resources.storage import Storage
 from valuebias.resources.validation import ContractValidator

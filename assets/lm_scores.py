@@ -10,7 +10,7 @@ from valuebias.assets.rm_scores import SCORING_INPUTS
 from valuebias.assets.tables import (content_version, large_table_version, lm_next_token_key, lm_word_logprobs_key,
                            promote_validated, staging_key, stored_table_result, table_result)
 from valuebias.assets.versions import CODE_VERSIONS, reads
-from valuebias.orchestration.partitions import language_model_partitions
+from valuebias.assets.partitions import language_model_partitions
 from valuebias.resources.registry import Registry
 from valuebias.resources.scoring_launcher import ScoringLauncher
 from valuebias.resources.storage import Storage

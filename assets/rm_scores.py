@@ -12,7 +12,7 @@ from valuebias.assets.partition_models import adopt_recorded_outputs, partition_
 from valuebias.assets.tables import (TABLE_KEYS, content_version, promote_validated, rm_sweep_tokens_key,
                            rm_vocabulary_sweep_key, rm_word_scores_key, staging_key, stored_table_result, table_result)
 from valuebias.assets.versions import CODE_VERSIONS, reads
-from valuebias.orchestration.partitions import reward_model_partitions, swept_reward_model_partitions
+from valuebias.assets.partitions import reward_model_partitions, swept_reward_model_partitions
 from valuebias.resources.registry import Registry
 from valuebias.resources.scoring_launcher import ScoringLauncher
 from valuebias.resources.storage import Storage

@@ -52,7 +52,7 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
     each (model, prompt), ties averaged, 1 = best (steps 1-3): ``raw`` ranks (the paper's) and, with
     ``analysis.frequency_control``, ``frequency_controlled`` ones (residualised on word frequency)."""
     config = registry.load()
-    from valuebias.orchestration.plan import excluded_failed_models
+    from valuebias.assets.attempts import excluded_failed_models
 
     versions = current_input_versions(context.instance, config, "rm_rank_cells")
     excluded = excluded_failed_models(context.instance, config)
@@ -108,7 +108,7 @@ def rm_rank_sums(context: dg.AssetExecutionContext, registry: Registry, storage:
     """The registry's rank sums: per (corpus, ranks, prompt, word, category), the sum of the ranks every
     registered reward model gives the entry and how many models ranked it. A value card reads the other
     models' mean rank from it as (sum - own rank) / (models - 1), without reading their tables."""
-    from valuebias.orchestration.plan import excluded_failed_models
+    from valuebias.assets.attempts import excluded_failed_models
 
     config = registry.load()
     versions = current_input_versions(context.instance, config, "rm_rank_sums")

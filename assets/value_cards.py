@@ -9,7 +9,7 @@ from valuebias.assets.rm_statistics import model_rankings
 from valuebias.assets.tables import (TABLE_KEYS, card_key, contract_spec, rm_value_cards_key, rm_word_scores_key, table_result,
                            write_table)
 from valuebias.assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, latest_record, reads
-from valuebias.orchestration.partitions import reward_model_partitions
+from valuebias.assets.partitions import reward_model_partitions
 from valuebias.resources.registry import Registry
 from valuebias.resources.storage import Storage
 from valuebias.resources.validation import ContractValidator
@@ -43,7 +43,7 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
     both the prompts and the words, effect size A, the frequency-controlled D, the flag after
     Benjamini-Hochberg), its nearest and farthest models, and the provenance of its scores. The card is shown
     here (markdown with its plot) and stored as ``cards/<model>.md`` and ``.png``."""
-    from valuebias.orchestration.plan import excluded_failed_models
+    from valuebias.assets.attempts import excluded_failed_models
 
     config = registry.load()
     model_id = context.partition_key
