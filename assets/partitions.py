@@ -41,6 +41,16 @@ PARTITION_KEYS: dict[str, Callable[[RegistryConfig], list[str]]] = {
     PAIRS: lambda config: list(config.pair_models()),
 }
 
+#: What to say when a partition set is empty for a config (``{config}``: its path).
+NONE_REGISTERED = {
+    REWARD_MODELS: "no reward models are registered in {config}",
+    SWEPT_REWARD_MODELS: ("no model in {config} has a vocabulary_sweep: add `vocabulary_sweep: {{prompts: "
+                          "[best_ever_one], top_n: 20}}` to a reward model under models.<id>, then "
+                          "`valuebias run --config {config}`"),
+    LANGUAGE_MODELS: "no language models are registered in {config}",
+    PAIRS: "no pairs are configured in {config}: add `pairs: [[model_a, model_b]]` (two registered language models)",
+}
+
 
 def partition_keys(config: RegistryConfig, partitions_def: dg.PartitionsDefinition | None) -> list[str | None]:
     """The keys of a partitioned asset for this config; ``[None]`` for an unpartitioned one."""
