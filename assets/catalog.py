@@ -171,8 +171,10 @@ def declaration_problems(specs: dict[str, TableSpec], assets: dict[str, dg.Asset
             problems.append(f"{where}: printed by `valuebias table` but has no contract")
         if spec.stored not in (TABLE, REPORT, PARTITIONED, ELSEWHERE):
             problems.append(f"{where}: stored as {spec.stored!r}, not one of table, report, partitioned, elsewhere")
-        if (spec.stored == PARTITIONED) != (spec.partitions_def is not None and spec.partition_outputs is not None):
-            problems.append(f"{where}: a partitioned table needs both partitions_def and partition_outputs")
+        partitioned = spec.stored == PARTITIONED
+        if partitioned != (spec.partitions_def is not None) or partitioned != (spec.partition_outputs is not None):
+            problems.append(f"{where}: stored as {spec.stored}, so it has " + (
+                "a partitions_def and partition_outputs" if partitioned else "no partitions_def and no partition_outputs"))
         asset = assets.get(name)
         if asset is None:
             problems.append(f"{where}: declared, but no asset materializes it")
