@@ -13,10 +13,12 @@ models changed (``valuebias status`` / ``valuebias run``, and the partition sens
 import dagster as dg
 import polars as pl
 
-from valuebias.assets.tables import (TABLE_KEYS, contract_spec, large_table_version, lm_next_token_key, mwlr_key, table_result,
-                           write_table)
-from valuebias.assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
-from valuebias.orchestration.partitions import pair_partitions
+from valuebias.assets.catalog import PARTITIONED, TableSpec
+from valuebias.assets.tables import (contract_spec, large_table_version, lm_next_token_key, mwlr_key, table_key,
+                                     table_result, write_table)
+from valuebias.assets.versions import (EVERY_PAIR, INPUT_VERSIONS, Partitions, Setting, Table, current_input_versions,
+                                       settings_fingerprint)
+from valuebias.assets.partitions import pair_partitions
 from valuebias.resources.registry import Registry
 from valuebias.resources.storage import Storage
 from valuebias.resources.validation import ContractValidator
@@ -29,12 +31,19 @@ TOKEN_COLUMNS = ["pair", "model_a", "model_b", "prompt", "framing", "side", "ran
 WORD_COLUMNS = ["pair", "model_a", "model_b", "prompt", "framing", "word", "mwlr", "n_variants", "variants"]
 
 
+MWLR_PAIR = TableSpec(
+    "mwlr_pair", code_version="1", contract=None,  # a whole vocabulary per prompt: not read back
+    inputs=(Setting(lambda config, p: {} if p in config.pair_models() else {"pair": "removed"}),
+            Partitions("lm_next_token_logprobs", lambda config, p: list(config.pair_models().get(p, ())))),
+    stored=PARTITIONED, partitions_def=pair_partitions, partition_outputs=lambda p: [mwlr_key(p)], listed=False)
+
+
 @dg.asset(
-    partitions_def=pair_partitions,
+    partitions_def=MWLR_PAIR.partitions_def,
     group_name="implicit_rewards",
     kinds={"polars", "parquet"},
-    deps=reads("mwlr_pair"),
-    code_version=CODE_VERSIONS["mwlr_pair"],
+    deps=MWLR_PAIR.deps(),
+    code_version=MWLR_PAIR.code_version,
 )
 def mwlr_pair(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """MWLR(t) = 0.5 (p_a + p_b)(log p_a - log p_b) for every decoded token string both models have, after
@@ -86,8 +95,13 @@ def _with_pair(table: pl.DataFrame, pair: str, models: tuple[str, str], framing:
                           pl.lit(models[1]).alias("model_b")))
 
 
-@dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=reads("mwlr_tokens"),
-           code_version=CODE_VERSIONS["mwlr_tokens"], check_specs=[contract_spec("mwlr_tokens")])
+MWLR_TOKENS = TableSpec("mwlr_tokens", code_version="1", contract="mwlr_tokens", inputs=(
+    EVERY_PAIR, Table("prompts"),
+    Setting(lambda config, _: {"implicit_rewards": settings_fingerprint(config, "implicit_rewards", "top_n")})))
+
+
+@dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=MWLR_TOKENS.deps(),
+          code_version=MWLR_TOKENS.code_version, check_specs=[contract_spec("mwlr_tokens")])
 def mwlr_tokens(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                 validator: ContractValidator) -> dg.MaterializeResult:
     """Table 1 for every pair and prompt: the ``implicit_rewards.top_n`` token strings with the highest
@@ -95,7 +109,7 @@ def mwlr_tokens(context: dg.AssetExecutionContext, registry: Registry, storage: 
     ordered by pair, positive prompts first, prompt, then from most favoured by a to most favoured by b."""
     config = registry.load()
     versions = current_input_versions(context.instance, config, "mwlr_tokens")
-    framing = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
+    framing = storage.read_parquet(table_key("prompts")).select("prompt", "framing")
     n = config.implicit_rewards.top_n
     parts = [_with_pair(top_bottom_tokens(table, n), pair, models, framing)
              for pair, models, table in load_pairs(config, storage)]
@@ -116,8 +130,13 @@ def mwlr_tokens(context: dg.AssetExecutionContext, registry: Registry, storage: 
                         preview_rows=2 * n, check=check)
 
 
-@dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=reads("mwlr_words"),
-           code_version=CODE_VERSIONS["mwlr_words"], check_specs=[contract_spec("mwlr_words")])
+MWLR_WORDS = TableSpec("mwlr_words", code_version="1", contract="mwlr_words", inputs=(
+    EVERY_PAIR, Table("prompts"),
+    Setting(lambda config, _: {"implicit_rewards": settings_fingerprint(config, "implicit_rewards", "words")})))
+
+
+@dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=MWLR_WORDS.deps(),
+          code_version=MWLR_WORDS.code_version, check_specs=[contract_spec("mwlr_words")])
 def mwlr_words(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                validator: ContractValidator) -> dg.MaterializeResult:
     """Figure 3's data: per pair and prompt, the MWLR of each ``implicit_rewards.words`` word, averaged over
@@ -125,7 +144,7 @@ def mwlr_words(context: dg.AssetExecutionContext, registry: Registry, storage: S
     ``FREEDOM``, `` freedom``, ...). A word none of whose variants both models have gets no row."""
     config = registry.load()
     versions = current_input_versions(context.instance, config, "mwlr_words")
-    framing = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
+    framing = storage.read_parquet(table_key("prompts")).select("prompt", "framing")
     words = list(config.implicit_rewards.words)
     parts, missing = [], {}
     for pair, models, table in load_pairs(config, storage):

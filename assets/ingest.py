@@ -10,8 +10,8 @@ publish; the result is each asset's blocking ``<table>_contract`` check).
 import dagster as dg
 import polars as pl
 
-from valuebias.assets.tables import TABLE_KEYS, contract_spec, content_version, table_result, write_table
-from valuebias.assets.versions import CODE_VERSIONS
+from valuebias.assets.catalog import READS_INPUT_FILES, TableSpec
+from valuebias.assets.tables import contract_spec, content_version, table_result, write_table
 from valuebias.resources.registry import Registry
 from valuebias.resources.storage import Storage, read_input_uri
 from valuebias.resources.validation import ContractValidator
@@ -62,7 +62,10 @@ def ingest_versions(config: RegistryConfig) -> dict[str, str]:
             "model_registry": content_version(build_model_registry(config))}
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["prompts"],
+PROMPTS = TableSpec("prompts", code_version="1", inputs=READS_INPUT_FILES, contract="prompts")
+
+
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=PROMPTS.code_version,
           check_specs=[contract_spec("prompts")])
 def prompts(registry: Registry, storage: Storage, validator: ContractValidator) -> dg.MaterializeResult:
     """The prompt table (prompt id, text, adjective, superlative, style, framing), docs/METHOD.md#1-prompts."""
@@ -76,7 +79,10 @@ def prompts(registry: Registry, storage: Storage, validator: ContractValidator) 
     }, check=check)
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["corpus_words"],
+CORPUS_WORDS = TableSpec("corpus_words", code_version="1", inputs=READS_INPUT_FILES, contract="corpus_words")
+
+
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CORPUS_WORDS.code_version,
           check_specs=[contract_spec("corpus_words")])
 def corpus_words(registry: Registry, storage: Storage, validator: ContractValidator) -> dg.MaterializeResult:
     """Every corpus as (corpus, word, category) rows: lowercased, trimmed, duplicates removed,
@@ -90,7 +96,10 @@ def corpus_words(registry: Registry, storage: Storage, validator: ContractValida
     return table_result(table, uri, version, metadata, check=check)
 
 
-@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=CODE_VERSIONS["model_registry"],
+MODEL_REGISTRY = TableSpec("model_registry", code_version="1", inputs=READS_INPUT_FILES, contract="model_registry")
+
+
+@dg.asset(group_name="ingest", kinds={"polars", "parquet"}, code_version=MODEL_REGISTRY.code_version,
           check_specs=[contract_spec("model_registry")])
 def model_registry(registry: Registry, storage: Storage, validator: ContractValidator) -> dg.MaterializeResult:
     """The registered models: id, kind, family, source and a fingerprint of the whole entry.

@@ -6,25 +6,33 @@ Pipes); these assets say what to compute, then validate and publish what the wor
 
 import dagster as dg
 
+from valuebias.assets.catalog import PARTITIONED, TableSpec
 from valuebias.assets.partition_models import adopt_recorded_outputs, partition_model, plain, record_scoring
 from valuebias.assets.rm_scores import SCORING_INPUTS
 from valuebias.assets.tables import (content_version, large_table_version, lm_next_token_key, lm_word_logprobs_key,
                            promote_validated, staging_key, stored_table_result, table_result)
-from valuebias.assets.versions import CODE_VERSIONS, reads
-from valuebias.orchestration.partitions import language_model_partitions
+from valuebias.assets.versions import MODEL_ENTRY, TRAINING_WORDS, Lineage, SamePartition, Setting, Table
+from valuebias.assets.partitions import language_model_partitions
 from valuebias.resources.registry import Registry
 from valuebias.resources.scoring_launcher import ScoringLauncher
 from valuebias.resources.storage import Storage
 from valuebias.resources.validation import ContractValidator
 
 
+LM_NEXT_TOKEN_LOGPROBS = TableSpec(
+    "lm_next_token_logprobs", code_version="2", contract=None,  # a whole vocabulary per prompt: not read back
+    inputs=(MODEL_ENTRY, Table("prompts"), TRAINING_WORDS, Lineage("model_registry")),
+    stored=PARTITIONED, partitions_def=language_model_partitions, partition_outputs=lambda p: [lm_next_token_key(p)],
+    listed=False)
+
+
 @dg.asset(
-    partitions_def=language_model_partitions,
+    partitions_def=LM_NEXT_TOKEN_LOGPROBS.partitions_def,
     group_name="lm_scoring",
     kinds={"pytorch", "parquet"},
-    deps=reads("lm_next_token_logprobs"),
+    deps=LM_NEXT_TOKEN_LOGPROBS.deps(),
     pool="gpu",
-    code_version=CODE_VERSIONS["lm_next_token_logprobs"],
+    code_version=LM_NEXT_TOKEN_LOGPROBS.code_version,
 )
 def lm_next_token_logprobs(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                            scoring: ScoringLauncher) -> dg.MaterializeResult:
@@ -44,13 +52,20 @@ def lm_next_token_logprobs(context: dg.AssetExecutionContext, registry: Registry
     return stored_table_result(storage.full_uri(key), version, plain(metadata["rows"]), metadata)
 
 
+LM_WORD_LOGPROBS = TableSpec(
+    "lm_word_logprobs", code_version="1", contract="lm_word_logprobs",
+    inputs=(MODEL_ENTRY, SamePartition("lm_next_token_logprobs"), Table("corpus_words"),
+            Setting(lambda config, _: {"word_rule": config.implicit_rewards.word_rule}), Lineage("prompts")),
+    stored=PARTITIONED, partitions_def=language_model_partitions, partition_outputs=lambda p: [lm_word_logprobs_key(p)])
+
+
 @dg.asset(
-    partitions_def=language_model_partitions,
+    partitions_def=LM_WORD_LOGPROBS.partitions_def,
     group_name="lm_scoring",
     kinds={"pytorch", "parquet"},
-    deps=reads("lm_word_logprobs"),
+    deps=LM_WORD_LOGPROBS.deps(),
     pool="gpu",
-    code_version=CODE_VERSIONS["lm_word_logprobs"],
+    code_version=LM_WORD_LOGPROBS.code_version,
 )
 def lm_word_logprobs(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                      validator: ContractValidator, scoring: ScoringLauncher) -> dg.MaterializeResult:

@@ -19,9 +19,11 @@ import warnings
 import dagster as dg
 import polars as pl
 
-from valuebias.assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, fitted_result, lm_word_logprobs_key, report_result,
-                           statistics_checks, table_result, write_table)
-from valuebias.assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
+from valuebias.assets.catalog import REPORT, TableSpec
+from valuebias.assets.tables import (contract_spec, fitted_result, lm_word_logprobs_key, report_result, statistics_checks,
+                                     table_key, table_result, write_table)
+from valuebias.assets.versions import (FIGURE2_GROUPS, INPUT_VERSIONS, LM_WORD_LOGPROBS, Lineage, Setting, Table,
+                                       current_input_versions)
 from valuebias.resources.registry import Registry
 from valuebias.resources.storage import Storage
 from valuebias.resources.validation import ContractValidator
@@ -66,7 +68,7 @@ def load_word_logprobs(config: RegistryConfig, storage: Storage, models: list[st
 
 def read_per_pair(storage: Storage, table: str = "lm_rank_cells") -> pl.DataFrame:
     """A stored Figure-2 table; one written before Figure 2 was per pair (no ``pair`` column) is refused."""
-    found = storage.read_parquet(TABLE_KEYS[table])
+    found = storage.read_parquet(table_key(table))
     if "pair" not in found.columns:
         raise dg.Failure(f"the stored {table} has no 'pair' column (it was computed before Figure 2 was run per "
                          f"pair): materialize {table} first")
@@ -89,9 +91,14 @@ def explained_rows(schema: dict, not_fitted: dict[str, str], **fixed) -> pl.Data
     return pl.DataFrame(rows, schema=schema)
 
 
-@dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"},
-          deps=reads("lm_rank_cells"),
-           code_version=CODE_VERSIONS["lm_rank_cells"], check_specs=[contract_spec("lm_rank_cells")])
+# lm_rank_cells 2, lm_anova 2, lm_posthoc 2: Figure 2 per pair (a ``pair`` column; the pooled group is optional)
+LM_RANK_CELLS = TableSpec("lm_rank_cells", code_version="2", contract="lm_rank_cells", inputs=(
+    Table("prompts"), Table("corpus_words"), LM_WORD_LOGPROBS, FIGURE2_GROUPS,
+    Setting(lambda config, _: {"category_overlap": config.analysis.category_overlap}), Lineage("model_registry")))
+
+
+@dg.asset(group_name="lm_statistics", kinds={"polars", "parquet"}, deps=LM_RANK_CELLS.deps(),
+          code_version=LM_RANK_CELLS.code_version, check_specs=[contract_spec("lm_rank_cells")])
 def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                   validator: ContractValidator) -> dg.MaterializeResult:
     """Median rank per (corpus, pair, prompt, category, model), one Figure-2 group at a time: for each pair
@@ -104,8 +111,8 @@ def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
         raise dg.Failure(no_groups_advice(config))
     versions = current_input_versions(context.instance, config, "lm_rank_cells")
     scores = load_word_logprobs(config, storage, list(dict.fromkeys(m for ms in groups.values() for m in ms)))
-    words = storage.read_parquet(TABLE_KEYS["corpus_words"])
-    prompts = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
+    words = storage.read_parquet(table_key("corpus_words"))
+    prompts = storage.read_parquet(table_key("prompts")).select("prompt", "framing")
     parts, notes = [], {}
     for corpus_id in config.corpora:
         data = scores.filter(pl.col("corpus") == corpus_id).select("model", "prompt", "word", "logprob")
@@ -138,8 +145,11 @@ def lm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
 
 
-@dg.asset(group_name="lm_statistics", kinds={"statsmodels", "parquet"}, deps=reads("lm_anova"),
-           code_version=CODE_VERSIONS["lm_anova"],
+LM_ANOVA = TableSpec("lm_anova", code_version="2", contract="lm_anova", inputs=(Table("lm_rank_cells"), FIGURE2_GROUPS))
+
+
+@dg.asset(group_name="lm_statistics", kinds={"statsmodels", "parquet"}, deps=LM_ANOVA.deps(),
+          code_version=LM_ANOVA.code_version,
           check_specs=statistics_checks("lm_anova", "ANOVA (one per corpus and pair)"))
 def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
              validator: ContractValidator) -> dg.MaterializeResult:
@@ -183,8 +193,12 @@ def lm_anova(context: dg.AssetExecutionContext, registry: Registry, storage: Sto
                         preview_rows=40, check=check, more_checks=(fitted_result("lm_anova", not_fitted),))
 
 
-@dg.asset(group_name="lm_statistics", kinds={"scipy", "parquet"}, deps=reads("lm_posthoc"),
-           code_version=CODE_VERSIONS["lm_posthoc"],
+LM_POSTHOC = TableSpec("lm_posthoc", code_version="2", contract="lm_posthoc", inputs=(
+    Table("lm_rank_cells"), Setting(lambda config, _: {"pairs": ", ".join(config.pair_models()) or "none"})))
+
+
+@dg.asset(group_name="lm_statistics", kinds={"scipy", "parquet"}, deps=LM_POSTHOC.deps(),
+          code_version=LM_POSTHOC.code_version,
           check_specs=statistics_checks("lm_posthoc", "set of post-hoc tests (one per corpus and pair)"))
 def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                validator: ContractValidator) -> dg.MaterializeResult:
@@ -232,9 +246,13 @@ def lm_posthoc(context: dg.AssetExecutionContext, registry: Registry, storage: S
                         preview_rows=40, check=check, more_checks=(fitted_result("lm_posthoc", not_fitted),))
 
 
-@dg.asset(group_name="lm_statistics", kinds={"matplotlib", "markdown"},
-          deps=reads("lm_report"),
-           code_version=CODE_VERSIONS["lm_report"])
+# 2: plots embedded (the UI shows them); 3: a Figure-2 section per corpus and pair
+LM_REPORT = TableSpec("lm_report", code_version="3", contract=None, stored=REPORT, listed=False, inputs=tuple(
+    Table(name) for name in ("lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words")))
+
+
+@dg.asset(group_name="lm_statistics", kinds={"matplotlib", "markdown"}, deps=LM_REPORT.deps(),
+          code_version=LM_REPORT.code_version)
 def lm_report(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """The language-model report: Figure-2 tables per corpus and pair (and the pooled group when
     ``analysis.pool_language_models`` is on), Table 1 (top and bottom MWLR strings) for the first positive
@@ -244,8 +262,8 @@ def lm_report(context: dg.AssetExecutionContext, registry: Registry, storage: St
     cells = read_per_pair(storage)
     anova = read_per_pair(storage, "lm_anova")
     posthoc = read_per_pair(storage, "lm_posthoc")
-    tokens = storage.read_parquet(TABLE_KEYS["mwlr_tokens"])
-    words = storage.read_parquet(TABLE_KEYS["mwlr_words"])
+    tokens = storage.read_parquet(table_key("mwlr_tokens"))
+    words = storage.read_parquet(table_key("mwlr_words"))
     sections = ["# ValueBias report: language models (Figure 2, Table 1, Figure 3)",
                 "Figure 2 is computed per pair of language models, on the words both models of the pair keep"
                 + (", and once over every language model together (`pooled`), on the words all of them keep."
@@ -282,5 +300,5 @@ def lm_report(context: dg.AssetExecutionContext, registry: Registry, storage: St
                                                                pl.len().alias("prompts"))
                  .sort("pair", "word", "framing"))
         sections += ["### Mean word MWLR per pair and framing", markdown_table(means)]
-    return report_result(storage, REPORT_KEYS["lm_report"], "\n\n".join(sections) + "\n", plots,
+    return report_result(storage, LM_REPORT.key, "\n\n".join(sections) + "\n", plots,
                          {INPUT_VERSIONS: dg.MetadataValue.json(versions)})

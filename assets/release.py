@@ -3,15 +3,22 @@ release`` (which launches ``release_job``) or ``release_schedule`` (stopped unle
 schedule or ``valuebias run`` requests it on its own: it is in none of the registry's jobs
 (``valuebias.orchestration.jobs.ALL_JOBS``), so ``valuebias.orchestration.plan`` never plans it.
 
-It writes release ``name`` (``valuebias.orchestration.release.create_release``: refused, naming the partitions, while
-anything is missing, stale or failed) and shows the diff against the previous release as markdown metadata.
+Writing a release needs the state of every partition, which only the orchestration knows: the asset is built by
+:func:`registry_release_asset` with the function that writes it (``valuebias.orchestration.release.
+release_materialization``: refused, naming the partitions, while anything is missing, stale or failed; the diff
+against the previous release is shown as markdown metadata), which ``valuebias.orchestration.definitions`` passes.
 """
 
+from typing import Callable
 
 import dagster as dg
 
-from valuebias.assets.versions import CODE_VERSIONS
+from valuebias.assets.catalog import ELSEWHERE, Unversioned, TableSpec
+from valuebias.config import RegistryConfig
 from valuebias.resources.registry import Registry
+
+REGISTRY_RELEASE = TableSpec("registry_release", code_version="1", contract=None, stored=ELSEWHERE, listed=False,
+                             inputs=Unversioned("on demand only: never planned, refused unless everything is fresh"))
 
 
 class ReleaseConfig(dg.Config):
@@ -20,36 +27,17 @@ class ReleaseConfig(dg.Config):
     name: str = ""
 
 
-@dg.asset(group_name="release", code_version=CODE_VERSIONS["registry_release"],
-          description="An immutable, verifiable release of the registry's tables, value cards, config and manifest "
-                      "under releases/<name>/ in storage; on demand only. Its metadata shows the diff against the "
-                      "previous release.")
-def registry_release(context: dg.AssetExecutionContext, config: ReleaseConfig,
-                     registry: Registry) -> dg.MaterializeResult:
-    from valuebias.orchestration.plan import RegistryGraph, registry_states
-    from valuebias.orchestration.release import ReleaseError, create_release, list_releases, release_side
-    from valuebias.assets.versions import ContentCheck
-    from valuebias.object_store import ObjectStore
-    from valuebias.release_diff import diff_markdown
+def registry_release_asset(
+        write_release: Callable[[dg.AssetExecutionContext, RegistryConfig, str | None], dg.MaterializeResult],
+) -> dg.AssetsDefinition:
+    """The ``registry_release`` asset; ``write_release(context, registry config, name or None)`` writes it."""
 
-    registry_config = registry.load()
-    store = ObjectStore(registry_config.storage_uri)
-    previous = list_releases(store)
-    asset_graph = context.repository_def.asset_graph
-    states = registry_states(RegistryGraph(asset_graph), context.instance, registry_config,
-                             ContentCheck(registry_config))
-    try:
-        manifest = create_release(registry_config, context.instance, states, asset_graph, name=config.name or None)
-    except ReleaseError as exc:
-        raise dg.Failure(str(exc)) from None
-    if previous:
-        diff = diff_markdown(release_side(store, previous[-1]["name"]), release_side(store, manifest["name"]))
-    else:
-        diff = f"# ValueBias release {manifest['name']}\n\nThe first release: nothing to compare with.\n"
-    return dg.MaterializeResult(
-        metadata={"release": manifest["name"], "uri": dg.MetadataValue.path(manifest["storage"]),
-                  "manifest_sha256": manifest["manifest_sha256"], "files": len(manifest["files"]),
-                  "models": len(manifest["models"]), "git_commit": manifest["code"].get("git_commit") or "none",
-                  "previous_release": previous[-1]["name"] if previous else "none",
-                  "diff": dg.MetadataValue.md(diff)},
-        data_version=dg.DataVersion(manifest["manifest_sha256"][:16]))
+    @dg.asset(name=REGISTRY_RELEASE.name, group_name="release", code_version=REGISTRY_RELEASE.code_version,
+              description="An immutable, verifiable release of the registry's tables, value cards, config and "
+                          "manifest under releases/<name>/ in storage; on demand only. Its metadata shows the diff "
+                          "against the previous release.")
+    def registry_release(context: dg.AssetExecutionContext, config: ReleaseConfig,
+                         registry: Registry) -> dg.MaterializeResult:
+        return write_release(context, registry.load(), config.name or None)
+
+    return registry_release

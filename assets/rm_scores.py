@@ -8,11 +8,13 @@ import warnings
 
 import dagster as dg
 
+from valuebias.assets.catalog import PARTITIONED, TableSpec
+from valuebias.assets.ingest import CORPUS_WORDS, PROMPTS
 from valuebias.assets.partition_models import adopt_recorded_outputs, partition_model, plain, record_scoring
-from valuebias.assets.tables import (TABLE_KEYS, content_version, promote_validated, rm_sweep_tokens_key,
+from valuebias.assets.tables import (content_version, promote_validated, rm_sweep_tokens_key,
                            rm_vocabulary_sweep_key, rm_word_scores_key, staging_key, stored_table_result, table_result)
-from valuebias.assets.versions import CODE_VERSIONS, reads
-from valuebias.orchestration.partitions import reward_model_partitions, swept_reward_model_partitions
+from valuebias.assets.versions import MODEL_ENTRY, Lineage, Setting, Table, _hash
+from valuebias.assets.partitions import reward_model_partitions, swept_reward_model_partitions
 from valuebias.resources.registry import Registry
 from valuebias.resources.scoring_launcher import ScoringLauncher
 from valuebias.resources.storage import Storage
@@ -21,7 +23,7 @@ from valuebias.invariance import AUDITED, WORDS_PER_PROMPT, audit_failures
 from valuebias.report import markdown_table
 
 #: The stored tables every scoring worker reads.
-SCORING_INPUTS = {"prompts": TABLE_KEYS["prompts"], "corpus_words": TABLE_KEYS["corpus_words"]}
+SCORING_INPUTS = {"prompts": PROMPTS.key, "corpus_words": CORPUS_WORDS.key}
 
 #: The warn-level check of the invariance audit of each ``rm_word_scores`` partition (``valuebias.invariance``).
 INVARIANCE_CHECK = "rm_word_scores_invariance"
@@ -63,13 +65,22 @@ def invariance_result(metadata: dict) -> dg.AssetCheckResult:
         metadata=figures)
 
 
+RM_WORD_SCORES = TableSpec(
+    "rm_word_scores", code_version="1", contract="rm_word_scores",
+    # Not bumped for the read-at-the-last-real-token fix (valuebias.model_content.SCORING_CONVENTION): that would
+    # rescore every model of every state on upgrade; the fix changes the scores of pad == EOS models only, and
+    # their next scoring misses the old cache (`valuebias run --all` recomputes them now).
+    inputs=(MODEL_ENTRY, Table("prompts"), Table("corpus_words"), Lineage("model_registry")),
+    stored=PARTITIONED, partitions_def=reward_model_partitions, partition_outputs=lambda p: [rm_word_scores_key(p)])
+
+
 @dg.asset(
-    partitions_def=reward_model_partitions,
+    partitions_def=RM_WORD_SCORES.partitions_def,
     group_name="scoring",
     kinds={"pytorch", "parquet"},
-    deps=reads("rm_word_scores"),
+    deps=RM_WORD_SCORES.deps(),
     pool="gpu",
-    code_version=CODE_VERSIONS["rm_word_scores"],
+    code_version=RM_WORD_SCORES.code_version,
     check_specs=[invariance_spec()],
 )
 def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
@@ -93,13 +104,24 @@ def rm_word_scores(context: dg.AssetExecutionContext, registry: Registry, storag
                         more_checks=(invariance_result(metadata),))
 
 
+RM_VOCABULARY_SWEEP = TableSpec(
+    "rm_vocabulary_sweep", code_version="1", contract="rm_sweep_tokens",
+    inputs=(MODEL_ENTRY, Setting(lambda config, p: {"sweep": _hash(config.models[p].vocabulary_sweep
+                                                                  if p in config.models else None)}),
+            Table("prompts"), Lineage("corpus_words"), Lineage("model_registry")),
+    stored=PARTITIONED, partitions_def=swept_reward_model_partitions,
+    partition_outputs=lambda p: [rm_vocabulary_sweep_key(p), rm_sweep_tokens_key(p)],
+    # `valuebias table rm_sweep_tokens`: the top and bottom strings per prompt (the whole sweep is too large)
+    listed_as="rm_sweep_tokens", listed_output=1)
+
+
 @dg.asset(
-    partitions_def=swept_reward_model_partitions,
+    partitions_def=RM_VOCABULARY_SWEEP.partitions_def,
     group_name="sweep",
     kinds={"pytorch", "parquet"},
-    deps=reads("rm_vocabulary_sweep"),
+    deps=RM_VOCABULARY_SWEEP.deps(),
     pool="gpu",
-    code_version=CODE_VERSIONS["rm_vocabulary_sweep"],
+    code_version=RM_VOCABULARY_SWEEP.code_version,
 )
 def rm_vocabulary_sweep(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                         validator: ContractValidator, scoring: ScoringLauncher) -> dg.MaterializeResult:

@@ -4,9 +4,11 @@
 import dagster as dg
 import polars as pl
 
-from valuebias.assets.tables import (REPORT_KEYS, TABLE_KEYS, contract_spec, fitted_result, report_result, rm_word_scores_key,
-                           statistics_checks, table_result, write_table)
-from valuebias.assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, reads
+from valuebias.assets.catalog import REPORT, TableSpec
+from valuebias.assets.tables import (contract_spec, fitted_result, report_result, rm_word_scores_key, statistics_checks,
+                                     table_key, table_result, write_table)
+from valuebias.assets.versions import (INPUT_VERSIONS, RANKING_SETTINGS, REWARD_MODEL_FAMILIES, REWARD_MODEL_SCORES,
+                                       Lineage, Setting, Table, current_input_versions, settings_fingerprint)
 from valuebias.resources.registry import Registry
 from valuebias.resources.storage import Storage
 from valuebias.resources.validation import ContractValidator
@@ -43,22 +45,27 @@ def load_reward_model_scores(config: RegistryConfig, storage: Storage, excluded=
     return pl.concat([table for _, table in stored_reward_model_scores(config, storage, excluded)])
 
 
-@dg.asset(group_name="statistics", kinds={"polars", "parquet"},
-          deps=reads("rm_rank_cells"),
-           code_version=CODE_VERSIONS["rm_rank_cells"], check_specs=[contract_spec("rm_rank_cells")])
+# 2: a `ranks` column (raw, frequency_controlled), k families, comparisons with the correction named
+RM_RANK_CELLS = TableSpec("rm_rank_cells", code_version="2", contract="rm_rank_cells", inputs=(
+    Table("prompts"), Table("corpus_words"), REWARD_MODEL_SCORES, REWARD_MODEL_FAMILIES, RANKING_SETTINGS,
+    Lineage("model_registry")))
+
+
+@dg.asset(group_name="statistics", kinds={"polars", "parquet"}, deps=RM_RANK_CELLS.deps(),
+          code_version=RM_RANK_CELLS.code_version, check_specs=[contract_spec("rm_rank_cells")])
 def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                   validator: ContractValidator) -> dg.MaterializeResult:
     """Median rank per (corpus, ranks, model, category, prompt): words ranked by descending score within
     each (model, prompt), ties averaged, 1 = best (steps 1-3): ``raw`` ranks (the paper's) and, with
     ``analysis.frequency_control``, ``frequency_controlled`` ones (residualised on word frequency)."""
     config = registry.load()
-    from valuebias.orchestration.plan import excluded_failed_models
+    from valuebias.assets.attempts import excluded_failed_models
 
     versions = current_input_versions(context.instance, config, "rm_rank_cells")
     excluded = excluded_failed_models(context.instance, config)
     scores = load_reward_model_scores(config, storage, excluded)
-    words = storage.read_parquet(TABLE_KEYS["corpus_words"])
-    prompts = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
+    words = storage.read_parquet(table_key("corpus_words"))
+    prompts = storage.read_parquet(table_key("prompts")).select("prompt", "framing")
     families = pl.DataFrame({"model": [m.model_id for m in config.reward_models()],
                              "family": [m.family for m in config.reward_models()]})
     parts, per_corpus = [], {}
@@ -101,18 +108,22 @@ def model_rankings(config: RegistryConfig, model_id: str, scores: pl.DataFrame, 
                                "category", "rank")
 
 
-@dg.asset(group_name="statistics", kinds={"polars", "parquet"}, deps=reads("rm_rank_sums"),
-          code_version=CODE_VERSIONS["rm_rank_sums"], check_specs=[contract_spec("rm_rank_sums")])
+RM_RANK_SUMS = TableSpec("rm_rank_sums", code_version="1", contract="rm_rank_sums", inputs=(
+    Table("corpus_words"), REWARD_MODEL_SCORES, RANKING_SETTINGS, Lineage("model_registry")))
+
+
+@dg.asset(group_name="statistics", kinds={"polars", "parquet"}, deps=RM_RANK_SUMS.deps(),
+          code_version=RM_RANK_SUMS.code_version, check_specs=[contract_spec("rm_rank_sums")])
 def rm_rank_sums(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                  validator: ContractValidator) -> dg.MaterializeResult:
     """The registry's rank sums: per (corpus, ranks, prompt, word, category), the sum of the ranks every
     registered reward model gives the entry and how many models ranked it. A value card reads the other
     models' mean rank from it as (sum - own rank) / (models - 1), without reading their tables."""
-    from valuebias.orchestration.plan import excluded_failed_models
+    from valuebias.assets.attempts import excluded_failed_models
 
     config = registry.load()
     versions = current_input_versions(context.instance, config, "rm_rank_sums")
-    words = storage.read_parquet(TABLE_KEYS["corpus_words"])
+    words = storage.read_parquet(table_key("corpus_words"))
     excluded = excluded_failed_models(context.instance, config)
 
     table = rank_sums(ranked for model_id, scores in stored_reward_model_scores(config, storage, excluded)
@@ -153,8 +164,12 @@ def _publish_fits(storage: Storage, validator: ContractValidator, table_name: st
                         more_checks=(fitted_result(table_name, not_fitted),))
 
 
-@dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=reads("rm_mixed_model"),
-          code_version=CODE_VERSIONS["rm_mixed_model"],
+RM_MIXED_MODEL = TableSpec("rm_mixed_model", code_version="2", contract="rm_mixed_model",
+                           inputs=(Table("rm_rank_cells"),))
+
+
+@dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=RM_MIXED_MODEL.deps(),
+          code_version=RM_MIXED_MODEL.code_version,
           check_specs=statistics_checks("rm_mixed_model", "mixed model"))
 def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                    validator: ContractValidator) -> dg.MaterializeResult:
@@ -172,12 +187,16 @@ def rm_mixed_model(context: dg.AssetExecutionContext, registry: Registry, storag
                              "note": [why]}, schema_overrides={c: pl.Float64 for c in ("coef", "se", "z", "p")})
 
     return _publish_fits(storage, validator, "rm_mixed_model",
-                         _fit_each(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]), fit, explained),
+                         _fit_each(storage.read_parquet(table_key("rm_rank_cells")), fit, explained),
                          {"p_values": "Wald z", INPUT_VERSIONS: dg.MetadataValue.json(versions)})
 
 
-@dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=reads("rm_interaction_test"),
-          code_version=CODE_VERSIONS["rm_interaction_test"],
+RM_INTERACTION_TEST = TableSpec("rm_interaction_test", code_version="1", contract="rm_interaction_test",
+                                inputs=(Table("rm_rank_cells"),))
+
+
+@dg.asset(group_name="statistics", kinds={"statsmodels", "parquet"}, deps=RM_INTERACTION_TEST.deps(),
+          code_version=RM_INTERACTION_TEST.code_version,
           check_specs=statistics_checks("rm_interaction_test", "likelihood-ratio test"))
 def rm_interaction_test(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                         validator: ContractValidator) -> dg.MaterializeResult:
@@ -197,12 +216,17 @@ def rm_interaction_test(context: dg.AssetExecutionContext, registry: Registry, s
                             schema_overrides={"statistic": pl.Float64, "df": pl.Int64, "p": pl.Float64})
 
     return _publish_fits(storage, validator, "rm_interaction_test",
-                         _fit_each(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]), fit, explained),
+                         _fit_each(storage.read_parquet(table_key("rm_rank_cells")), fit, explained),
                          {INPUT_VERSIONS: dg.MetadataValue.json(versions)})
 
 
-@dg.asset(group_name="statistics", kinds={"scipy", "parquet"}, deps=reads("rm_family_tests"),
-          code_version=CODE_VERSIONS["rm_family_tests"],
+RM_FAMILY_TESTS = TableSpec("rm_family_tests", code_version="2", contract="rm_family_tests", inputs=(
+    Table("rm_rank_cells"), Setting(lambda config, _: {"analysis": settings_fingerprint(
+        config, "analysis", "families", "comparisons", "permutations", "seed")})))
+
+
+@dg.asset(group_name="statistics", kinds={"scipy", "parquet"}, deps=RM_FAMILY_TESTS.deps(),
+          code_version=RM_FAMILY_TESTS.code_version,
           check_specs=statistics_checks("rm_family_tests", "family comparison"))
 def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                     validator: ContractValidator) -> dg.MaterializeResult:
@@ -238,7 +262,7 @@ def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, stora
     def explained(cells: pl.DataFrame, why: str) -> pl.DataFrame:
         return explained_rows({pair: why for pair in comparisons} or {(None, None): why})
 
-    table, notes, not_fitted = _fit_each(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]), fit, explained)
+    table, notes, not_fitted = _fit_each(storage.read_parquet(table_key("rm_rank_cells")), fit, explained)
     return _publish_fits(storage, validator, "rm_family_tests",
                          (table, notes, {**not_fitted, **left_out}), {
                              "comparisons": ", ".join(f"{a} vs {b}" for a, b in comparisons) or "none",
@@ -274,16 +298,21 @@ def frequency_verdicts(tests: pl.DataFrame) -> pl.DataFrame:
         .otherwise(pl.lit("not significant")).alias("verdict")).sort(key)
 
 
-@dg.asset(group_name="report", kinds={"matplotlib", "markdown"},
-          deps=reads("rm_report"), code_version=CODE_VERSIONS["rm_report"])
+# 2: plots embedded (the UI shows them); 3: significant panels marked, interaction test
+RM_REPORT = TableSpec("rm_report", code_version="3", contract=None, stored=REPORT, listed=False, inputs=(
+    Table("rm_rank_cells"), Table("rm_mixed_model"), Table("rm_interaction_test"), Table("rm_family_tests")))
+
+
+@dg.asset(group_name="report", kinds={"matplotlib", "markdown"}, deps=RM_REPORT.deps(),
+          code_version=RM_REPORT.code_version)
 def rm_report(context: dg.AssetExecutionContext, registry: Registry, storage: Storage) -> dg.MaterializeResult:
     """The Figure-1 report: per corpus, a Figure-1-style PNG (significant panels marked), the family tests,
     the interaction test, the frequency control's verdicts and the mixed model."""
     versions = current_input_versions(context.instance, registry.load(), "rm_report")
-    cells = storage.read_parquet(TABLE_KEYS["rm_rank_cells"])
-    mixed = storage.read_parquet(TABLE_KEYS["rm_mixed_model"])
-    interaction = storage.read_parquet(TABLE_KEYS["rm_interaction_test"])
-    tests = storage.read_parquet(TABLE_KEYS["rm_family_tests"])
+    cells = storage.read_parquet(table_key("rm_rank_cells"))
+    mixed = storage.read_parquet(table_key("rm_mixed_model"))
+    interaction = storage.read_parquet(table_key("rm_interaction_test"))
+    tests = storage.read_parquet(table_key("rm_family_tests"))
     sections, plots = ["# ValueBias report: reward models (Figure 1)"], {}
     for (corpus_id,), corpus_cells in cells.filter(pl.col("ranks") == RAW).group_by("corpus", maintain_order=True):
         in_corpus = pl.col("corpus") == corpus_id
@@ -309,5 +338,5 @@ def rm_report(context: dg.AssetExecutionContext, registry: Registry, storage: St
                          markdown_table(verdicts)]
         sections += ["### rm_mixed_model (raw ranks)",
                      markdown_table(mixed.filter(in_corpus & (pl.col("ranks") == RAW)).drop("corpus", "ranks"))]
-    return report_result(storage, REPORT_KEYS["rm_report"], "\n\n".join(sections) + "\n", plots,
+    return report_result(storage, RM_REPORT.key, "\n\n".join(sections) + "\n", plots,
                          {INPUT_VERSIONS: dg.MetadataValue.json(versions)})

@@ -9,22 +9,29 @@ import polars as pl
 from valuebias.resources.storage import Storage
 from valuebias.table_version import content_version, large_table_version  # noqa: F401 (re-exported)
 
-#: Storage key of every unpartitioned table the product writes (``valuebias table NAME`` reads these).
-TABLE_KEYS = {
-    "prompts": "tables/prompts.parquet",
-    "corpus_words": "tables/corpus_words.parquet",
-    "model_registry": "tables/model_registry.parquet",
-    "rm_rank_cells": "tables/rm_rank_cells.parquet",
-    "rm_rank_sums": "tables/rm_rank_sums.parquet",
-    "rm_mixed_model": "tables/rm_mixed_model.parquet",
-    "rm_interaction_test": "tables/rm_interaction_test.parquet",
-    "rm_family_tests": "tables/rm_family_tests.parquet",
-    "lm_rank_cells": "tables/lm_rank_cells.parquet",
-    "lm_anova": "tables/lm_anova.parquet",
-    "lm_posthoc": "tables/lm_posthoc.parquet",
-    "mwlr_tokens": "tables/mwlr_tokens.parquet",
-    "mwlr_words": "tables/mwlr_words.parquet",
-}
+def table_key(name: str) -> str:
+    """Storage key of the unpartitioned table ``name`` (``tables/<name>.parquet``; ``TABLE_KEYS``: every one the
+    product writes, from the tables' declarations, ``valuebias.assets.catalog``)."""
+    from valuebias.assets import catalog
+
+    spec = catalog.table_specs().get(name)
+    if spec is None or spec.stored != catalog.TABLE:
+        raise KeyError(f"{name} is not a declared unpartitioned table (valuebias.assets.catalog.TableSpec)")
+    return spec.key
+
+
+def __getattr__(name: str):
+    """``TABLE_KEYS`` ({table: storage key}), ``REPORT_KEYS`` ({report: storage key}) and ``PARTITION_OUTPUTS``
+    ({partitioned asset: the keys of one partition's outputs}), derived from the tables' declarations."""
+    from valuebias.assets import catalog
+
+    if name == "TABLE_KEYS":
+        return {table: spec.key for table, spec in catalog.stored(catalog.TABLE).items()}
+    if name == "REPORT_KEYS":
+        return {report: spec.key for report, spec in catalog.stored(catalog.REPORT).items()}
+    if name == "PARTITION_OUTPUTS":
+        return {asset: spec.partition_outputs for asset, spec in catalog.stored(catalog.PARTITIONED).items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def rm_vocabulary_sweep_key(model_id: str) -> str:
@@ -100,7 +107,7 @@ def write_table(storage: Storage, validator, table: str, df: pl.DataFrame,
                 key: str | None = None) -> tuple[str, str, dg.AssetCheckResult]:
     """Validate, then publish: ``df`` is checked against its contract first; a table that breaks it fails
     the step, naming the rule and the rows, and the stored table stays as it was. A valid one is written
-    atomically to its key (``TABLE_KEYS[table]``, or ``key`` for a partition's table). Returns (uri, content
+    atomically to its key (``table_key(table)``, or ``key`` for a partition's table). Returns (uri, content
     version, the passed check's result)."""
     version = content_version(df)
     # A table with the same content, checked against the same contract by the same Great Expectations, passed
@@ -116,7 +123,7 @@ def write_table(storage: Storage, validator, table: str, df: pl.DataFrame,
                              metadata=report.to_metadata())
         metadata = report.to_metadata()
         storage.write_bytes(passed_key, json.dumps(metadata).encode())
-    uri = storage.write_parquet(key or TABLE_KEYS[table], df)
+    uri = storage.write_parquet(key or table_key(table), df)
     return uri, version, dg.AssetCheckResult(check_name=f"{table}_contract", passed=True, metadata=metadata)
 
 
@@ -185,27 +192,13 @@ def report_result(storage: Storage, key: str, text: str, plots: dict[str, bytes]
         data_version=dg.DataVersion(digest.hexdigest()[:16]))
 
 
-#: Where each report is stored (its plots lie beside it under ``reports/``).
-REPORT_KEYS = {"rm_report": "reports/rm_report.md", "lm_report": "reports/lm_report.md"}
-#: Where each partitioned asset stores one partition, the table whose content version is its data
-#: version first.
-PARTITION_OUTPUTS = {
-    "rm_word_scores": lambda p: [rm_word_scores_key(p)],
-    "rm_vocabulary_sweep": lambda p: [rm_vocabulary_sweep_key(p), rm_sweep_tokens_key(p)],
-    "lm_next_token_logprobs": lambda p: [lm_next_token_key(p)],
-    "lm_word_logprobs": lambda p: [lm_word_logprobs_key(p)],
-    "mwlr_pair": lambda p: [mwlr_key(p)],
-    "rm_value_cards": lambda p: [rm_value_cards_key(p), card_key(p, "md"), card_key(p, "png")],
-}
-
-
 def output_keys(asset: str, partition: str | None) -> list[str]:
     """Where an asset (partition) stores what it computed, the table whose content version is its data
-    version first."""
-    if asset in PARTITION_OUTPUTS:
-        return PARTITION_OUTPUTS[asset](partition)
-    key = TABLE_KEYS.get(asset) or REPORT_KEYS.get(asset)
-    return [key] if key else []
+    version first (its declaration's ``outputs``)."""
+    from valuebias.assets import catalog
+
+    spec = catalog.table_specs().get(asset)
+    return spec.outputs(partition) if spec is not None else []
 
 
 #: Tables too large to render as text for their version (a vocabulary per prompt).

@@ -6,10 +6,12 @@ import polars as pl
 
 from valuebias.assets.partition_models import plain
 from valuebias.assets.rm_statistics import model_rankings
-from valuebias.assets.tables import (TABLE_KEYS, card_key, contract_spec, rm_value_cards_key, rm_word_scores_key, table_result,
-                           write_table)
-from valuebias.assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, latest_record, reads
-from valuebias.orchestration.partitions import reward_model_partitions
+from valuebias.assets.catalog import PARTITIONED, TableSpec
+from valuebias.assets.tables import (card_key, contract_spec, rm_value_cards_key, rm_word_scores_key, table_key,
+                                     table_result, write_table)
+from valuebias.assets.versions import (INPUT_VERSIONS, RANKING_SETTINGS, REWARD_MODEL_FAMILIES, SamePartition, Setting,
+                                       Table, current_input_versions, latest_record)
+from valuebias.assets.partitions import reward_model_partitions
 from valuebias.resources.registry import Registry
 from valuebias.resources.storage import Storage
 from valuebias.resources.validation import ContractValidator
@@ -33,8 +35,20 @@ def scoring_provenance(instance: dg.DagsterInstance, model_id: str) -> dict:
     return plain(metadata.get("provenance")) or {}
 
 
-@dg.asset(partitions_def=reward_model_partitions, group_name="value_cards", kinds={"polars", "markdown"},
-          deps=reads("rm_value_cards"), code_version=CODE_VERSIONS["rm_value_cards"],
+RM_VALUE_CARDS = TableSpec(
+    "rm_value_cards", code_version="2", contract="rm_value_cards",  # 2: deviation from the leave-one-out mean of
+    # word ranks, crossed words x prompts interval.
+    # A card compares its model with every other one: any reward model's new scores move every card (through the
+    # rank sums); the others' families only change the card's wording about its reference.
+    inputs=(Setting(lambda config, p: {} if p in config.models else {"model": "removed"}),
+            Table("rm_rank_sums"), Table("rm_rank_cells"), Table("corpus_words"), Table("prompts"),
+            SamePartition("rm_word_scores"), REWARD_MODEL_FAMILIES, RANKING_SETTINGS),
+    stored=PARTITIONED, partitions_def=reward_model_partitions,
+    partition_outputs=lambda p: [rm_value_cards_key(p), card_key(p, "md"), card_key(p, "png")])
+
+
+@dg.asset(partitions_def=RM_VALUE_CARDS.partitions_def, group_name="value_cards", kinds={"polars", "markdown"},
+          deps=RM_VALUE_CARDS.deps(), code_version=RM_VALUE_CARDS.code_version,
           check_specs=[contract_spec("rm_value_cards")])
 def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storage: Storage,
                    validator: ContractValidator) -> dg.MaterializeResult:
@@ -43,7 +57,7 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
     both the prompts and the words, effect size A, the frequency-controlled D, the flag after
     Benjamini-Hochberg), its nearest and farthest models, and the provenance of its scores. The card is shown
     here (markdown with its plot) and stored as ``cards/<model>.md`` and ``.png``."""
-    from valuebias.orchestration.plan import excluded_failed_models
+    from valuebias.assets.attempts import excluded_failed_models
 
     config = registry.load()
     model_id = context.partition_key
@@ -51,15 +65,15 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
     if model is None or model.kind != "reward_model":
         raise dg.Failure(f"'{model_id}' is not a reward model of {config.path}")
     versions = current_input_versions(context.instance, config, "rm_value_cards", model_id)
-    words = storage.read_parquet(TABLE_KEYS["corpus_words"])
+    words = storage.read_parquet(table_key("corpus_words"))
     sizes = corpus_sizes(words)
     own_ranks = pl.concat(list(model_rankings(config, model_id, storage.read_parquet(rm_word_scores_key(model_id)),
                                               words)))
-    framings = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
-    profiles = model_profiles(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]))
+    framings = storage.read_parquet(table_key("prompts")).select("prompt", "framing")
+    profiles = model_profiles(storage.read_parquet(table_key("rm_rank_cells")))
     left_out = {model_id, *excluded_failed_models(context.instance, config)}  # failed_models: exclude
     reference = {m.model_id: m.family for m in config.reward_models() if m.model_id not in left_out}
-    card = value_card(own_ranks, storage.read_parquet(TABLE_KEYS["rm_rank_sums"]), framings, model_id, sizes,
+    card = value_card(own_ranks, storage.read_parquet(table_key("rm_rank_sums")), framings, model_id, sizes,
                       reference, positions=panel_positions(profiles))
     nearest, farthest = neighbours(profiles, model_id, sizes) if len(reference) >= MIN_OTHER_MODELS else (None, None)
     note = reference_note(reference)

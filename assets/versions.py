@@ -8,7 +8,8 @@ and **missing** when it was never materialized. ``valuebias status`` and ``value
 
 A model's inputs include its **content** (``model_content``: ``valuebias.model_content``), not only its
 config entry, and every computed asset's inputs include its **code version** (``code``, from
-:data:`CODE_VERSIONS`, also the asset's Dagster ``code_version``).
+:data:`CODE_VERSIONS`, also the asset's Dagster ``code_version``). ``CODE_VERSIONS`` and ``INPUTS`` are derived
+from the declarations (``valuebias.assets.catalog``).
 """
 
 import hashlib
@@ -23,27 +24,6 @@ from valuebias.errors import InputError
 from valuebias.model_content import ContentIdentity, DigestCache, describe_change
 from valuebias.model_sources import source_of
 
-#: The version of the code that computes each asset. Bump one when a change to that code changes what
-#: it writes (a ranking convention, a test statistic, a scoring kernel): that asset then recomputes, and
-#: what reads it recomputes only if the result's data version changed. Refactors that write the same
-#: tables do not bump. The asset's Dagster ``code_version`` is this value, so the UI agrees.
-CODE_VERSIONS = {
-    "prompts": "1", "corpus_words": "1", "model_registry": "1",
-    # Not bumped for the read-at-the-last-real-token fix (valuebias.model_content.SCORING_CONVENTION): that would
-    # rescore every model of every state on upgrade; the fix changes the scores of pad == EOS models only, and
-    # their next scoring misses the old cache (`valuebias run --all` recomputes them now).
-    "rm_word_scores": "1", "rm_vocabulary_sweep": "1",
-    # 2: a `ranks` column (raw, frequency_controlled), k families, comparisons with the correction named
-    "rm_rank_cells": "2", "rm_mixed_model": "2", "rm_family_tests": "2", "rm_interaction_test": "1",
-    "rm_rank_sums": "1",
-    "rm_value_cards": "2",  # 2: deviation from the leave-one-out mean of word ranks, crossed words x prompts interval
-    "rm_report": "3",  # 2: plots embedded (the UI shows them); 3: significant panels marked, interaction test
-    "lm_next_token_logprobs": "2", "lm_word_logprobs": "1", "mwlr_pair": "1",
-    # lm_rank_cells 2, lm_anova 2, lm_posthoc 2: Figure 2 per pair (a ``pair`` column; the pooled group is optional)
-    "lm_rank_cells": "2", "lm_anova": "2", "lm_posthoc": "2", "mwlr_tokens": "1", "mwlr_words": "1",
-    "lm_report": "3",  # 2: as rm_report; 3: a Figure-2 section per corpus and pair
-    "registry_release": "1",  # on demand only (assets/release.py); never planned
-}
 #: Assets whose output is a function of a model's content (their metadata carries ``content``).
 CONTENT_ASSETS = ("rm_word_scores", "rm_vocabulary_sweep", "lm_next_token_logprobs")
 #: Scoring assets whose outputs, recorded before content identities existed, are adopted, not recomputed.
@@ -118,8 +98,9 @@ def settings_fingerprint(config: RegistryConfig, section: str, *fields: str) -> 
 
 # -------------------------------------------------------------------- what each asset reads, declared once
 #
-# ``INPUTS`` is the one declaration of what every computed asset reads. The assets' Dagster ``deps`` are
-# derived from it (``reads``), so the asset graph the UI draws, the run order of ``valuebias run`` and the
+# A table's declared ``inputs`` (``valuebias.assets.catalog.TableSpec``, beside its asset; collected as ``INPUTS``)
+# say what every computed asset reads. The assets' Dagster ``deps`` are derived from them
+# (``TableSpec.deps``), so the asset graph the UI draws, the run order of ``valuebias run`` and the
 # requests of the sensor and the schedule (``valuebias.orchestration.plan``, which walks that graph) and the input
 # versions recorded and compared here all come from the same lines.
 #
@@ -248,60 +229,38 @@ FIGURE2_GROUPS = Setting(lambda config, _: {"figure2_groups": "; ".join(
     f"{group}: {', '.join(models)}" for group, models in config.figure2_groups().items()) or "none"})
 EVERY_PAIR = Partitions("mwlr_pair", lambda config, _: list(config.pair_models()))
 
-INPUTS: dict[str, tuple] = {
-    "rm_word_scores": (MODEL_ENTRY, Table("prompts"), Table("corpus_words"), Lineage("model_registry")),
-    "rm_vocabulary_sweep": (
-        MODEL_ENTRY, Setting(lambda config, p: {"sweep": _hash(config.models[p].vocabulary_sweep
-                                                               if p in config.models else None)}),
-        Table("prompts"), Lineage("corpus_words"), Lineage("model_registry")),
-    "rm_rank_cells": (Table("prompts"), Table("corpus_words"), REWARD_MODEL_SCORES, REWARD_MODEL_FAMILIES,
-                      RANKING_SETTINGS, Lineage("model_registry")),
-    "rm_rank_sums": (Table("corpus_words"), REWARD_MODEL_SCORES, RANKING_SETTINGS, Lineage("model_registry")),
-    "rm_mixed_model": (Table("rm_rank_cells"),),
-    "rm_interaction_test": (Table("rm_rank_cells"),),
-    "rm_family_tests": (Table("rm_rank_cells"), Setting(lambda config, _: {"analysis": settings_fingerprint(
-        config, "analysis", "families", "comparisons", "permutations", "seed")})),
-    # a card compares its model with every other one: any reward model's new scores move every card (through
-    # the rank sums); the others' families only change the card's wording about its reference
-    "rm_value_cards": (Setting(lambda config, p: {} if p in config.models else {"model": "removed"}),
-                       Table("rm_rank_sums"), Table("rm_rank_cells"), Table("corpus_words"), Table("prompts"),
-                       SamePartition("rm_word_scores"), REWARD_MODEL_FAMILIES, RANKING_SETTINGS),
-    "rm_report": (Table("rm_rank_cells"), Table("rm_mixed_model"), Table("rm_interaction_test"),
-                  Table("rm_family_tests")),
-    "lm_next_token_logprobs": (
-        MODEL_ENTRY, Table("prompts"),
-        # a demo LM is trained on a corpus's words; a real one reads no word list
-        Table("corpus_words", only_if=lambda model: model is not None and source_of(model).trained_on_corpus_words),
-        Lineage("model_registry")),
-    "lm_word_logprobs": (MODEL_ENTRY, SamePartition("lm_next_token_logprobs"), Table("corpus_words"),
-                         Setting(lambda config, _: {"word_rule": config.implicit_rewards.word_rule}),
-                         Lineage("prompts")),
-    "mwlr_pair": (Setting(lambda config, p: {} if p in config.pair_models() else {"pair": "removed"}),
-                  Partitions("lm_next_token_logprobs", lambda config, p: list(config.pair_models().get(p, ()))),),
-    "lm_rank_cells": (Table("prompts"), Table("corpus_words"), LM_WORD_LOGPROBS, FIGURE2_GROUPS,
-                      Setting(lambda config, _: {"category_overlap": config.analysis.category_overlap}),
-                      Lineage("model_registry")),
-    "lm_anova": (Table("lm_rank_cells"), FIGURE2_GROUPS),
-    "lm_posthoc": (Table("lm_rank_cells"),
-                   Setting(lambda config, _: {"pairs": ", ".join(config.pair_models()) or "none"})),
-    "mwlr_tokens": (EVERY_PAIR, Table("prompts"),
-                    Setting(lambda config, _: {"implicit_rewards": settings_fingerprint(config, "implicit_rewards", "top_n")})),
-    "mwlr_words": (EVERY_PAIR, Table("prompts"),
-                   Setting(lambda config, _: {"implicit_rewards": settings_fingerprint(config, "implicit_rewards", "words")})),
-    "lm_report": tuple(Table(name) for name in ("lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens",
-                                                "mwlr_words")),
-}
+# A demo LM is trained on a corpus's words; a real one reads no word list.
+TRAINING_WORDS = Table("corpus_words", only_if=lambda model: model is not None and source_of(model).trained_on_corpus_words)
+
+
+def __getattr__(name: str):
+    """``CODE_VERSIONS`` ({asset: code version}) and ``INPUTS`` ({asset: what it reads}), derived from the tables'
+    declarations (``valuebias.assets.catalog``) when first asked for: the asset modules declare them with the
+    classes above. The same dict every time (a test may change a code version for its duration)."""
+    from valuebias.assets import catalog
+
+    if name == "CODE_VERSIONS":
+        return catalog.code_versions()
+    if name == "INPUTS":
+        return catalog.inputs()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def upstream_partitions(config: RegistryConfig, asset: str, partition: str | None) -> list[tuple[str, str | None]]:
     """The (asset, partition)s that ``asset`` (``partition``) reads, from ``INPUTS`` (a pair: its two models'
     partitions only)."""
-    return [key for spec in INPUTS.get(asset, ()) for key in spec.upstream(config, partition)]
+    return [key for spec in _inputs().get(asset, ()) for key in spec.upstream(config, partition)]
 
 
 def reads(asset: str) -> list[dg.AssetDep]:
     """The Dagster ``deps`` of a computed asset, from ``INPUTS``."""
-    return [dep for spec in INPUTS[asset] if (dep := spec.dep()) is not None]
+    return [dep for spec in _inputs()[asset] if (dep := spec.dep()) is not None]
+
+
+def _inputs() -> dict[str, tuple]:
+    from valuebias.assets import catalog
+
+    return catalog.inputs()
 
 
 def current_input_versions(instance: dg.DagsterInstance, config: RegistryConfig, asset: str,
@@ -312,13 +271,16 @@ def current_input_versions(instance: dg.DagsterInstance, config: RegistryConfig,
     would produce). ``content`` adds the model's content identity (``model_content``) to a scoring
     partition; without it the key is left out (a scoring asset records what its worker computed instead).
     Ingest assets read files outside Dagster and have no input versions: they are re-read on every run."""
-    if asset not in INPUTS:
+    from valuebias.assets import catalog
+
+    inputs = catalog.inputs()
+    if asset not in inputs:
         return {}
     reading = Reading(instance, config, partition, overrides)
     versions: dict[str, str] = {}
-    for spec in INPUTS[asset]:
+    for spec in inputs[asset]:
         versions.update(spec.versions(reading))
-    versions["code"] = CODE_VERSIONS[asset]
+    versions["code"] = catalog.code_versions()[asset]
     if content is not None and asset in CONTENT_ASSETS and reading.model is not None:
         identity = content.identity(reading.model)
         if identity is not None:

@@ -140,7 +140,7 @@ def retry_outbox(instance: dg.DagsterInstance, config: RegistryConfig, log) -> N
 
 
 def run_failed_alert(instance: dg.DagsterInstance, run: dg.DagsterRun) -> Alert:
-    from valuebias.orchestration.plan import first_error
+    from valuebias.assets.attempts import first_error
 
     partition = run.tags.get("dagster/partition")
     reason = first_error(instance, run).split(" failed: ", 1)[-1]

@@ -33,9 +33,6 @@ from valuebias.errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_HELP = "registry config (default: $VALUEBIAS_CONFIG, else ./valuebias.yaml, else the project's own)"
-TABLE_NAMES = ("prompts", "corpus_words", "model_registry", "rm_word_scores", "rm_sweep_tokens", "rm_rank_cells",
-               "rm_rank_sums", "rm_mixed_model", "rm_interaction_test", "rm_family_tests", "rm_value_cards",
-               "lm_word_logprobs", "lm_rank_cells", "lm_anova", "lm_posthoc", "mwlr_tokens", "mwlr_words")
 
 
 def _config_path(arg: str | None) -> Path:
@@ -269,46 +266,43 @@ def cmd_status(args) -> int:
     return 0
 
 
+def table_names() -> list[str]:
+    """The tables ``valuebias table`` prints: every declared table that says so (``valuebias.assets.catalog``)."""
+    from valuebias.assets.catalog import listed_tables
+
+    return list(listed_tables())
+
+
 def load_table(config: RegistryConfig, name: str):
+    """The stored table ``name`` (a partitioned one: every registered partition's, one after the other)."""
     import polars as pl
 
-    from valuebias.assets.tables import (TABLE_KEYS, lm_word_logprobs_key, rm_sweep_tokens_key, rm_value_cards_key,
-                               rm_word_scores_key)
+    from valuebias.assets.catalog import listed_tables
+    from valuebias.assets.partitions import NONE_REGISTERED, partition_keys
     from valuebias.resources.storage import Storage
 
     storage = Storage(uri=config.storage_uri)
     run_first = f"run `valuebias run --config {config.path}` first"
-    if name == "rm_sweep_tokens":
-        keys = [rm_sweep_tokens_key(m.model_id) for m in config.reward_models() if m.vocabulary_sweep]
+    spec = listed_tables()[name]
+    if spec.partitions_def is None:
+        keys = spec.outputs(None)[:1]
+    else:
+        keys = [spec.outputs(partition)[spec.listed_output]
+                for partition in partition_keys(config, spec.partitions_def)]
         if not keys:
-            raise FileNotFoundError(f"no model in {config.path} has a vocabulary_sweep: add `vocabulary_sweep: "
-                                    "{prompts: [best_ever_one], top_n: 20}` to a reward model under models.<id>, "
-                                    f"then `valuebias run --config {config.path}`")
-        missing = [k for k in keys if not storage.exists(k)]
-        if missing:
-            raise FileNotFoundError(f"no stored sweep at {storage.full_uri(missing[0])}: {run_first}")
-        return pl.concat([storage.read_parquet(k) for k in keys])
-    if name in ("rm_word_scores", "rm_value_cards", "lm_word_logprobs"):
-        key_of = {"rm_word_scores": rm_word_scores_key, "rm_value_cards": rm_value_cards_key,
-                  "lm_word_logprobs": lm_word_logprobs_key}[name]
-        models = config.language_models() if name == "lm_word_logprobs" else config.reward_models()
-        keys = [key_of(m.model_id) for m in models]
-        if not keys:
-            kind = "language" if name == "lm_word_logprobs" else "reward"
-            raise FileNotFoundError(f"no {kind} models are registered in {config.path}")
-        missing = [k for k in keys if not storage.exists(k)]
-        if missing:
-            raise FileNotFoundError(f"no stored scores at {storage.full_uri(missing[0])}: {run_first}")
-        return pl.concat([storage.read_parquet(k) for k in keys])
-    key = TABLE_KEYS[name]
-    if not storage.exists(key):
-        raise FileNotFoundError(f"table {name} is not stored yet at {storage.full_uri(key)}: {run_first}")
-    return storage.read_parquet(key)
+            raise FileNotFoundError(NONE_REGISTERED[spec.partitions_def.name].format(config=config.path))
+    missing = [k for k in keys if not storage.exists(k)]
+    if missing:
+        raise FileNotFoundError(f"table {name} is not stored yet at {storage.full_uri(missing[0])}: {run_first}")
+    return pl.concat([storage.read_parquet(k) for k in keys])
 
 
 def cmd_table(args) -> int:
     from valuebias.report import markdown_table
 
+    names = table_names()
+    if args.name not in names:
+        raise InputError(f"no table named '{args.name}'; the tables: {', '.join(names)}")
     config = load_config(_config_path(args.config))
     table = load_table(config, args.name)
     sys.stdout.write(table.write_csv() if args.format == "csv" else markdown_table(table) + "\n")
@@ -580,7 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="recompute the full digest of every local model file instead of trusting cached ones")
     status.set_defaults(func=cmd_status)
     table = sub.add_parser("table", help="print a stored table")
-    table.add_argument("name", choices=TABLE_NAMES)
+    # the names are the declared tables' (checked in cmd_table: collecting them imports every asset module)
+    table.add_argument("name", metavar="NAME", help="a table the product writes, e.g. rm_family_tests")
     table.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     table.add_argument("--config", help=CONFIG_HELP)
     table.set_defaults(func=cmd_table)

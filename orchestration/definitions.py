@@ -14,11 +14,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from valuebias.assets import implicit, ingest, lm_scores, lm_statistics, release, rm_scores, rm_statistics, value_cards
+from valuebias.assets.catalog import asset_modules
+from valuebias.assets.release import registry_release_asset
 from valuebias.orchestration.alerts import alert_on_run_failure, registry_alerts_sensor
 from valuebias.orchestration.automation import build_refresh_schedules
 from valuebias.orchestration.jobs import (ALL_JOBS, ingest_job, lm_scoring_job, lm_statistics_job, mwlr_job,  # noqa: F401
                                 release_job, release_schedule, rm_scoring_job, rm_statistics_job)
+from valuebias.orchestration.release import release_materialization
 from valuebias.orchestration.sensors import model_partitions_sensor
 from valuebias.resources.registry import Registry
 from valuebias.resources.scoring_launcher import ScoringLauncher
@@ -51,8 +53,8 @@ def build_definitions(config_path: str | Path | None = None) -> dg.Definitions:
     config_path = config_path or default_config_path()
     config = load_config(config_path)
     return dg.Definitions(
-        assets=dg.load_assets_from_modules([ingest, rm_scores, rm_statistics, value_cards, lm_scores, implicit,
-                                          lm_statistics, release]),
+        # every module of valuebias.assets (a new one is found, not listed), and the on-demand release
+        assets=[*dg.load_assets_from_modules(asset_modules()), registry_release_asset(release_materialization)],
         jobs=[*ALL_JOBS, release_job],
         sensors=[model_partitions_sensor, alert_on_run_failure, registry_alerts_sensor],
         schedules=[*build_refresh_schedules(config.schedule_cron), release_schedule],

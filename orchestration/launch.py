@@ -27,6 +27,8 @@ from typing import Callable
 import dagster as dg
 import yaml
 
+from valuebias.assets.attempts import failure_messages, user_error  # noqa: F401 (re-exported)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
 
@@ -186,27 +188,6 @@ def _execute_in_child(request: RunRequest, verbose: bool, send) -> None:
         os._exit(130)
 
 
-def _readable(error) -> str:
-    """An error's message without its class path: a ``dg.Failure`` is its message, others keep their class
-    name (``InputError: prompts.csv: row 7, ...``)."""
-    message = error.message.strip()
-    head, separator, rest = message.partition(": ")
-    if separator and error.cls_name and head.endswith(error.cls_name) and " " not in head:  # a class path
-        return rest if error.cls_name == "Failure" else f"{error.cls_name}: {rest}"
-    return message
-
-
-def user_error(error):
-    """The error to show for a failed step: the outermost one that is not Dagster's wrapper of user code (an
-    ``InputError`` naming the file and line, not the ``UnicodeDecodeError`` it was raised from); the innermost
-    when every one is Dagster's."""
-    chain = []
-    while error is not None:
-        chain.append(error)
-        error = error.cause
-    return next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[-1] if chain else None)
-
-
 def was_interrupted(instance: dg.DagsterInstance, run_id: str) -> bool:
     """Whether a failed run was interrupted (Dagster turns Ctrl-C and SIGTERM into
     ``DagsterExecutionInterruptedError`` in the step that was running)."""
@@ -219,23 +200,3 @@ def was_interrupted(instance: dg.DagsterInstance, run_id: str) -> bool:
                     return True
                 error = error.cause
     return False
-
-
-def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    """Readable reasons a run failed or warns, from its event log: the error of each failed step (:func:`user_error`)
-    and each failed check (a warn-level check fails in a successful run too)."""
-    messages = []
-    for entry in instance.all_logs(run_id):
-        event = entry.dagster_event
-        if event is None:
-            continue
-        if event.is_step_failure:
-            error = user_error(event.step_failure_data.error)
-            messages.append(f"{event.step_key}: {_readable(error) if error is not None else 'step failed'}")
-        elif event.event_type_value == "ASSET_CHECK_EVALUATION":
-            evaluation = event.event_specific_data
-            if not evaluation.passed:
-                messages.append(f"check {evaluation.check_name} failed: {evaluation.description}")
-        elif event.event_type_value == "RUN_FAILURE" and not messages:
-            messages.append(entry.message or "run failed")
-    return messages

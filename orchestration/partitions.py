@@ -1,52 +1,15 @@
-"""Partitions: one dynamic partition set per kind of thing, so that no asset shows a partition that
-cannot succeed.
-
-- ``reward_models``: every registered reward model (``rm_word_scores``);
-- ``swept_reward_models``: the reward models whose entry switches ``vocabulary_sweep`` on
-  (``rm_vocabulary_sweep``);
-- ``language_models``: every registered language model (``lm_next_token_logprobs``, ``lm_word_logprobs``);
-- ``pairs``: every ``pairs`` entry, keyed ``{model_a}__vs__{model_b}`` (``mwlr_pair``).
-
-``PARTITION_KEYS`` says, once, which keys each set holds for a registry config. The sets are kept in step
-with the config by ``valuebias.orchestration.sensors.model_partitions_sensor`` and by ``valuebias run`` / ``ui``
-(``sync_partitions``). Partition keys are model ids, so materializations recorded before the split (one
-``models`` set for every model) count under the new sets unchanged.
-"""
+"""Keeping the partition sets (``valuebias.assets.partitions``, where the assets declare them) in step with the
+registry config: ``valuebias run`` / ``ui`` call :func:`sync_partitions`, ``model_partitions_sensor`` asks for
+:func:`partition_changes`."""
 
 from __future__ import annotations
 
-from typing import Callable
-
 import dagster as dg
 
+from valuebias.assets.partitions import (LANGUAGE_MODELS, LEGACY_PARTITION_SETS, PAIRS, PARTITION_KEYS,  # noqa: F401
+                                         REWARD_MODELS, SWEPT_REWARD_MODELS, language_model_partitions, pair_partitions,
+                                         partition_keys, reward_model_partitions, swept_reward_model_partitions)
 from valuebias.config import RegistryConfig
-
-REWARD_MODELS = "reward_models"
-SWEPT_REWARD_MODELS = "swept_reward_models"
-LANGUAGE_MODELS = "language_models"
-PAIRS = "pairs"
-#: The one set every model shared before the split; emptied when the partitions are synced.
-LEGACY_PARTITION_SETS = ("models",)
-
-reward_model_partitions = dg.DynamicPartitionsDefinition(name=REWARD_MODELS)
-swept_reward_model_partitions = dg.DynamicPartitionsDefinition(name=SWEPT_REWARD_MODELS)
-language_model_partitions = dg.DynamicPartitionsDefinition(name=LANGUAGE_MODELS)
-pair_partitions = dg.DynamicPartitionsDefinition(name=PAIRS)
-
-#: The keys each partition set holds for a registry config, in config order.
-PARTITION_KEYS: dict[str, Callable[[RegistryConfig], list[str]]] = {
-    REWARD_MODELS: lambda config: [m.model_id for m in config.reward_models()],
-    SWEPT_REWARD_MODELS: lambda config: [m.model_id for m in config.reward_models() if m.vocabulary_sweep],
-    LANGUAGE_MODELS: lambda config: [m.model_id for m in config.language_models()],
-    PAIRS: lambda config: list(config.pair_models()),
-}
-
-
-def partition_keys(config: RegistryConfig, partitions_def: dg.PartitionsDefinition | None) -> list[str | None]:
-    """The keys of a partitioned asset for this config; ``[None]`` for an unpartitioned one."""
-    if partitions_def is None:
-        return [None]
-    return PARTITION_KEYS[partitions_def.name](config)
 
 
 def partition_changes(config: RegistryConfig, existing: list[str], name: str) -> tuple[list[str], list[str]]:

@@ -25,11 +25,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 
+from valuebias.assets.attempts import (INPUTS_TAG, excluded_failed_models, first_error, inputs_digest,  # noqa: F401
+                                       with_last_attempt)
 from valuebias.assets.versions import ContentCheck, PartitionState, partition_state, upstream_partitions
 from valuebias.orchestration.jobs import ALL_JOBS
 from valuebias.orchestration.partitions import partition_keys
@@ -66,18 +68,6 @@ class Work:
     def run_request(self, states) -> dg.RunRequest:
         return dg.RunRequest(job_name=self.job, partition_key=self.partition, run_key=self.run_key(states),
                              asset_selection=[dg.AssetKey(a) for a in self.assets], tags=self.tags(states))
-
-
-#: The tag of a run with ``{asset: inputs_digest}`` of what it computes.
-INPUTS_TAG = "valuebias/inputs"
-
-
-def inputs_digest(current: dict[str, str]) -> str:
-    """A digest of the input versions an asset partition would be computed from, but its model content: a
-    tick sees content by stat only, as an unverified identity until the scoring step has hashed the files,
-    so a model's first attempt and the ticks after it would disagree on it."""
-    rest = {k: v for k, v in current.items() if k != "model_content"}
-    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def same_inputs(attempted: str | None, current: dict[str, str]) -> bool:
@@ -169,48 +159,6 @@ def output_digests_path(config: RegistryConfig) -> Path:
     return Path(config.state_dir) / "output_digests.json"
 
 
-#: Run statuses of a run that will still (or is about to) materialize what it plans.
-IN_PROGRESS = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING)
-
-
-def with_last_attempt(instance: dg.DagsterInstance, state: PartitionState) -> PartitionState:
-    """``state``, or ``running`` when a queued or started run plans to materialize the partition, or
-    ``failed`` (with the run's first error on one line) when it is not fresh and the last run that planned
-    to materialize it failed. Read from Dagster's planned-materialization events: a run plans its assets when
-    it is created, whoever launched it (the CLI, the sensor, a schedule, the UI)."""
-    if state.state == "error":
-        return state
-    planned = instance.get_latest_planned_materialization_info(dg.AssetKey(state.asset), state.partition)
-    if planned is None:
-        return state
-    from valuebias.assets.versions import latest_record
-
-    record = latest_record(instance, state.asset, state.partition)
-    if record is not None and record.storage_id > planned.storage_id:
-        return state  # materialized after the last plan
-    run = instance.get_run_by_id(planned.run_id)
-    if run is None:
-        return state
-    if run.status in IN_PROGRESS:
-        return replace(state, state="running", reason=f"run {run.run_id[:8]} ({run.job_name}) is "
-                                                      f"{run.status.value.lower()}", run_id=run.run_id)
-    if run.status == dg.DagsterRunStatus.FAILURE and state.state != "fresh":
-        attempted = json.loads(run.tags.get(INPUTS_TAG, "{}")).get(state.asset)
-        return replace(state, state="failed", reason=first_error(instance, run), run_id=run.run_id,
-                       metadata={**state.metadata, "attempted_inputs": attempted})
-    return state
-
-
-def first_error(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
-    """The first reason run ``run`` failed, on one line (``valuebias.orchestration.launch.failure_messages``)."""
-    from valuebias.orchestration.launch import failure_messages
-
-    messages = failure_messages(instance, run.run_id)
-    line = " ".join((messages[0].strip().splitlines() or ["run failed"])[0].split()) if messages else "run failed"
-    return f"run {run.run_id[:8]} ({run.job_name}) failed: {line[:300]}"
-
-
 def ready_work(graph: RegistryGraph, states: list[PartitionState], config: RegistryConfig, *,
                everything: bool = False, retry_failed: bool = True) -> list[Work]:
     """The runs that can start now (see the module docstring), in the graph's order. An (asset, partition)
@@ -265,16 +213,6 @@ def excused(graph: RegistryGraph, by_key: dict, config: RegistryConfig, up: tupl
     partition that the statistics table ``reader`` leaves out (named in its metadata, ``excluded_models``)."""
     return (config.failed_models == "exclude" and by_key[up].state == "failed"
             and reader[0] in EXCLUDABLE.get(up[0], ()))
-
-
-def excluded_failed_models(instance: dg.DagsterInstance, config: RegistryConfig) -> list[str]:
-    """With ``failed_models: exclude``: the reward models whose ``rm_word_scores`` partition is ``failed``,
-    which ``rm_rank_cells`` (and so every Figure-1 table) computed now leaves out; [] with ``wait``."""
-    if config.failed_models != "exclude":
-        return []
-    content = ContentCheck(config, mode="stat")
-    return [m.model_id for m in config.reward_models() if with_last_attempt(
-        instance, partition_state(instance, config, "rm_word_scores", m.model_id, content=content)).state == "failed"]
 
 
 def waiting_summary(graph: RegistryGraph, states: list[PartitionState], config: RegistryConfig) -> str:

@@ -401,3 +401,35 @@ def current_side(instance, config: RegistryConfig):
              if store.exists(rm_value_cards_key(m.model_id))]
     models = {m: (e.get("content") or {}).get("digest") for m, e in model_entries(instance, config).items()}
     return Side("current state", models, tests, pl.concat(cards, how="diagonal_relaxed") if cards else None)
+
+
+def release_materialization(context, registry_config: RegistryConfig, name: str | None):
+    """What the on-demand asset ``registry_release`` (``valuebias.assets.release``) does: writes release ``name``
+    (default: today's UTC date) from the state of every partition (refused, naming the partitions, while anything
+    is missing, stale or failed) and returns its materialization, with the diff against the previous release."""
+    import dagster as dg
+
+    from valuebias.assets.versions import ContentCheck
+    from valuebias.orchestration.plan import RegistryGraph, registry_states
+    from valuebias.release_diff import diff_markdown
+
+    store = ObjectStore(registry_config.storage_uri)
+    previous = list_releases(store)
+    asset_graph = context.repository_def.asset_graph
+    states = registry_states(RegistryGraph(asset_graph), context.instance, registry_config,
+                             ContentCheck(registry_config))
+    try:
+        manifest = create_release(registry_config, context.instance, states, asset_graph, name=name)
+    except ReleaseError as exc:
+        raise dg.Failure(str(exc)) from None
+    if previous:
+        diff = diff_markdown(release_side(store, previous[-1]["name"]), release_side(store, manifest["name"]))
+    else:
+        diff = f"# ValueBias release {manifest['name']}\n\nThe first release: nothing to compare with.\n"
+    return dg.MaterializeResult(
+        metadata={"release": manifest["name"], "uri": dg.MetadataValue.path(manifest["storage"]),
+                  "manifest_sha256": manifest["manifest_sha256"], "files": len(manifest["files"]),
+                  "models": len(manifest["models"]), "git_commit": manifest["code"].get("git_commit") or "none",
+                  "previous_release": previous[-1]["name"] if previous else "none",
+                  "diff": dg.MetadataValue.md(diff)},
+        data_version=dg.DataVersion(manifest["manifest_sha256"][:16]))

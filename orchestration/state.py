@@ -87,7 +87,7 @@ def run_tags() -> dict[str, str]:
 
 def run_lock(config: RegistryConfig, say: Callable[[str], None]):
     """One ``valuebias run`` per state folder at a time."""
-    from valuebias.orchestration.locks import exclusive
+    from valuebias.locks import exclusive
 
     return exclusive(Path(config.state_dir) / "locks" / "run.lock",
                      f"another `valuebias run` on {config.state_dir}", say)

@@ -99,7 +99,7 @@ class ScoringLauncher(dg.ConfigurableResource):
         """:meth:`task_spec` then :meth:`run`: what a scoring asset calls. One process computes a partition at
         a time: a second run of it (another ``valuebias run``, a run launched from the UI) waits, saying for
         whom, then finds the first one's scores in the score cache."""
-        from valuebias.orchestration.locks import partition_lock
+        from valuebias.locks import partition_lock
 
         with partition_lock(config.state_dir, task, context.partition_key, context.log.info):
             return self.run(context, config, self.task_spec(config, task, model, storage_spec, inputs, outputs))
