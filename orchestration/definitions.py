@@ -17,6 +17,7 @@ import dagster as dg
 from assets import implicit, ingest, lm_scores, lm_statistics, release, rm_scores, rm_statistics, value_cards
 from orchestration.alerts import alert_on_run_failure, registry_alerts_sensor
 from orchestration.automation import build_refresh_schedules
+from orchestration.pool import install_waiting_fix
 from orchestration.jobs import (ALL_JOBS, ingest_job, lm_scoring_job, lm_statistics_job, mwlr_job,  # noqa: F401
                                 release_job, release_schedule, rm_scoring_job, rm_statistics_job)
 from orchestration.sensors import model_partitions_sensor
@@ -27,6 +28,7 @@ from resources.validation import ContractValidator
 from valuebias.config import DEFAULT_CONFIG_NAME, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+install_waiting_fix()  # every run process (the CLI's, the daemon's) waits for a pool slot without spinning
 
 
 def default_config_path() -> Path:

@@ -124,10 +124,18 @@ class StorageScoreCache:
         self.store.write_parquet(f"{self.prefix}{prompt_id}-{content_version(chunk)}.parquet", chunk)
 
 
+#: How many missing words an error about a published file's coverage names.
+MISSING_WORDS_SHOWN = 5
+
+
 def import_published_scores(model_id: str, files: dict[str, str], base_dir: str, prompts: pl.DataFrame,
-                            corpus_words: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+                            corpus_words: pl.DataFrame, coverage: str = "complete") -> tuple[pl.DataFrame, dict]:
     """Reads the authors' wide score files (``response`` + one column per prompt id), one per corpus
-    (``files``: {corpus id: uri}), keeping the words of that corpus. Metadata counts what matched."""
+    (``files``: {corpus id: uri}), keeping the words of that corpus. Metadata counts what matched.
+
+    Every file must score every word of its corpus for every prompt (a row has a score per prompt column):
+    a file that misses words is an ``InputError`` naming the file, how many of the corpus words are missing
+    and the first few, unless ``coverage`` is ``partial`` (``analysis.published_coverage``)."""
     prompt_ids = prompts["prompt"].to_list()
     tables, metadata, contents = [], {}, {}
     for corpus_id, uri in files.items():
@@ -144,6 +152,13 @@ def import_published_scores(model_id: str, files: dict[str, str], base_dir: str,
         metadata[f"{corpus_id}/words_in_file"] = scores["word"].n_unique()
         metadata[f"{corpus_id}/words_matched"] = kept["word"].n_unique()
         metadata[f"{corpus_id}/corpus_words_without_score"] = len(words) - kept["word"].n_unique()
+        missing = sorted(set(words["word"].to_list()) - set(kept["word"].to_list()))
+        if missing and coverage != "partial":
+            shown = ", ".join(missing[:MISSING_WORDS_SHOWN]) + (", ..." if len(missing) > MISSING_WORDS_SHOWN else "")
+            raise InputError(f"scores {len(words) - len(missing)} of the {len(words)} words of corpus '{corpus_id}': "
+                             f"{len(missing)} missing ({shown}); add rows for them, or set "
+                             "`analysis.published_coverage: partial` to rank every model on the words all of them "
+                             "have", source=uri, field="response")
         tables.append(kept.select(pl.lit(model_id).alias("model"), pl.lit(corpus_id).alias("corpus"),
                                   "prompt", "word", "score"))
     table = pl.concat(tables).sort("corpus", "prompt", "word")
@@ -171,7 +186,8 @@ def rm_word_scores(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFra
     model = spec["model"]
     prompts, words = _inputs(spec, store)
     if model["source"] == "published":
-        return import_published_scores(model["model_id"], model["settings"], spec["base_dir"], prompts, words)
+        return import_published_scores(model["model_id"], model["settings"], spec["base_dir"], prompts, words,
+                                       spec.get("published_coverage", "complete"))
     from valuebias.rm_scoring import score_reward_model
 
     _set_threads(spec)
@@ -295,6 +311,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if os.environ.get(ERROR_FILE_ENV):  # a subprocess on the user's terminal: Ctrl-C ends it quietly
         signal.signal(signal.SIGINT, _interrupted)
+        end_with_parent()
     with open_dagster_pipes() as pipes:
         try:
             metadata, version = run_task(dict(pipes.extras), pipes.log.info)
@@ -310,6 +327,22 @@ def main() -> int:
             return 1
         pipes.report_asset_materialization(metadata=pipes_metadata(metadata), data_version=version)
     return 0
+
+
+def end_with_parent() -> None:
+    """A subprocess worker ends when the run process that started it dies (``kill -9``, the out-of-memory
+    killer): an orphan would keep scoring, holding the CPU cores or the GPU memory that the pool's slot
+    stood for (Linux: ``PR_SET_PDEATHSIG``)."""
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker outlives a killed run process
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _interrupted(signum, frame) -> None:
