@@ -5,7 +5,7 @@ import dagster as dg
 import polars as pl
 
 from assets.partition_models import plain
-from assets.rm_statistics import model_rankings
+from assets.rm_statistics import common_words, model_rankings
 from assets.tables import (TABLE_KEYS, card_key, contract_spec, rm_value_cards_key, rm_word_scores_key, table_result,
                            write_table)
 from assets.versions import CODE_VERSIONS, INPUT_VERSIONS, current_input_versions, latest_record, reads
@@ -53,8 +53,9 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
     versions = current_input_versions(context.instance, config, "rm_value_cards", model_id)
     words = storage.read_parquet(TABLE_KEYS["corpus_words"])
     sizes = corpus_sizes(words)
+    common = common_words(config, storage, excluded_failed_models(context.instance, config))
     own_ranks = pl.concat(list(model_rankings(config, model_id, storage.read_parquet(rm_word_scores_key(model_id)),
-                                              words)))
+                                              words, common)))
     framings = storage.read_parquet(TABLE_KEYS["prompts"]).select("prompt", "framing")
     profiles = model_profiles(storage.read_parquet(TABLE_KEYS["rm_rank_cells"]))
     left_out = {model_id, *excluded_failed_models(context.instance, config)}  # failed_models: exclude

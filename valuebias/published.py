@@ -41,7 +41,9 @@ def read_published_scores(data: bytes, *, source: str, prompt_ids: list[str]) ->
     # the file line where each data row starts (a quoted field may span lines); a malformed CSV (an
     # unterminated quote, a field over the csv module's limit) is an InputError naming its line
     rows = csv_rows(text, source, "file")
-    lines = [start for start, cells in rows[1:] if cells]
+    # polars reads a blank line (or one of empty cells only) as a row of nulls: those rows are dropped below,
+    # and the line numbers here skip them too, so row i of the table is the file's line lines[i]
+    lines = [start for start, cells in rows[1:] if any(cell != "" for cell in cells)]
     try:
         wide = pl.read_csv(io.StringIO(text), infer_schema=False)
     except pl.exceptions.PolarsError as err:
@@ -49,14 +51,15 @@ def read_published_scores(data: bytes, *, source: str, prompt_ids: list[str]) ->
         if any("\n" in cell or "\r" in cell for cell in last):  # the rest of the file became one quoted field
             raise InputError("not a readable CSV: a quote opened on this line is never closed", source=source,
                              row=last_line, field="file") from None
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise InputError(f"not a readable CSV: {first}", source=source, field="file") from None
+        # polars' message quotes the file; an error never shows what a URI points at (it may be any file)
+        raise InputError(f"not a readable CSV ({type(err).__name__}): the authors' format is a header `response,"
+                         "<prompt id>,...` and one row per word", source=source, field="file") from None
 
+    wide = wide.filter(~pl.all_horizontal(pl.all().is_null()))
     if WORD_COLUMN not in wide.columns:
-        raise InputError(
-            f"no '{WORD_COLUMN}' column (the word column of the authors' format); "
-            f"columns are {wide.columns[:5]}{'...' if len(wide.columns) > 5 else ''}",
-            source=source, field=WORD_COLUMN)
+        raise InputError(  # the header is not shown: a URI may point at any file, and errors never show content
+            f"no '{WORD_COLUMN}' column in the header (line 1, {len(wide.columns)} column(s)); the authors' format is a "
+            f"header `{WORD_COLUMN},<prompt id>,...` and one row per word", source=source, field=WORD_COLUMN)
     missing = [p for p in prompt_ids if p not in wide.columns]
     if missing:
         raise InputError(f"missing score columns for {len(missing)} prompt id(s): {missing}",
