@@ -46,12 +46,16 @@ def command(config: Path) -> list[str]:
     return [sys.executable, "-m", "orchestration.cli", "run", "--config", str(config)]
 
 
-def interrupted_run(config: Path, signum: int, *, whole_group: bool) -> tuple[int, str, list[psutil.Process]]:
+def interrupted_run(config: Path, signum: int, *, whole_group: bool,
+                    sigint_ignored: bool = False) -> tuple[int, str, list[psutil.Process]]:
     """Starts `valuebias run` in a session of its own, sends ``signum`` once a scoring run has started (to the
     whole process group, as a terminal's Ctrl-C does, or to the main process only, as `kill` does), and
-    returns (exit code, everything it printed, the processes of its session still alive afterwards)."""
+    returns (exit code, everything it printed, the processes of its session still alive afterwards). With
+    ``sigint_ignored`` it starts with SIGINT ignored, as `valuebias run &` in a script does."""
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     proc = subprocess.Popen(command(config), cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=ignore)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
@@ -294,3 +298,21 @@ def test_dead_runs_free_their_pool_slot_a_waiting_run_says_so_and_the_rerun_comp
     assert "valuebias: freed the concurrency pool slots held by 1 ended run(s): rm_scoring_job[" in rerun.stdout
     assert instance.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
     same_tables(tmp_path / "slots" / ".valuebias" / "data", clean_run)
+
+
+def test_sigterm_stops_a_run_started_with_sigint_ignored(tmp_path, models):
+    """`valuebias run &` in a script starts with SIGINT ignored, and Dagster gives SIGTERM the handler of SIGINT:
+    `kill` (SIGTERM) still stops it, its children too, in one line (issue 28). Two slots: the main process waits
+    for its run processes, outside any Dagster run."""
+    config = registry(tmp_path / "background", models)
+    check_one_line(*interrupted_run(config, signal.SIGTERM, whole_group=False, sigint_ignored=True))
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_a_port_outside_1_to_65535_is_one_line(tmp_path, port):
+    proc = subprocess.run([sys.executable, "-m", "orchestration.cli", "ui", "--port", port,
+                           "--config", str(tmp_path / "unused.yaml")],
+                          cwd=PROJECT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"valuebias: error: --port {port}: not a TCP port; give a whole number from "
+                                        "1 to 65535, e.g. --port 3000"]
