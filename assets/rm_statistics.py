@@ -20,6 +20,10 @@ from valuebias.statistics import (FREQUENCY_CONTROLLED, INTERACTION_TEST, NOT_FI
 from valuebias.value_cards import rank_sums
 
 RANK_CELL_COLUMNS = ["corpus", "ranks", "model", "family", "category", "prompt", "framing", "median_rank"]
+#: The columns of ``rm_family_tests`` after corpus and ranks (data_contracts/rm_family_tests.yaml).
+FAMILY_TEST_SCHEMA = {"category": pl.Utf8, "framing": pl.Utf8, "family_a": pl.Utf8, "family_b": pl.Utf8,
+                      "n_a": pl.Int64, "n_b": pl.Int64, "mean_a": pl.Float64, "mean_b": pl.Float64, "t": pl.Float64,
+                      "p": pl.Float64, "p_bonferroni": pl.Float64, "correction": pl.Utf8, "note": pl.Utf8}
 
 
 def _analyses(cells: pl.DataFrame):
@@ -38,6 +42,32 @@ def stored_reward_model_scores(config: RegistryConfig, storage: Storage, exclude
             raise dg.Failure(f"no scores for model '{model.model_id}' at {storage.full_uri(key)}: "
                              f"materialize rm_word_scores for partition '{model.model_id}' first")
         yield model.model_id, storage.read_parquet(key)
+
+
+def common_words(config: RegistryConfig, storage: Storage, excluded=()) -> pl.DataFrame | None:
+    """With ``analysis.published_coverage: partial``: per corpus, the words that every compared reward model
+    (:func:`stored_reward_model_scores`) scored for every prompt (``corpus, word``), the only words ranked;
+    None otherwise (every model scores every corpus word: a published file that misses one is refused)."""
+    if config.analysis.published_coverage != "partial":
+        return None
+    prompts = storage.read_parquet(TABLE_KEYS["prompts"]).height
+    common = None
+    for _, scores in stored_reward_model_scores(config, storage, excluded):
+        scored = (scores.group_by("corpus", "word").agg(pl.col("prompt").n_unique().alias("prompts"))
+                  .filter(pl.col("prompts") == prompts).select("corpus", "word"))
+        common = scored if common is None else common.join(scored, on=["corpus", "word"], how="semi")
+    return common
+
+
+def coverage_metadata(config: RegistryConfig, words: pl.DataFrame, common: pl.DataFrame | None) -> dict:
+    """What the tables say about partial coverage: per corpus, how many of its words are ranked."""
+    if common is None:
+        return {}
+    ranked = {c: common.filter(pl.col("corpus") == c)["word"].n_unique() for c in config.corpora}
+    total = {c: words.filter(pl.col("corpus") == c)["word"].n_unique() for c in config.corpora}
+    return {"published_coverage": dg.MetadataValue.json({
+        c: (f"partial (analysis.published_coverage): ranked on the {ranked[c]} of {total[c]} corpus words that "
+            "every compared reward model scores") for c in config.corpora})}
 
 
 def load_reward_model_scores(config: RegistryConfig, storage: Storage, excluded=()) -> pl.DataFrame:
@@ -65,6 +95,9 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
     excluded = excluded_failed_models(context.instance, config)
     scores = load_reward_model_scores(config, storage, excluded)
     words = storage.read_parquet(table_key("corpus_words"))
+    common = common_words(config, storage, excluded)
+    if common is not None:  # analysis.published_coverage: partial: rank only the words every model has
+        scores = scores.join(common, on=["corpus", "word"], how="semi")
     prompts = storage.read_parquet(table_key("prompts")).select("prompt", "framing")
     families = pl.DataFrame({"model": [m.model_id for m in config.reward_models()],
                              "family": [m.family for m in config.reward_models()]})
@@ -88,14 +121,19 @@ def rm_rank_cells(context: dg.AssetExecutionContext, registry: Registry, storage
     table = pl.concat(parts)
     uri, version, check = write_table(storage, validator, "rm_rank_cells", table)
     return table_result(table, uri, version, {"cells_per_corpus": per_corpus,
+                                              **coverage_metadata(config, words, common),
                                               "excluded_models": dg.MetadataValue.json(excluded),
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
 
 
-def model_rankings(config: RegistryConfig, model_id: str, scores: pl.DataFrame, words: pl.DataFrame):
+def model_rankings(config: RegistryConfig, model_id: str, scores: pl.DataFrame, words: pl.DataFrame,
+                   common: pl.DataFrame | None = None):
     """One reward model's word ranks per corpus and ranking, as the rank cells and the rank sums use them:
     tables of ``corpus, ranks, prompt, word, category, rank`` (raw and, with ``analysis.frequency_control``,
-    frequency-controlled; ``valuebias.statistics.corpus_rankings``)."""
+    frequency-controlled; ``valuebias.statistics.corpus_rankings``); only the ``common`` words
+    (:func:`common_words`) when given."""
+    if common is not None:
+        scores = scores.join(common, on=["corpus", "word"], how="semi")
     for corpus_id in config.corpora:
         corpus_scores = scores.filter(pl.col("corpus") == corpus_id)
         if corpus_scores.is_empty():
@@ -125,11 +163,13 @@ def rm_rank_sums(context: dg.AssetExecutionContext, registry: Registry, storage:
     versions = current_input_versions(context.instance, config, "rm_rank_sums")
     words = storage.read_parquet(table_key("corpus_words"))
     excluded = excluded_failed_models(context.instance, config)
+    common = common_words(config, storage, excluded)
 
     table = rank_sums(ranked for model_id, scores in stored_reward_model_scores(config, storage, excluded)
-                      for ranked in model_rankings(config, model_id, scores, words))
+                      for ranked in model_rankings(config, model_id, scores, words, common))
     uri, version, check = write_table(storage, validator, "rm_rank_sums", table)
     return table_result(table, uri, version, {"models": len(config.reward_models()) - len(excluded),
+                                              **coverage_metadata(config, words, common),
                                               "excluded_models": dg.MetadataValue.json(excluded),
                                               INPUT_VERSIONS: dg.MetadataValue.json(versions)}, check=check)
 
@@ -239,8 +279,11 @@ def rm_family_tests(context: dg.AssetExecutionContext, registry: Registry, stora
     left_out: dict[str, str] = {}
 
     def explained_rows(untested: dict[tuple[str | None, str | None], str]) -> pl.DataFrame:
+        # every column of the contract, null but the families and the note (a one-family registry's table is
+        # these rows only)
         return pl.DataFrame([{"family_a": a, "family_b": b, "note": why} for (a, b), why in untested.items()],
-                            schema={"family_a": pl.Utf8, "family_b": pl.Utf8, "note": pl.Utf8})
+                            schema={**FAMILY_TEST_SCHEMA, "family_a": pl.Utf8, "family_b": pl.Utf8, "note": pl.Utf8}
+                            ).select(list(FAMILY_TEST_SCHEMA))
 
     def fit(cells: pl.DataFrame):
         if not comparisons:

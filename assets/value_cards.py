@@ -5,7 +5,7 @@ import dagster as dg
 import polars as pl
 
 from valuebias.assets.partition_models import plain
-from valuebias.assets.rm_statistics import model_rankings
+from valuebias.assets.rm_statistics import common_words, model_rankings
 from valuebias.assets.catalog import PARTITIONED, TableSpec
 from valuebias.assets.tables import (card_key, contract_spec, rm_value_cards_key, rm_word_scores_key, table_key,
                                      table_result, write_table)
@@ -67,8 +67,9 @@ def rm_value_cards(context: dg.AssetExecutionContext, registry: Registry, storag
     versions = current_input_versions(context.instance, config, "rm_value_cards", model_id)
     words = storage.read_parquet(table_key("corpus_words"))
     sizes = corpus_sizes(words)
+    common = common_words(config, storage, excluded_failed_models(context.instance, config))
     own_ranks = pl.concat(list(model_rankings(config, model_id, storage.read_parquet(rm_word_scores_key(model_id)),
-                                              words)))
+                                              words, common)))
     framings = storage.read_parquet(table_key("prompts")).select("prompt", "framing")
     profiles = model_profiles(storage.read_parquet(table_key("rm_rank_cells")))
     left_out = {model_id, *excluded_failed_models(context.instance, config)}  # failed_models: exclude

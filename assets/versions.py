@@ -219,7 +219,10 @@ def _entry(config: RegistryConfig, partition: str | None) -> dict[str, str]:
 MODEL_ENTRY = Setting(_entry)
 REWARD_MODEL_FAMILIES = Setting(lambda config, _: {f"family[{m.model_id}]": m.family for m in config.reward_models()})
 RANKING_SETTINGS = Setting(lambda config, _: {"analysis": settings_fingerprint(
-    config, "analysis", "frequency_control", "category_overlap")})
+    config, "analysis", "frequency_control", "category_overlap"),
+    # recorded only when not the default, so states recorded before the option stay fresh
+    **({"published_coverage": config.analysis.published_coverage}
+       if config.analysis.published_coverage != "complete" else {})})
 REWARD_MODEL_SCORES = Partitions("rm_word_scores", lambda config, _: [m.model_id for m in config.reward_models()])
 # Figure 2 reads only the language models of its groups (the pairs, and every LM when pooled), so a model in no
 # group changes no Figure-2 table.

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -41,11 +42,11 @@ def _config_path(arg: str | None) -> Path:
     return Path(arg).expanduser().resolve() if arg else default_config_path()
 
 
-def prepare_instance(config: RegistryConfig):
+def prepare_instance(config: RegistryConfig, say=None):
     """The project's instance, with the partition sets synced and the ``gpu`` pool limit set."""
     from valuebias.orchestration.partitions import sync_model_partitions
 
-    instance = project_instance(config)
+    instance = project_instance(config, say)
     instance.event_log_storage.set_concurrency_slots("gpu", scoring_slots(config))
     return instance, sync_model_partitions(instance, config)
 
@@ -132,7 +133,7 @@ def run_registry(args, config: RegistryConfig, running: dict[str, None] | None =
     from valuebias.orchestration.state import remove_finished_staging
     from valuebias.resources.storage import Storage
 
-    instance, (added, removed) = prepare_instance(config)
+    instance, (added, removed) = prepare_instance(config, lambda line: print(f"valuebias: {line}", flush=True))
     graph = registry_graph(config)
     content = content_check(config, args.verify)
     print(f"valuebias: config {config.path}")
@@ -358,17 +359,26 @@ def cmd_cards(args) -> int:
 def cmd_ui(args) -> int:
     """``dagster dev``: the webserver and the daemon on the project's instance, so UI launches, backfills,
     the sensor and the schedules run. Ctrl-C stops both."""
+    port = tcp_port(args.port)
     config = load_config(_config_path(args.config))
     prepare_instance(config)
     dagster = shutil.which("dagster") or str(Path(sys.executable).parent / "dagster")
     print(f"valuebias: starting `dagster dev` (webserver and daemon) for {config.path}\n"
           f"valuebias: Dagster instance {os.environ['DAGSTER_HOME']}\n"
-          f"valuebias: the UI will be at http://127.0.0.1:{args.port} (Ctrl-C stops the webserver and the daemon)",
+          f"valuebias: the UI will be at http://127.0.0.1:{port} (Ctrl-C stops the webserver and the daemon)",
           flush=True)
     os.chdir(PROJECT_ROOT)
     os.execv(dagster, [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1",
-                       "-p", str(args.port)])
+                       "-p", str(port)])
     return 0  # not reached
+
+
+def tcp_port(text: str) -> int:
+    """``--port``: a whole number from 1 to 65535 (``dagster dev`` would otherwise listen on another port)."""
+    port = int(text) if text.strip().isdigit() else None
+    if port is None or not 1 <= port <= 65535:
+        raise InputError(f"--port {text}: not a TCP port; give a whole number from 1 to 65535, e.g. --port 3000")
+    return port
 
 
 def cmd_pod(args) -> int:
@@ -589,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     cards.set_defaults(func=cmd_cards)
     ui = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1 with the daemon (dagster dev)")
     ui.add_argument("--config", help=CONFIG_HELP)
-    ui.add_argument("--port", type=int, default=3000)
+    ui.add_argument("--port", default="3000", help="TCP port of the UI, 1-65535 (default: %(default)s)")
     ui.set_defaults(func=cmd_ui)
     pod = sub.add_parser("pod", help="print the Kubernetes pod that would score one model (scoring.kubernetes)")
     pod.add_argument("model", help="model id (a partition of the scoring assets)")
@@ -650,6 +660,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Started with SIGINT ignored (`valuebias run &` in a script), Dagster would ignore SIGTERM too (it gives
+    # SIGTERM the handler of SIGINT): Ctrl-C and SIGTERM both stop the command, and `dagster dev` after exec
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

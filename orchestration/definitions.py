@@ -18,6 +18,7 @@ from valuebias.assets.catalog import asset_modules
 from valuebias.assets.release import registry_release_asset
 from valuebias.orchestration.alerts import alert_on_run_failure, registry_alerts_sensor
 from valuebias.orchestration.automation import build_refresh_schedules
+from valuebias.orchestration.pool import install_waiting_fix
 from valuebias.orchestration.jobs import (ALL_JOBS, ingest_job, lm_scoring_job, lm_statistics_job, mwlr_job,  # noqa: F401
                                 release_job, release_schedule, rm_scoring_job, rm_statistics_job)
 from valuebias.orchestration.release import release_materialization
@@ -29,6 +30,7 @@ from valuebias.resources.validation import ContractValidator
 from valuebias.config import DEFAULT_CONFIG_NAME, load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+install_waiting_fix()  # every run process (the CLI's, the daemon's) waits for a pool slot without spinning
 
 
 def default_config_path() -> Path:

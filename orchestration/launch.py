@@ -28,6 +28,9 @@ import dagster as dg
 import yaml
 
 from valuebias.assets.attempts import failure_messages, user_error  # noqa: F401 (re-exported)
+from valuebias.orchestration.pool import install_waiting_fix
+
+install_waiting_fix()  # a run waiting for a pool slot sleeps and can be interrupted (orchestration/pool.py)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
@@ -126,12 +129,14 @@ class JobRuns:
                 running[child.sentinel] = (request, child, receive)
             for sentinel in multiprocessing.connection.wait(list(running)):
                 request, child, receive = running.pop(sentinel)
-                outcome = receive.recv() if receive.poll() else None
+                try:
+                    outcome = receive.recv() if receive.poll() else None
+                except (EOFError, OSError):  # the child died before it sent its outcome (kill -9, out of memory)
+                    outcome = None
                 child.join()
                 children.discard(child.pid)
                 if outcome is None:
-                    outcome = RunOutcome("", False, [f"{request.label}: the process running it exited with code "
-                                                     f"{child.exitcode}"])
+                    outcome = RunOutcome("", False, [child_ended(request.label, child.exitcode)])
                 ok = finished(request, outcome) and ok
         return ok
 
@@ -160,6 +165,18 @@ class JobRuns:
             job_code_origin=remote_job.get_python_origin(), asset_selection=frozenset(keys) if keys else None,
             asset_check_selection=None, asset_graph=self.repository.asset_graph)
         return run
+
+
+def child_ended(label: str, exitcode: int | None) -> str:
+    """The line for a run process that ended without reporting its outcome (``label``: job[partition] ...)."""
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else f"signal {-exitcode}"
+        how = f"was killed by {name}" + (" (kill -9, or the out-of-memory killer)" if -exitcode == signal.SIGKILL
+                                         else "")
+    else:
+        how = f"exited with code {exitcode}"
+    return (f"{label}: the process running it {how} before it finished; run `valuebias run` again to retry "
+            "this partition")
 
 
 #: What the fork server imports once for every child (Dagster, the definitions and what they import).
@@ -193,8 +210,14 @@ def was_interrupted(instance: dg.DagsterInstance, run_id: str) -> bool:
     ``DagsterExecutionInterruptedError`` in the step that was running)."""
     for entry in instance.all_logs(run_id):
         event = entry.dagster_event
-        if event is not None and event.is_step_failure:
+        if event is None:
+            continue
+        error = None
+        if event.is_step_failure:
             error = event.step_failure_data.error
+        elif event.event_type == dg.DagsterEventType.RUN_FAILURE:  # interrupted outside a step (waiting for a slot)
+            error = getattr(event.event_specific_data, "error", None)
+        if error is not None:
             while error is not None:
                 if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
                     return True

@@ -9,6 +9,7 @@ terminal, prints one of them per partition every ``PLAIN_EVERY_SECONDS``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import threading
@@ -20,6 +21,8 @@ from valuebias.scoring_worker import parse_progress
 
 POLL_SECONDS = 1.0
 PLAIN_EVERY_SECONDS = 10.0
+#: How often a run that waits for a ``gpu`` pool slot is reported (the first time after one poll).
+WAITING_EVERY_SECONDS = 10.0
 
 
 class ProgressMonitor:
@@ -33,6 +36,7 @@ class ProgressMonitor:
         self._cursors: dict[str, str | None] = {}
         self._bars: dict[str, object] = {}
         self._printed: dict[str, float] = {}
+        self._waits_said: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="valuebias-progress", daemon=True)
@@ -80,6 +84,22 @@ class ProgressMonitor:
             with self._lock:
                 if run_id in self._bars:
                     self._bars.pop(run_id).close()
+        self._say_waits(running | {run.run_id for run in self.instance.get_runs(
+            RunsFilter(statuses=[DagsterRunStatus.STARTED], tags={PID_TAG: str(os.getpid())}))})
+
+    def _say_waits(self, run_ids: set[str]) -> None:
+        """Says, every ``WAITING_EVERY_SECONDS``, which of ``run_ids`` wait for a pool slot, for how long and
+        who holds the slots (the runs of this process too: with one slot they run here)."""
+        from valuebias.orchestration.pool import waiting_steps
+
+        now = time.monotonic()
+        for wait in waiting_steps(self.instance, run_ids):
+            key = (wait.run_id, wait.step_key)
+            if now - self._waits_said.get(key, now - WAITING_EVERY_SECONDS) >= WAITING_EVERY_SECONDS:
+                self._waits_said[key] = now
+                run = self.instance.get_run_by_id(wait.run_id)
+                partition = run.tags.get("dagster/partition") if run else None
+                self.say(wait.line(f"{run.job_name if run else wait.run_id}{f'[{partition}]' if partition else ''}"))
 
     def _read(self, run_id: str) -> None:
         connection = self.instance.event_log_storage.get_records_for_run(run_id, cursor=self._cursors.get(run_id))

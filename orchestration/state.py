@@ -37,18 +37,29 @@ def use_project_instance(config: RegistryConfig) -> Path:
     return home
 
 
-def project_instance(config: RegistryConfig):
+def project_instance(config: RegistryConfig, say: Callable[[str], None] | None = None):
     """The project's Dagster instance. Its storages are created (and migrated) under a lock, so that two
-    commands started at once on a new state folder cannot both stamp a schema (two alembic heads)."""
+    commands started at once on a new state folder cannot both stamp a schema (two alembic heads). Runs whose
+    process is gone are marked failed and the ``gpu`` pool slots of every ended run are freed (``say`` is told
+    which)."""
     import dagster as dg
+
+    from valuebias.orchestration.pool import describe_run, free_slots_of_ended_runs
+    from valuebias.orchestration.state_version import check_dagster_schema, check_state_version
 
     home = use_project_instance(config)
     with FileLock(str(home / ".instance.lock")):
+        check_state_version(Path(config.state_dir), say)  # a newer version's state folder is refused
+        check_dagster_schema(home)
         instance = dg.DagsterInstance.get()
         instance.get_runs(limit=1)  # run storage
         instance.event_log_storage.get_asset_records([])  # event log storage
         instance.all_instigator_state()  # schedule storage
         fail_abandoned_runs(instance)
+        freed = free_slots_of_ended_runs(instance)
+    if say is not None and freed:
+        say(f"freed the concurrency pool slots held by {len(freed)} ended run(s): "
+            + ", ".join(describe_run(instance, run_id) for run_id in freed))
     return instance
 
 

@@ -91,6 +91,7 @@ class ScoringLauncher(dg.ConfigurableResource):
                 "base_dir": str(config.base_dir), "batch_size": self.batch_size or config.scoring_batch_size,
                 "threads": config.scoring_threads, "device": self.device or None,
                 "word_rule": config.implicit_rewards.word_rule,
+                "published_coverage": config.analysis.published_coverage,
                 "digest_cache": str(config.digest_cache_path),
                 "dequantised_dir": str(Path(config.state_dir) / "dequantised")}
 

@@ -133,3 +133,40 @@ def test_published_files_and_the_score_cache_key(tmp_path):
     assert score_cache_key(settings, first) == score_cache_key({**settings, "path": "/elsewhere"}, first)
     assert score_cache_key(settings, first) != score_cache_key(settings, second)
     assert score_cache_key(settings, first) != score_cache_key({**settings, "dtype": "bfloat16"}, first)
+
+
+def test_a_symbolic_link_out_of_the_model_folder_is_refused_in_one_line(tmp_path):
+    """A link that points outside the model folder would be followed and hashed silently (issue 28): refused,
+    naming the link and its target; links inside the folder, and a hub cache snapshot's links into its
+    repository's blobs, are followed."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "weights").mkdir()
+    (folder / "weights" / "real.safetensors").write_bytes(b"w")
+    (folder / "model.safetensors").symlink_to(folder / "weights" / "real.safetensors")  # inside: fine
+    inside = folder_identity(folder, cache=DigestCache(None))
+    assert inside.parts["model.safetensors"] == hashlib.sha256(b"w").hexdigest()
+
+    secret = tmp_path / "elsewhere" / "id_rsa"
+    secret.parent.mkdir()
+    secret.write_text("private")
+    (folder / "tokenizer.json").symlink_to(secret)
+    with pytest.raises(InputError) as error:
+        folder_identity(folder, cache=DigestCache(None), source="models.rm")
+    assert str(error.value) == (
+        f"models.rm: field 'huggingface.path': {folder / 'tokenizer.json'} is a symbolic link to {secret}, outside "
+        f"the model folder {folder}: a model's identity is the files in its folder, so copy the file into the folder "
+        "(or point huggingface.path at the folder the link points into)")
+    (folder / "tokenizer.json").unlink()
+    (folder / ".hidden").symlink_to(secret.parent, target_is_directory=True)  # a hidden folder link too
+    with pytest.raises(InputError, match="is a symbolic link to .*elsewhere, outside the model folder"):
+        folder_identity(folder, cache=DigestCache(None), source="models.rm")
+
+    snapshot = tmp_path / "hub" / "models--org--rm" / "snapshots" / "abc123"
+    blobs = tmp_path / "hub" / "models--org--rm" / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    (blobs / "f00d").write_text("{}")
+    (snapshot / "config.json").symlink_to(blobs / "f00d")
+    assert folder_identity(snapshot, cache=DigestCache(None)).parts == {"config.json": hashlib.sha256(b"{}").hexdigest()}

@@ -50,7 +50,7 @@ class Constant(ModelSource):
     name = "constant"
     has_weights = False
 
-    def import_scores(self, model, *, base_dir, prompts, corpus_words):
+    def import_scores(self, model, *, base_dir, prompts, corpus_words, coverage="complete"):
         words = corpus_words.select("corpus", "word").unique()
         table = (words.join(prompts.select("prompt"), how="cross")
                  .with_columns(pl.lit(model.model_id).alias("model"),

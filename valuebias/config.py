@@ -53,6 +53,9 @@ ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3
 SCORING_LAUNCHERS = ("subprocess", "kubernetes", "in_process")
 #: How a word listed in several categories is ranked: k rank slots (the paper) or one (docs/METHOD.md#32-ranks).
 CATEGORY_OVERLAPS = ("rank_slot_per_category", "one_rank_slot")
+#: ``analysis.published_coverage``: a published score file must score every corpus word (``complete``), or may
+#: miss some (``partial``: ranks are then computed on the words every compared reward model has).
+PUBLISHED_COVERAGES = ("complete", "partial")
 #: The partition-free key of the pooled Figure-2 analysis (``analysis.pool_language_models``).
 POOLED = "pooled"
 #: What a demo reward model is trained to prefer (``valuebias.demo_models.reward_models``).
@@ -189,6 +192,7 @@ class AnalysisConfig(_Block):
     category_overlap: Literal[CATEGORY_OVERLAPS] = "rank_slot_per_category"  # the paper's: a word in k
     # categories is ranked k times (tied with itself); one_rank_slot ranks each word once
     pool_language_models: StrictBool = False  # also Figure 2 over every registered LM together (pair "pooled")
+    published_coverage: Literal[PUBLISHED_COVERAGES] = "complete"  # partial: published files may miss words
 
     @field_validator("families", mode="before")
     @classmethod

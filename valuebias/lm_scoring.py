@@ -145,8 +145,10 @@ def render_lm_prompt(tokenizer, text: str, variant: str, *, source: str | None =
                          field="variant")
     if not getattr(tokenizer, "chat_template", None):
         raise InputError("the tokenizer has no chat template", source=source, field="huggingface.path")
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                         add_generation_prompt=True)
+    from valuebias.chat_templates import bounded_render
+
+    return bounded_render(lambda: tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                                add_generation_prompt=True), tokenizer, source=source)
 
 
 def encode_lm_prompt(tokenizer, text: str, variant: str, *, source: str | None = None) -> list[int]:

@@ -183,6 +183,24 @@ def score_files(folder: Path, gguf_file: str | None = None) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
+def link_outside(folder: Path) -> tuple[Path, Path] | None:
+    """The first symbolic link under ``folder`` (files and folders, hidden ones included) that points outside
+    it, as (link, its target); None when every link stays inside. A Hugging Face cache snapshot
+    (``.../snapshots/<commit>``) may link into the same repository's ``blobs`` folder, as the hub cache does."""
+    root = folder.resolve()
+    allowed = [root]
+    if root.parent.name == "snapshots":
+        allowed.append(root.parent.parent / "blobs")
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in [*dirnames, *filenames]:
+            path = Path(dirpath) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if not any(target == base or target.is_relative_to(base) for base in allowed):
+                    return path, target
+    return None
+
+
 def folder_identity(folder: Path, *, cache: DigestCache, mode: str = "cached", source: str | None = None,
                     field_name: str = "huggingface.path", gguf_file: str | None = None) -> ContentIdentity:
     """The identity of a local model folder: one SHA-256 per file that determines scores (:func:`score_files`)."""
@@ -192,6 +210,12 @@ def folder_identity(folder: Path, *, cache: DigestCache, mode: str = "cached", s
         raise InputError(f"model folder {folder} does not exist (its stored scores and the statistics are "
                          "kept; restore the folder or remove the model from the registry)",
                          source=source, field=field_name)
+    outside = link_outside(folder)
+    if outside is not None:
+        link, target = outside
+        raise InputError(f"{link} is a symbolic link to {target}, outside the model folder {folder}: a model's "
+                         "identity is the files in its folder, so copy the file into the folder (or point "
+                         f"{field_name} at the folder the link points into)", source=source, field=field_name)
     files = score_files(folder, gguf_file)
     if not files:
         raise InputError(f"model folder {folder} holds no model files ({', '.join(SCORE_FILE_SUFFIXES)})",

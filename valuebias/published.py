@@ -44,7 +44,9 @@ def read_published_scores(data: bytes, *, source: str, prompt_ids: list[str]) ->
     # the file line where each data row starts (a quoted field may span lines); a malformed CSV (an
     # unterminated quote, a field over the csv module's limit) is an InputError naming its line
     rows = csv_rows(text, source, "file")
-    lines = [start for start, cells in rows[1:] if cells]
+    # polars reads a blank line (or one of empty cells only) as a row of nulls: those rows are dropped below,
+    # and the line numbers here skip them too, so row i of the table is the file's line lines[i]
+    lines = [start for start, cells in rows[1:] if any(cell != "" for cell in cells)]
     try:
         wide = pl.read_csv(io.StringIO(text), infer_schema=False)
     except pl.exceptions.PolarsError as err:
@@ -52,14 +54,15 @@ def read_published_scores(data: bytes, *, source: str, prompt_ids: list[str]) ->
         if any("\n" in cell or "\r" in cell for cell in last):  # the rest of the file became one quoted field
             raise InputError("not a readable CSV: a quote opened on this line is never closed", source=source,
                              row=last_line, field="file") from None
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise InputError(f"not a readable CSV: {first}", source=source, field="file") from None
+        # polars' message quotes the file; an error never shows what a URI points at (it may be any file)
+        raise InputError(f"not a readable CSV ({type(err).__name__}): the authors' format is a header `response,"
+                         "<prompt id>,...` and one row per word", source=source, field="file") from None
 
+    wide = wide.filter(~pl.all_horizontal(pl.all().is_null()))
     if WORD_COLUMN not in wide.columns:
-        raise InputError(
-            f"no '{WORD_COLUMN}' column (the word column of the authors' format); "
-            f"columns are {wide.columns[:5]}{'...' if len(wide.columns) > 5 else ''}",
-            source=source, field=WORD_COLUMN)
+        raise InputError(  # the header is not shown: a URI may point at any file, and errors never show content
+            f"no '{WORD_COLUMN}' column in the header (line 1, {len(wide.columns)} column(s)); the authors' format is a "
+            f"header `{WORD_COLUMN},<prompt id>,...` and one row per word", source=source, field=WORD_COLUMN)
     missing = [p for p in prompt_ids if p not in wide.columns]
     if missing:
         raise InputError(f"missing score columns for {len(missing)} prompt id(s): {missing}",
@@ -102,10 +105,18 @@ def _line(lines: list[int], index: int) -> int:
     return lines[index] if index < len(lines) else index + 2
 
 
+#: How many missing words an error about a published file's coverage names.
+MISSING_WORDS_SHOWN = 5
+
+
 def import_published_scores(model_id: str, files: dict[str, str], base_dir: str, prompts: pl.DataFrame,
-                            corpus_words: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
+                            corpus_words: pl.DataFrame, coverage: str = "complete") -> tuple[pl.DataFrame, dict]:
     """Reads the authors' wide score files (``response`` + one column per prompt id), one per corpus
-    (``files``: {corpus id: uri}), keeping the words of that corpus. Metadata counts what matched."""
+    (``files``: {corpus id: uri}), keeping the words of that corpus. Metadata counts what matched.
+
+    Every file must score every word of its corpus for every prompt (a row has a score per prompt column):
+    a file that misses words is an ``InputError`` naming the file, how many of the corpus words are missing
+    and the first few, unless ``coverage`` is ``partial`` (``analysis.published_coverage``)."""
     prompt_ids = prompts["prompt"].to_list()
     tables, metadata, contents = [], {}, {}
     for corpus_id, uri in files.items():
@@ -122,6 +133,13 @@ def import_published_scores(model_id: str, files: dict[str, str], base_dir: str,
         metadata[f"{corpus_id}/words_in_file"] = scores["word"].n_unique()
         metadata[f"{corpus_id}/words_matched"] = kept["word"].n_unique()
         metadata[f"{corpus_id}/corpus_words_without_score"] = len(words) - kept["word"].n_unique()
+        missing = sorted(set(words["word"].to_list()) - set(kept["word"].to_list()))
+        if missing and coverage != "partial":
+            shown = ", ".join(missing[:MISSING_WORDS_SHOWN]) + (", ..." if len(missing) > MISSING_WORDS_SHOWN else "")
+            raise InputError(f"scores {len(words) - len(missing)} of the {len(words)} words of corpus '{corpus_id}': "
+                             f"{len(missing)} missing ({shown}); add rows for them, or set "
+                             "`analysis.published_coverage: partial` to rank every model on the words all of them "
+                             "have", source=uri, field="response")
         tables.append(kept.select(pl.lit(model_id).alias("model"), pl.lit(corpus_id).alias("corpus"),
                                   "prompt", "word", "score"))
     table = pl.concat(tables).sort("corpus", "prompt", "word")

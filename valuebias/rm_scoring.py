@@ -49,8 +49,10 @@ def render_conversation(tokenizer, prompt_text: str, word: str, *, source: str |
     """The RM's own chat template applied to ``[user: prompt_text, assistant: word]``."""
     if not getattr(tokenizer, "chat_template", None):
         raise InputError("the tokenizer has no chat template", source=source, field="huggingface.path")
+    from valuebias.chat_templates import bounded_render
+
     messages = [{"role": "user", "content": prompt_text}, {"role": "assistant", "content": word}]
-    return tokenizer.apply_chat_template(messages, tokenize=False)
+    return bounded_render(lambda: tokenizer.apply_chat_template(messages, tokenize=False), tokenizer, source=source)
 
 
 #: Stands for the answer when a prompt's conversation is rendered once (private-use code points: no word has them).

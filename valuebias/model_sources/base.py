@@ -61,8 +61,9 @@ class ModelSource:
         raise self._cannot(model, "be loaded as a language model")
 
     def import_scores(self, model: ModelConfig, *, base_dir: str, prompts: pl.DataFrame,
-                      corpus_words: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-        """The entry's finished scores, for a source without weights."""
+                      corpus_words: pl.DataFrame, coverage: str = "complete") -> tuple[pl.DataFrame, dict]:
+        """The entry's finished scores, for a source without weights (``coverage``: ``complete`` or
+        ``partial``, ``analysis.published_coverage``: whether a file may miss corpus words)."""
         raise self._cannot(model, "import finished scores")
 
     def input_files(self, model: ModelConfig) -> list[str]:

@@ -22,8 +22,8 @@ class Published(ModelSource):
         return published_identity(model.settings, read)
 
     def import_scores(self, model: ModelConfig, *, base_dir: str, prompts: pl.DataFrame,
-                      corpus_words: pl.DataFrame) -> tuple[pl.DataFrame, dict]:
-        return import_published_scores(model.model_id, model.settings, base_dir, prompts, corpus_words)
+                      corpus_words: pl.DataFrame, coverage: str = "complete") -> tuple[pl.DataFrame, dict]:
+        return import_published_scores(model.model_id, model.settings, base_dir, prompts, corpus_words, coverage)
 
     def input_files(self, model: ModelConfig) -> list[str]:
         return list(model.settings.values())

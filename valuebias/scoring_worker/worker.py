@@ -128,7 +128,8 @@ def rm_word_scores(spec: dict, store: ObjectStore, log: Log) -> tuple[pl.DataFra
     model, source = _model(spec)
     prompts, words = _inputs(spec, store)
     if not source.has_weights:
-        return source.import_scores(model, base_dir=spec["base_dir"], prompts=prompts, corpus_words=words)
+        return source.import_scores(model, base_dir=spec["base_dir"], prompts=prompts, corpus_words=words,
+                                    coverage=spec.get("published_coverage", "complete"))
     from valuebias.rm_partition import score_reward_model
 
     _set_threads(spec)
@@ -246,6 +247,7 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if os.environ.get(ERROR_FILE_ENV):  # a subprocess on the user's terminal: Ctrl-C ends it quietly
         signal.signal(signal.SIGINT, _interrupted)
+        end_with_parent()
     with open_dagster_pipes() as pipes:
         try:
             metadata, version = run_task(dict(pipes.extras), pipes.log.info)
@@ -261,6 +263,22 @@ def main() -> int:
             return 1
         pipes.report_asset_materialization(metadata=pipes_metadata(metadata), data_version=version)
     return 0
+
+
+def end_with_parent() -> None:
+    """A subprocess worker ends when the run process that started it dies (``kill -9``, the out-of-memory
+    killer): an orphan would keep scoring, holding the CPU cores or the GPU memory that the pool's slot
+    stood for (Linux: ``PR_SET_PDEATHSIG``)."""
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker outlives a killed run process
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _interrupted(signum, frame) -> None:
