@@ -50,7 +50,7 @@ def common_words(config: RegistryConfig, storage: Storage, excluded=()) -> pl.Da
     None otherwise (every model scores every corpus word: a published file that misses one is refused)."""
     if config.analysis.published_coverage != "partial":
         return None
-    prompts = storage.read_parquet(TABLE_KEYS["prompts"]).height
+    prompts = storage.read_parquet(table_key("prompts")).height
     common = None
     for _, scores in stored_reward_model_scores(config, storage, excluded):
         scored = (scores.group_by("corpus", "word").agg(pl.col("prompt").n_unique().alias("prompts"))
