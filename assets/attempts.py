@@ -113,6 +113,6 @@ def failure_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
             evaluation = event.event_specific_data
             if not evaluation.passed:
                 messages.append(f"check {evaluation.check_name} failed: {evaluation.description}")
-        elif event.event_type_value == "RUN_FAILURE" and not messages:
+        elif event.event_type == dg.DagsterEventType.RUN_FAILURE and not messages:  # its value is PIPELINE_FAILURE
             messages.append(entry.message or "run failed")
     return messages
