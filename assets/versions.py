@@ -301,6 +301,7 @@ class PartitionState:
     data_version: str | None
     metadata: dict
     current: dict = field(default_factory=dict)  # the input versions it would read now
+    changed: tuple = ()  # stale: the input-version keys that changed (e.g. ``rm_word_scores[m]``, ``code``)
 
 
 ADOPT_REASON = "recorded before content identities"
@@ -340,7 +341,8 @@ def partition_state(instance: dg.DagsterInstance, config: RegistryConfig, asset:
     else:
         state, reason = "stale", "changed: " + ", ".join(_describe(k, metadata, config, partition, content)
                                                          for k in changed)
-    return PartitionState(asset, partition, state, reason, record.run_id, data_version(record), metadata, current)
+    return PartitionState(asset, partition, state, reason, record.run_id, data_version(record), metadata, current,
+                          tuple(changed))
 
 
 def _describe(key: str, metadata: dict, config: RegistryConfig, partition: str | None,

@@ -2,7 +2,8 @@
 (``valuebias.orchestration.plan``), so the CLI, the sensor and the schedule agree on what is missing, stale and
 ready:
 
-- ``model_partitions_sensor`` (every 30 s, running by default) keeps the partition sets in step with the
+- ``model_partitions_sensor`` (every 5 s, running by default; it plans when the config or an input file
+  changed by stat, when a run ended since its last plan, or every 30 s) keeps the partition sets in step with the
   registry config and requests the work that is ready: new or changed models (their config entry or their
   content: a published file, a model folder's files, the commit a hub id resolves to), the pairs whose
   models changed, then the statistics once every score they read is fresh. A table that recomputes to the
@@ -17,7 +18,10 @@ ready:
 
 Dagster's declarative automation (``AutomationCondition``) is not used: a model's entry and content are not
 Dagster data versions, and a pair reads two partitions of another partition set, which no partition
-mapping expresses (see ``assets/versions.py``).
+mapping expresses (see ``assets/versions.py``). A new model reaches ``rm_report`` and the value cards in
+minutes because the sensor plans as soon as a run ends (not on a 30-second clock) and a statistics table
+whose partition inputs changed carries its readers into its own run (ARCHITECTURE.md, "A new model
+through in minutes").
 """
 
 import dagster as dg
@@ -43,7 +47,7 @@ def tick_plan(context, config: RegistryConfig, *, reread_inputs: bool,
     graph = RegistryGraph(context.repository_def.asset_graph)
     states = registry_states(graph, context.instance, config, ContentCheck(config, mode="stat"),
                              reread_inputs=reread_inputs,
-                             check_outputs=reread_inputs)  # sensor ticks (every 30 s) leave storage alone
+                             check_outputs=reread_inputs)  # sensor ticks leave storage alone
     by_key = {(s.asset, s.partition): s for s in states}
     # a sensor tick does not request again what failed with the same inputs; a schedule tick retries it
     retry = reread_inputs if retry_failed is None else retry_failed

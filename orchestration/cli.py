@@ -357,20 +357,55 @@ def cmd_cards(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    """``dagster dev``: the webserver and the daemon on the project's instance, so UI launches, backfills,
-    the sensor and the schedules run. Ctrl-C stops both."""
+    """The Dagster UI and its daemon on the project's instance, so UI launches, backfills, the sensors and the
+    schedules run: ``dagster-webserver`` and ``dagster-daemon run``, the two services ``dagster dev`` starts
+    (that command is superseded by ``dg dev``, which needs a ``dg`` project layout; starting the two services
+    directly prints no deprecation warning). Ctrl-C (or SIGTERM) stops both."""
+    import signal
+    import subprocess
+
     port = tcp_port(args.port)
     config = load_config(_config_path(args.config))
     prepare_instance(config)
-    dagster = shutil.which("dagster") or str(Path(sys.executable).parent / "dagster")
-    print(f"valuebias: starting `dagster dev` (webserver and daemon) for {config.path}\n"
+    bin_dir = Path(sys.executable).parent
+    workspace = str(PROJECT_ROOT / "workspace.yaml")
+    services = {
+        "webserver": [shutil.which("dagster-webserver", path=str(bin_dir)) or "dagster-webserver", "-w", workspace,
+                      "-h", "127.0.0.1", "-p", str(port)],
+        "daemon": [shutil.which("dagster-daemon", path=str(bin_dir)) or "dagster-daemon", "run", "-w", workspace],
+    }
+    print(f"valuebias: starting the Dagster webserver and daemon for {config.path}\n"
           f"valuebias: Dagster instance {os.environ['DAGSTER_HOME']}\n"
           f"valuebias: the UI will be at http://127.0.0.1:{port} (Ctrl-C stops the webserver and the daemon)",
           flush=True)
-    os.chdir(PROJECT_ROOT)
-    os.execv(dagster, [dagster, "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), "-h", "127.0.0.1",
-                       "-p", str(port)])
-    return 0  # not reached
+    procs: dict[str, subprocess.Popen] = {}
+    exited = None
+    with sigterm_as_interrupt():
+        try:
+            for name, command in services.items():
+                procs[name] = subprocess.Popen(command, cwd=PROJECT_ROOT)
+            while exited is None:
+                time.sleep(1)
+                exited = next((name for name, proc in procs.items() if proc.poll() is not None), None)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot leave them half stopped
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+            for proc in procs.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    if exited:
+        print(f"valuebias: error: the Dagster {exited} exited with code {procs[exited].returncode} (see its output "
+              f"above; is port {port} in use? try --port); stopped the other service", file=sys.stderr)
+        return 1
+    print("valuebias: stopped the Dagster webserver and daemon", flush=True)
+    return 0
 
 
 def tcp_port(text: str) -> int:
@@ -597,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     cards = sub.add_parser("cards", help="one line per reward model: the strongest flags of its value card")
     cards.add_argument("--config", help=CONFIG_HELP)
     cards.set_defaults(func=cmd_cards)
-    ui = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1 with the daemon (dagster dev)")
+    ui = sub.add_parser("ui", help="serve the Dagster UI on 127.0.0.1 with its daemon (dagster-webserver and dagster-daemon)")
     ui.add_argument("--config", help=CONFIG_HELP)
     ui.add_argument("--port", default="3000", help="TCP port of the UI, 1-65535 (default: %(default)s)")
     ui.set_defaults(func=cmd_ui)

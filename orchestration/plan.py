@@ -189,17 +189,41 @@ def ready_work(graph: RegistryGraph, states: list[PartitionState], config: Regis
         frontier = [a for a in members if not (graph.ancestors(a) & set(members))]
         missing = any(by_key[(a, partition)].state == "missing" for a in frontier)
         chosen = members if everything or missing else frontier
-        inputs = {up for a in chosen for up in upstream_partitions(config, a, partition)
-                  if up in by_key and up not in {(c, partition) for c in chosen}}
-        if not everything and any(dirty(up) for up in inputs
-                                  if not any(excused(graph, by_key, config, up, (a, partition)) for a in chosen)):
+
+        def waits(assets: list[str], running_with: list[str]) -> bool:  # an input outside the run is not ready
+            inside = {(c, partition) for c in running_with}
+            return any(dirty(up) for a in assets for up in upstream_partitions(config, a, partition)
+                       if up in by_key and up not in inside and not excused(graph, by_key, config, up, (a, partition)))
+
+        if not everything and waits(chosen, chosen):
             continue  # an input is still missing, stale or failing: it runs first
+        if not everything and any(carries_readers(by_key[(a, partition)]) for a in frontier):
+            for reader in readers_in_job(graph, by_key, job, partition, chosen):
+                if not waits([reader], chosen + [reader]):
+                    chosen = chosen + [reader]
         first = by_key[(chosen[0], partition)]
         reason = "recompute (--all)" if everything else f"{first.state}{': ' + first.reason if first.reason else ''}"
         work.append(Work(job, partition, tuple(chosen), reason))
     if everything:  # one pass in order: every job after the jobs it reads from
         work.sort(key=lambda w: min(graph.order.index(a) for a in w.assets))
     return work
+
+
+def carries_readers(state: PartitionState) -> bool:
+    """Whether a stale table carries what reads it (in its own job) into its run: it is stale because a
+    partition it reads (a model's scores, a pair) or a registered model was added, removed or changed, so
+    its rows change and so do its readers' (one run instead of one run per layer, each waiting for a tick).
+    A table stale for another reason (its code, a setting) runs alone, and its readers follow only if its
+    data version changed."""
+    return state.state == "stale" and any("[" in key for key in state.changed)
+
+
+def readers_in_job(graph: RegistryGraph, by_key: dict, job: str, partition: str | None,
+                   chosen: list[str]) -> list[str]:
+    """The assets of ``job`` (for ``partition``) downstream of ``chosen``, in the graph's order, that no other
+    run is materializing or cannot run."""
+    return [a for a in graph.order if graph.job_of[a] == job and a not in chosen and graph.ancestors(a) & set(chosen)
+            and (a, partition) in by_key and by_key[(a, partition)].state not in ("running", "error")]
 
 
 #: The partitioned assets whose failed partitions ``failed_models: exclude`` leaves out of the statistics, and

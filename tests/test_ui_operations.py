@@ -1,6 +1,6 @@
 """The registry as people operate it from the Dagster UI, with real processes (issue 11).
 
-``valuebias ui`` (``dagster dev``: a real webserver and a real ``dagster-daemon``) on the instance that
+``valuebias ui`` (a real ``dagster-webserver`` and a real ``dagster-daemon``) on the instance that
 ``valuebias run`` filled: every partitioned asset is fully materialized, the CLI's runs are listed under
 their jobs, the reports show their plots, and a backfill of every missing partition, launched through the
 GraphQL API as the UI's "Materialize missing" does, completes and materializes exactly those partitions.
@@ -192,7 +192,9 @@ def test_ui_serves_runs_plots_and_backfills_with_a_real_daemon(tmp_path, cli):
             ui.wait()
             raise AssertionError("`valuebias ui` did not stop on Ctrl-C")
         output = ui.stdout.read()
-    assert "starting `dagster dev` (webserver and daemon)" in output and f"http://127.0.0.1:{port}" in output
+    assert "starting the Dagster webserver and daemon" in output and f"http://127.0.0.1:{port}" in output
+    # no superseded command underneath (`dagster dev` warns that `dg dev` supersedes it)
+    assert "superseded" not in output.lower() and "deprecat" not in output.lower(), output
     left = [pid for pid in spawned if Path(f"/proc/{pid}").exists()
             and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
     assert not left, f"processes left after Ctrl-C: {left}"
