@@ -22,4 +22,9 @@ if ! have_postgres; then
 fi
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DAGSTER_DISABLE_TELEMETRY=1
-exec .venv/bin/python -m pytest -q --durations=10 "$@"
+# One pytest worker per core (pytest-xdist); `--dist loadscope` keeps each test module on one worker, so a
+# module-scoped fixture (a built model, a registry that has run) is built once. `-n 0` runs in one process.
+# The tests' tiny models are fastest on one thread, and two workers each running two torch threads only fight
+# over the cores: torch and its subprocesses (scoring workers, CLI runs) start with one thread unless told.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+exec .venv/bin/python -m pytest -q -n auto --dist loadscope --durations=10 "$@"
