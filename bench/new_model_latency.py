@@ -84,7 +84,7 @@ def latest_after(instance, asset: str, partition: str | None, after: float) -> f
 def in_progress(instance) -> bool:
     import dagster as dg
 
-    from valuebias.orchestration.plan import IN_PROGRESS
+    from valuebias.assets.attempts import IN_PROGRESS
 
     return bool(instance.get_run_records(filters=dg.RunsFilter(statuses=list(IN_PROGRESS)), limit=1))
 

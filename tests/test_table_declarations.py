@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from declared_inputs import declared_inputs  # noqa: E402
-from registry_fixtures import PROMPTS, write_small_registry, valuebias_cli  # noqa: E402
+from registry_fixtures import AGENCY, COMMUNION, PROMPTS, write_small_registry  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -145,44 +146,54 @@ min_rows: 1
 
 
 @pytest.fixture
-def recipe_table():
-    """The throwaway asset module and its contract, where real ones live (the package folder of
-    ``valuebias.assets`` and ``data_contracts/``), for the duration of the test (ignored by git)."""
-    import valuebias.assets
-    from valuebias.resources.validation import DEFAULT_CONTRACTS_DIR
+def recipe_project(tmp_path):
+    """A copy of the project's code (its package folders and contracts, laid out as pyproject.toml's package-dir
+    installs them) with the throwaway asset module and its contract where real ones live: ``assets/`` and
+    ``data_contracts/``. A copy, so that tests running at the same time (pytest-xdist) never see the table."""
+    project = tmp_path / "project"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("valuebias", "assets", "resources", "orchestration", "data_contracts"):
+        shutil.copytree(ROOT / folder, project / folder, ignore=ignore)
+    for name in ("workspace.yaml", "pyproject.toml"):
+        shutil.copy(ROOT / name, project / name)
+    for folder in ("assets", "resources", "orchestration"):  # valuebias.assets is ./assets, as installed
+        (project / "valuebias" / folder).symlink_to(Path("..") / folder)
+    (project / "assets" / "recipe_cell_counts.py").write_text(RECIPE_ASSET)
+    (project / "data_contracts" / "recipe_cell_counts.yaml").write_text(RECIPE_CONTRACT)
+    return project
 
-    module = Path(valuebias.assets.__file__).parent / "recipe_cell_counts.py"
-    contract = Path(DEFAULT_CONTRACTS_DIR) / "recipe_cell_counts.yaml"
-    module.write_text(RECIPE_ASSET)
-    contract.write_text(RECIPE_CONTRACT)
-    try:
-        yield
-    finally:
-        module.unlink(missing_ok=True)
-        contract.unlink(missing_ok=True)
-        for compiled in (module.parent / "__pycache__").glob("recipe_cell_counts.*"):
-            compiled.unlink(missing_ok=True)
+
+def _cli(project: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
+    """``valuebias ARGS --config CONFIG`` as a user runs it, with the code of ``project``."""
+    return subprocess.run([sys.executable, "-m", "valuebias.orchestration.cli", *args, "--config", str(config)],
+                          cwd=project, capture_output=True, text=True, timeout=900)
+
+
+def _ok(project: Path, config: Path, *args: str) -> str:
+    proc = _cli(project, config, *args)
+    assert proc.returncode == 0, f"valuebias {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
 
 
 def _rows(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def test_a_table_added_by_the_recipe_is_materialized_validated_and_listed(tmp_path, recipe_table):
+def test_a_table_added_by_the_recipe_is_materialized_validated_and_listed(tmp_path, recipe_project):
     root = tmp_path / "registry"
     root.mkdir()
     entries = ""
     for seed, (model, family) in enumerate({"llama-1": "llama", "llama-2": "llama", "gemma-1": "gemma"}.items()):
         lines = ["response," + ",".join(PROMPTS)]
         lines += [f"{word}," + ",".join(str((seed * 7 + i * 3 + j) % 11) for j in range(len(PROMPTS)))
-                  for i, word in enumerate(["love", "power", "care", "skill", "trust", "success"])]
+                  for i, word in enumerate(AGENCY + COMMUNION)]  # every corpus word (a file may not miss one)
         (root / f"{model}.csv").write_text("\n".join(lines) + "\n")
         entries += f"  {model}:\n    kind: reward_model\n    family: {family}\n    published: {{small: {model}.csv}}\n"
     config = write_small_registry(root, models=entries)
 
-    valuebias_cli(config, "run")
-    printed = _rows(valuebias_cli(config, "table", "recipe_cell_counts", "--format", "csv"))
-    cells = _rows(valuebias_cli(config, "table", "rm_rank_cells", "--format", "csv"))
+    _ok(recipe_project, config, "run")
+    printed = _rows(_ok(recipe_project, config, "table", "recipe_cell_counts", "--format", "csv"))
+    cells = _rows(_ok(recipe_project, config, "table", "rm_rank_cells", "--format", "csv"))
     expected = {}
     for cell in cells:
         expected.setdefault((cell["corpus"], cell["ranks"], cell["model"]), []).append(float(cell["median_rank"]))
@@ -191,7 +202,7 @@ def test_a_table_added_by_the_recipe_is_materialized_validated_and_listed(tmp_pa
     # 3 models x (raw, frequency-controlled) ranks, each with 2 categories x 6 prompts
     assert len(printed) == 6 and all(int(r["cells"]) == 2 * len(PROMPTS) for r in printed)
 
-    status = {(r["asset"], r["partition"]): r for r in _rows(valuebias_cli(config, "status", "--format", "csv"))}
+    status = {(r["asset"], r["partition"]): r for r in _rows(_ok(recipe_project, config, "status", "--format", "csv"))}
     assert status[("recipe_cell_counts", "")]["state"] == "fresh"
     [passed] = (root / ".valuebias" / "data" / "validated" / "recipe_cell_counts").iterdir()
     recorded = json.loads(passed.read_text())
@@ -199,19 +210,15 @@ def test_a_table_added_by_the_recipe_is_materialized_validated_and_listed(tmp_pa
 
     # validated by its contract: a contract the table breaks fails the run, naming the rule, and keeps the stored
     # table; the new code version in the declaration is what makes the table stale (nothing else is)
-    import valuebias.assets
-    from valuebias.resources.validation import DEFAULT_CONTRACTS_DIR
-
-    module = Path(valuebias.assets.__file__).parent / "recipe_cell_counts.py"
+    module = recipe_project / "assets" / "recipe_cell_counts.py"
     module.write_text(RECIPE_ASSET.replace('code_version="1"', 'code_version="2"'))
-    contract = Path(DEFAULT_CONTRACTS_DIR) / "recipe_cell_counts.yaml"
+    contract = recipe_project / "data_contracts" / "recipe_cell_counts.yaml"
     contract.write_text(RECIPE_CONTRACT.replace("cells: {type: integer, not_null: true, min: 1}",
                                                 f"cells: {{type: integer, not_null: true, min: {2 * len(PROMPTS) + 1}}}"))
-    stale = [r for r in _rows(valuebias_cli(config, "status", "--format", "csv")) if r["state"] != "fresh"]
+    stale = [r for r in _rows(_ok(recipe_project, config, "status", "--format", "csv")) if r["state"] != "fresh"]
     assert [(r["asset"], r["reason"]) for r in stale] == [("recipe_cell_counts", "changed: code")]
-    failed = subprocess.run([sys.executable, "-m", "valuebias.orchestration.cli", "run", "--config", str(config)],
-                            capture_output=True, text=True, timeout=600)
+    failed = _cli(recipe_project, config, "run")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr + failed.stdout
     assert "check recipe_cell_counts_contract failed" in failed.stdout + failed.stderr
     assert "rule 'cells" in failed.stdout + failed.stderr
-    assert _rows(valuebias_cli(config, "table", "recipe_cell_counts", "--format", "csv")) == printed
+    assert _rows(_ok(recipe_project, config, "table", "recipe_cell_counts", "--format", "csv")) == printed
