@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from valuebias.errors import InputError
+from valuebias.model_content import file_sha256
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = Path(__file__).resolve().parent / "data" / "paper_release_manifest.json"
@@ -63,14 +64,6 @@ def load_manifest(path: Path = MANIFEST) -> Manifest:
     return Manifest(repository=data["repository"], commit=data["commit"], url_base=data["url_base"],
                     files=tuple(ReleasedFile(f["path"], f["source"], f["sha256"], int(f["size"]))
                                 for f in data["files"]))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _put_checked(released: ReleasedFile, chunks, target: Path, origin: str) -> None:
@@ -149,7 +142,7 @@ def fetch(*, dest: Path = DEFAULT_DEST, from_dir: Path | None = None, url_base: 
     for released in manifest.files:
         target = dest / released.path
         if target.is_file():
-            if sha256_of(target) == released.sha256:
+            if file_sha256(target) == released.sha256:
                 report.already.append(released.path)
                 continue
             say(f"valuebias: {target}: SHA-256 differs from the manifest: fetching it again")
